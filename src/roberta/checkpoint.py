@@ -1,0 +1,159 @@
+"""Checkpoints: directories written atomically, holding no pickle.
+
+    RUN_DIR/checkpoint-000100/
+        config.json            the full Config (JSON)
+        model.safetensors      weights (tied decoder stored once, as the word embeddings)
+        tokenizer.json ...     the tokenizer files, so the directory is self-contained
+        optimizer.safetensors  AdamW moments + step counts, flattened; RNG states      (training only)
+        trainer_state.json     step, tokens, data position, param-group hyper-parameters (training only)
+
+A checkpoint is written to a hidden temporary directory and renamed into place: a crash during the
+write never leaves a broken latest checkpoint, and `latest_checkpoint` ignores leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from roberta.config import Config
+from roberta.errors import UserError
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in Path(run_dir).iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    done = [p for p in checkpoint_dirs(run_dir) if (p / "model.safetensors").is_file() and (p / "config.json").is_file()]
+    return done[-1] if done else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a RUN_DIR meaning its latest checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such checkpoint or run directory")
+    if (p / "model.safetensors").is_file() and (p / "config.json").is_file():
+        return p
+    latest = latest_checkpoint(p) if p.is_dir() else None
+    if latest is None:
+        raise UserError(f"{p}: not a checkpoint (no config.json + model.safetensors) and not a run "
+                        "directory with checkpoints; pass a directory written by `roberta pretrain`")
+    return latest
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            tensors[f"state.{pid}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg: Config,
+                    tokenizer_dir: str | Path, optimizer: torch.optim.Optimizer | None = None,
+                    trainer_state: dict | None = None, rng: dict[str, torch.Tensor] | None = None,
+                    keep: int = 0) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"checkpoint-{step:06d}"
+    tmp = run_dir / f".tmp-checkpoint-{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        (tmp / "config.json").write_text(cfg.to_json())
+        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.is_file():
+                shutil.copy2(src, tmp / name)
+        if optimizer is not None:
+            tensors, groups = flatten_optimizer(optimizer)
+            tensors.update({f"rng.{k}": v for k, v in (rng or {}).items()})
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            state = dict(trainer_state or {}, param_groups=groups)
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not write checkpoint {final} ({e.strerror or e}); "
+                        "the previous checkpoint is intact — free disk space and resume with --resume") from None
+    if keep > 0:
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_config(ckpt: Path) -> Config:
+    try:
+        return Config.from_dict(json.loads((ckpt / "config.json").read_text()))
+    except (json.JSONDecodeError, OSError) as e:
+        raise UserError(f"{ckpt / 'config.json'}: unreadable ({e})") from None
+
+
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(ckpt / "model.safetensors"))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise UserError(f"{ckpt / 'model.safetensors'}: not a valid safetensors file ({e})") from None
+
+
+def load_training_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """-> (optimizer state_dict, rng tensors, trainer_state)."""
+    opt_path, state_path = ckpt / "optimizer.safetensors", ckpt / "trainer_state.json"
+    if not opt_path.is_file() or not state_path.is_file():
+        raise UserError(f"{ckpt}: has no optimizer/trainer state (an exported model?); cannot resume from it")
+    try:
+        tensors = load_file(str(opt_path))
+        state = json.loads(state_path.read_text())
+    except Exception as e:
+        raise UserError(f"{ckpt}: corrupt training state ({e})") from None
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return unflatten_optimizer(tensors, state.pop("param_groups")), rng, state

@@ -1,0 +1,221 @@
+"""The paper's four input formats (Liu et al. 2019, section 4.2) built from one prepared split.
+
+A format turns documents/sentences into a `SequencePlan`: sequence i is the concatenation of
+pieces `seq_ptr[i]:seq_ptr[i+1]`; a piece is a token span `tokens[start:end]` of the split, or a
+separator (start == SEP_DOC: one `</s>` between documents; start == SEP_PAIR: `</s></s>` between
+the two segments of a pair, as RoBERTa frames pairs). Every sequence is framed `<s> ... </s>`
+and is never longer than seq_len: over-long sentences are cut into pieces.
+Plans are deterministic for a seed and hold offsets only, never copies of the tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from roberta.data.prepare import Split
+
+SEP_DOC, SEP_PAIR = -1, -2
+SEP_LEN = {SEP_DOC: 1, SEP_PAIR: 2}
+NSP_FORMATS = ("segment-pair+nsp", "sentence-pair+nsp")
+
+
+@dataclass
+class SequencePlan:
+    piece_start: np.ndarray  # int64 [n_pieces]; a token offset, or SEP_DOC / SEP_PAIR
+    piece_end: np.ndarray  # int64 [n_pieces]
+    seq_ptr: np.ndarray  # int64 [n_seqs + 1]
+    lengths: np.ndarray  # int64 [n_seqs], framed length including <s> and </s>
+    nsp_labels: np.ndarray | None  # int64 [n_seqs]: 1 = B follows A in its document, 0 = random
+    doc_ids: np.ndarray  # int64 [n_seqs]: the document the sequence starts in
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+class _Builder:
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.ptr: list[int] = [0]
+        self.lengths: list[int] = []
+        self.labels: list[int] = []
+        self.docs: list[int] = []
+        self.cur = 0  # content tokens in the open sequence
+
+    def piece(self, start: int, end: int) -> None:
+        self.starts.append(start)
+        self.ends.append(end)
+        self.cur += SEP_LEN[start] if start < 0 else end - start
+
+    def close(self, doc: int, label: int = -1) -> None:
+        if self.cur == 0:
+            return
+        self.ptr.append(len(self.starts))
+        self.lengths.append(self.cur + 2)
+        self.labels.append(label)
+        self.docs.append(doc)
+        self.cur = 0
+
+    def plan(self, nsp: bool) -> SequencePlan:
+        return SequencePlan(np.array(self.starts, np.int64), np.array(self.ends, np.int64),
+                            np.array(self.ptr, np.int64), np.array(self.lengths, np.int64),
+                            np.array(self.labels, np.int64) if nsp else None, np.array(self.docs, np.int64))
+
+
+def _sentence_spans(split: Split, budget: int):
+    """Yield (doc, start, end) for every sentence, over-long ones cut into pieces of <= budget."""
+    doc_starts, sents = np.asarray(split.docs), np.asarray(split.sents)
+    sent_doc = np.searchsorted(doc_starts, sents[:-1], side="right") - 1
+    for s, e, d in zip(sents[:-1].tolist(), sents[1:].tolist(), sent_doc.tolist()):
+        while e - s > budget:
+            yield d, s, s + budget
+            s += budget
+        yield d, s, e
+
+
+def full_sentences(split: Split, seq_len: int, cross_documents: bool = True) -> SequencePlan:
+    """Contiguous whole sentences packed up to seq_len. FULL-SENTENCES crosses documents with an
+    extra `</s>` between them; DOC-SENTENCES (cross_documents=False) never does."""
+    budget = seq_len - 2
+    b = _Builder()
+    prev_doc, first_doc = -1, 0
+    for doc, s, e in _sentence_spans(split, budget):
+        boundary = doc != prev_doc and prev_doc >= 0
+        if boundary and not cross_documents:
+            b.close(first_doc)
+        if b.cur == 0:
+            first_doc = doc
+        sep = 1 if (boundary and b.cur > 0) else 0
+        if b.cur + sep + (e - s) > budget:
+            b.close(first_doc)
+            first_doc, sep = doc, 0
+        if sep:
+            b.piece(SEP_DOC, SEP_DOC)
+        b.piece(s, e)
+        prev_doc = doc
+    b.close(first_doc)
+    return b.plan(nsp=False)
+
+
+def _doc_sentences(split: Split, budget: int) -> list[list[tuple[int, int]]]:
+    per_doc: list[list[tuple[int, int]]] = [[] for _ in range(split.n_docs)]
+    for doc, s, e in _sentence_spans(split, budget):
+        per_doc[doc].append((s, e))
+    return per_doc
+
+
+def _truncate_pair(a: list[tuple[int, int]], b: list[tuple[int, int]], budget: int):
+    """BERT's truncate_seq_pair: trim tokens from the longer side's end until both fit."""
+    def total(x):
+        return sum(e - s for s, e in x)
+    a, b = [list(x) for x in a], [list(x) for x in b]
+    while total(a) + total(b) > budget:
+        side = a if total(a) >= total(b) else b
+        side[-1][1] -= 1
+        if side[-1][1] <= side[-1][0]:
+            side.pop()
+    return [tuple(x) for x in a], [tuple(x) for x in b]
+
+
+def _random_other_doc(rng, n_docs: int, doc: int) -> int:
+    other = int(rng.integers(n_docs - 1))
+    return other + (other >= doc)
+
+
+def segment_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
+    """SEGMENT-PAIR+NSP: two multi-sentence segments, 50% consecutive in one document (label 1),
+    50% the second taken from another document (label 0); together <= seq_len."""
+    rng = np.random.default_rng(seed)
+    budget = seq_len - 4  # <s> A </s></s> B </s>
+    per_doc = _doc_sentences(split, budget // 2)
+    b = _Builder()
+    for doc, sents in enumerate(per_doc):
+        i = 0
+        while i < len(sents):
+            chunk, size = [], 0
+            while i < len(sents) and (not chunk or size + sents[i][1] - sents[i][0] <= budget):
+                chunk.append(sents[i])
+                size += sents[i][1] - sents[i][0]
+                i += 1
+            n_sents = len(chunk)
+            if n_sents == 1:  # one sentence: cut it in two so that a pair exists
+                s, e = chunk[0]
+                if e - s < 2:
+                    continue
+                m = (s + e) // 2
+                chunk = [(s, m), (m, e)]
+            cut = int(rng.integers(1, len(chunk)))
+            a, nxt = chunk[:cut], chunk[cut:]
+            is_next = bool(rng.random() < 0.5) or split.n_docs < 2
+            if not is_next:
+                other = per_doc[_random_other_doc(rng, split.n_docs, doc)]
+                j = int(rng.integers(len(other))) if other else 0
+                want = sum(e - s for s, e in nxt)
+                nxt, got = [], 0
+                while j < len(other) and got < want:
+                    nxt.append(other[j])
+                    got += other[j][1] - other[j][0]
+                    j += 1
+                if n_sents > 1:  # the unused consecutive sentences start the next chunk
+                    i -= n_sents - cut
+            a, nxt = _truncate_pair(a, nxt, budget)
+            if not a or not nxt:
+                continue
+            for s, e in a:
+                b.piece(s, e)
+            b.piece(SEP_PAIR, SEP_PAIR)
+            for s, e in nxt:
+                b.piece(s, e)
+            b.close(doc, int(is_next))
+    return b.plan(nsp=True)
+
+
+def sentence_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
+    """SENTENCE-PAIR+NSP: two single sentences, next (label 1) or from another document (label 0)."""
+    rng = np.random.default_rng(seed)
+    budget = seq_len - 4
+    per_doc = _doc_sentences(split, budget // 2)
+    b = _Builder()
+    for doc, sents in enumerate(per_doc):
+        for k in range(len(sents) - 1):
+            a = [sents[k]]
+            is_next = bool(rng.random() < 0.5) or split.n_docs < 2
+            if is_next:
+                nxt = [sents[k + 1]]
+            else:
+                other = per_doc[_random_other_doc(rng, split.n_docs, doc)]
+                if not other:
+                    continue
+                nxt = [other[int(rng.integers(len(other)))]]
+            a, nxt = _truncate_pair(a, nxt, budget)
+            for s, e in a:
+                b.piece(s, e)
+            b.piece(SEP_PAIR, SEP_PAIR)
+            for s, e in nxt:
+                b.piece(s, e)
+            b.close(doc, int(is_next))
+    return b.plan(nsp=True)
+
+
+def build_plan(split: Split, fmt: str, seq_len: int, seed: int = 0) -> SequencePlan:
+    if fmt == "full-sentences":
+        return full_sentences(split, seq_len, cross_documents=True)
+    if fmt == "doc-sentences":
+        return full_sentences(split, seq_len, cross_documents=False)
+    if fmt == "segment-pair+nsp":
+        return segment_pairs(split, seq_len, seed)
+    if fmt == "sentence-pair+nsp":
+        return sentence_pairs(split, seq_len, seed)
+    raise ValueError(f"unknown format {fmt}")
+
+
+def materialize(split: Split, plan: SequencePlan, index: int, bos: int = 0, eos: int = 2) -> np.ndarray:
+    """Token ids of sequence `index`, framed <s> ... </s>."""
+    out = [np.array([bos], np.int64)]
+    for j in range(plan.seq_ptr[index], plan.seq_ptr[index + 1]):
+        s, e = int(plan.piece_start[j]), int(plan.piece_end[j])
+        out.append(np.full(SEP_LEN[s], eos, np.int64) if s < 0 else np.asarray(split.tokens[s:e], np.int64))
+    out.append(np.array([eos], np.int64))
+    return np.concatenate(out)

@@ -1,0 +1,62 @@
+"""AdamW with the paper's settings, the linear warmup/decay schedule, and lr scaling rules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from roberta.config import OptimConfig
+
+# The paper's own (batch size, peak lr) pairs for BERT-base-sized models (Liu et al. 2019, Table 3).
+PAPER_LR_TABLE = {256: 1e-4, 2048: 7e-4, 8192: 1e-3}
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
+    """lr for `batch_size` when `lr` was tuned at `base_batch_size`: none | sqrt | linear."""
+    ratio = batch_size / base_batch_size
+    return {"none": lr, "sqrt": lr * math.sqrt(ratio), "linear": lr * ratio}[rule]
+
+
+def paper_lr(batch_size: int) -> float:
+    """The paper's table, log-log interpolated between its points (clamped outside them)."""
+    pts = sorted(PAPER_LR_TABLE.items())
+    if batch_size <= pts[0][0]:
+        return pts[0][1]
+    for (b0, l0), (b1, l1) in zip(pts, pts[1:]):
+        if batch_size <= b1:
+            t = math.log(batch_size / b0) / math.log(b1 / b0)
+            return math.exp(math.log(l0) + t * math.log(l1 / l0))
+    return pts[-1][1]
+
+
+def lr_at(progress: float, warmup: float, peak: float) -> float:
+    """Linear warmup to `peak` over the first `warmup` fraction of the budget, then linear decay
+    to 0 at progress 1. `progress` is the used fraction of whichever budget is set (steps, tokens
+    or time); with a step budget, progress = step / max_steps gives the usual per-step schedule."""
+    if progress >= 1.0:
+        return 0.0
+    if warmup > 0 and progress < warmup:
+        return peak * progress / warmup
+    return peak * (1.0 - progress) / (1.0 - warmup)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """fairseq decays every parameter; HF excludes biases and LayerNorm weights (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_and_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), lr=lr,
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,55 @@
+"""Presets are plain functions returning a Config; derive new ones with dataclasses.replace.
+
+CPU presets follow ../shared/FINDINGS.md: at small compute the number of optimizer steps matters
+more than batch size, so `tiny` uses a small batch and a high-enough lr to leave the unigram
+plateau within minutes. `base` and `large` are the paper's (Liu et al. 2019, Table 9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from roberta.config import Config, DataConfig, ModelConfig, TrainConfig
+from roberta.errors import UserError
+
+
+def tiny() -> Config:
+    """4 x 256 for CPUs and tests: batch 16 x 128, lr 5e-4, 6% warmup."""
+    return Config(
+        model=ModelConfig(layers=4, hidden=256, heads=4, ffn=1024),
+        data=DataConfig(seq_len=128),
+        train=TrainConfig(batch_size=16, lr=5e-4, max_steps=1000, warmup_fraction=0.06),
+    )
+
+
+def small() -> Config:
+    """6 x 512, 8 heads: a laptop-sized model that still learns something in an hour."""
+    cfg = tiny()
+    return replace(cfg, model=replace(cfg.model, layers=6, hidden=512, heads=8, ffn=2048),
+                   train=replace(cfg.train, batch_size=32, lr=5e-4))
+
+
+def base() -> Config:
+    """RoBERTa-base: 12 x 768, 12 heads, FFN 3072; 8K batch, lr 6e-4, 24K warmup, 500K steps."""
+    return Config(
+        model=ModelConfig(layers=12, hidden=768, heads=12, ffn=3072, max_positions=514),
+        data=DataConfig(seq_len=512),
+        train=TrainConfig(batch_size=8192, lr=6e-4, warmup_steps=24000, max_steps=500000,
+                          eval_interval=2000, checkpoint_interval=5000),
+    )
+
+
+def large() -> Config:
+    """RoBERTa-large: 24 x 1024, 16 heads, FFN 4096; 8K batch, lr 4e-4, 30K warmup, 500K steps."""
+    cfg = base()
+    return replace(cfg, model=replace(cfg.model, layers=24, hidden=1024, heads=16, ffn=4096),
+                   train=replace(cfg.train, lr=4e-4, warmup_steps=30000))
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise UserError(f"--preset {name}: unknown preset; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
