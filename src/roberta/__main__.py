@@ -1,0 +1,5 @@
+import sys
+
+from roberta.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures: a small real corpus (the embedded stdlib docstrings), a tokenizer trained on it
+in-process, and prepared data -- built once per session, a few seconds in all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `roberta ARGS...` in a fresh interpreter, as a user would."""
+    return subprocess.run([sys.executable, "-m", "roberta", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def corpus_docs() -> list[str]:
+    from roberta.corpus import stdlib_documents
+
+    return list(stdlib_documents())[:1500]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory, corpus_docs) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w") as f:
+        for d in corpus_docs:
+            f.write(json.dumps({"text": d}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, corpus_docs) -> Path:
+    from roberta.tokenizer import save_tokenizer, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_tokenizer(iter(corpus_docs), vocab_size=1000), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, corpus_file, tokenizer_dir) -> Path:
+    from roberta.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    prepare([str(corpus_file)], str(tokenizer_dir), str(out), seq_len=64, valid_fraction=0.05,
+            workers=1, progress=False)
+    return out
+
+
+def tiny_config(**train):
+    """A 2-layer, 64-wide model and a short run: seconds on a CPU."""
+    import dataclasses
+
+    from roberta.presets import tiny
+
+    cfg = tiny()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layers=2, hidden=64, heads=2, ffn=128))
+    defaults = dict(batch_size=8, max_steps=6, eval_interval=1000, checkpoint_interval=1000,
+                    log_interval=1, eval_sequences=16, peak_flops=1e11)
+    defaults.update(train)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults))
