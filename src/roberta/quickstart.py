@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
+from roberta.api import load
 from roberta.corpus import stdlib_documents
 from roberta.data.prepare import load_split, prepare
 from roberta.evaluate import eval_batches, mlm_loss, unigram_loss
@@ -20,7 +22,7 @@ from roberta.presets import tiny
 from roberta.tokenizer import save_tokenizer, train_tokenizer
 from roberta.train import pretrain
 
-QUICKSTART_STEPS = 900
+QUICKSTART_STEPS = 1000
 SEQ_LEN = 128
 
 
@@ -41,11 +43,11 @@ def quickstart(out: str | Path, steps: int = 0) -> dict:
     print(f"[2/5] tokenizer: byte-level BPE, {tok.get_vocab_size():,} tokens -> {out / 'tokenizer'}")
 
     data = out / "data"
-    r = prepare([str(corpus)], str(out / "tokenizer"), str(data), seq_len=SEQ_LEN, valid_fraction=0.02,
+    r = prepare([str(corpus)], str(out / "tokenizer"), str(data), seq_len=SEQ_LEN, valid_fraction=0.05,
                 workers=1, progress=False)
     sp = r.meta["splits"]
     print(f"[3/5] prepared: {sp['train']['tokens']:,} training / {sp['valid']['tokens']:,} held-out tokens "
-          f"(documents split 98/2) -> {data}")
+          f"(documents split 95/5) -> {data}")
 
     cfg = tiny()
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
@@ -53,8 +55,7 @@ def quickstart(out: str | Path, steps: int = 0) -> dict:
     run = out / "run"
     print(f"[4/5] pretraining tiny ({cfg.model.layers} x {cfg.model.hidden}) for {cfg.train.max_steps} steps "
           f"of {cfg.train.batch_size} x {SEQ_LEN} tokens -> {run}")
-    import shutil
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)  # the quickstart always starts afresh
     summary = pretrain(str(data), str(run), cfg)
 
     # the three models, scored on the same held-out masked tokens
@@ -62,8 +63,7 @@ def quickstart(out: str | Path, steps: int = 0) -> dict:
     vocab = tok.get_vocab_size()
     batches = eval_batches(valid, SEQ_LEN, vocab, n_sequences=10_000)
     untrained = build_model(dataclasses.replace(cfg.model, vocab_size=vocab, max_positions=SEQ_LEN + 2), seed=cfg.train.seed)
-    import roberta
-    trained = roberta.load(run)
+    trained = load(run)
     results = {
         "untrained": mlm_loss(untrained, batches),
         "unigram": unigram_loss(load_split(data, "train").tokens, vocab, batches),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,8 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
               f"peak lr {t.lr:g}; device {dist.device}")
     metrics_path = out / "metrics.jsonl"
     bar = tqdm(total=budget.steps_estimate if not budget.max_time else None, initial=state.step,
-               desc="pretrain", disable=not (progress and dist.is_main), dynamic_ncols=True)
+               desc="pretrain", disable=not (progress and dist.is_main), dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
     bad_in_row, window_tokens, window_flops, t_window = 0, 0, 0.0, time.perf_counter()
     last_eval, record = None, {}
     model.train()
