@@ -86,6 +86,29 @@ def cmd_quickstart(a) -> None:
     quickstart(a.out, steps=a.steps)
 
 
+def cmd_plan(a) -> None:
+    from dataclasses import asdict
+
+    from roberta.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
+
+    gpu = (a.gpu or "").lower()
+    if gpu and gpu not in GPU_PEAK:
+        raise UserError(f"--gpu {a.gpu}: unknown; choose one of {', '.join(GPU_PEAK)} or give --peak-tflops")
+    peak = a.peak_tflops * 1e12 if a.peak_tflops else GPU_PEAK.get(gpu, 0.0)
+    memory = a.memory_gb * 1e9 if a.memory_gb else GPU_MEMORY.get(gpu, 80e9)
+    common = dict(vocab_size=a.vocab_size, gpus=a.gpus, peak_flops=peak, mfu=a.mfu, memory=memory, fsdp=a.fsdp)
+    plans = [make_plan(a.preset, a.batch_size, a.seq_len, a.steps, **common)]
+    names = [f"{a.batch_size} x {a.steps:,} steps"]
+    if a.compare_batch or a.compare_steps:
+        b, s = a.compare_batch or a.batch_size, a.compare_steps or a.steps
+        plans.append(make_plan(a.preset, b, a.seq_len, s, **common))
+        names.append(f"{b} x {s:,} steps")
+    print(f"plan: preset {a.preset}, {a.gpus} x {gpu or 'device'} "
+          f"({'peak ' + format(peak / 1e12, '.0f') + ' TFLOP/s' if peak else 'no peak given'}), MFU {a.mfu:.0%}")
+    print(render(plans, names))
+    print(json.dumps([asdict(p) for p in plans]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="roberta", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/quickstart")
     s.add_argument("--steps", type=int, default=0, help="override the number of training steps")
     s.set_defaults(fn=cmd_quickstart)
+
+    s = sub.add_parser("plan", help="size a run: tokens, FLOPs, lr, memory, time; compare two recipes")
+    s.add_argument("--preset", default="base")
+    s.add_argument("--batch-size", type=int, required=True)
+    s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument("--steps", type=int, required=True)
+    s.add_argument("--vocab-size", type=int, default=50265)
+    s.add_argument("--gpus", type=int, default=1)
+    s.add_argument("--gpu", default="", help="h100, h200, a100, l4, a10, v100, 4090")
+    s.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak instead of --gpu")
+    s.add_argument("--memory-gb", type=float, default=0.0, help="per-device memory (default: from --gpu, else 80)")
+    s.add_argument("--mfu", type=float, default=0.45)
+    s.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state over --gpus")
+    s.add_argument("--compare-batch", type=int, default=0)
+    s.add_argument("--compare-steps", type=int, default=0)
+    s.set_defaults(fn=cmd_plan)
     return p
 
 

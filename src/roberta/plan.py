@@ -1,0 +1,119 @@
+"""`roberta plan`: the paper's arithmetic before spending compute.
+
+Effective tokens are B * L * S (batch x sequence length x steps); training FLOPs use the same
+accounting as the trainer (roberta.model.training_flops), so a plan and a measured run agree.
+Memory is an estimate: fp32 master weights + grads + AdamW moments (16 bytes/parameter, sharded
+over devices with FSDP) plus activations for one micro-batch under bf16 autocast with a fused
+attention kernel (~34 * s * h bytes per layer per sequence; Korthikanti et al. 2022, without the
+s^2 term that flash attention removes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from roberta.config import ModelConfig
+from roberta.errors import UserError
+from roberta.model import RobertaMLM, count_parameters, training_flops
+from roberta.optim import paper_lr, scaled_lr
+from roberta.presets import get_preset
+
+# bf16 dense peak FLOP/s per device (vendor datasheets, SXM parts, no sparsity).
+GPU_PEAK = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12, "v100": 125e12,
+            "4090": 165e12}
+GPU_MEMORY = {"h100": 80e9, "h200": 141e9, "a100": 80e9, "l4": 24e9, "a10": 24e9, "v100": 32e9, "4090": 24e9}
+BERT_BATCH, BERT_LR = 256, 1e-4  # the reference point of the lr scaling rules
+MASK_PROB = 0.15
+
+
+@dataclass
+class Plan:
+    batch_size: int
+    seq_len: int
+    steps: int
+    tokens: float
+    flops: float
+    parameters: int
+    lr_sqrt: float
+    lr_linear: float
+    lr_paper: float
+    micro_batch: int
+    accumulation: int
+    memory_states_gb: float
+    memory_activations_gb: float
+    hours: float
+
+
+def model_config(preset: str, vocab_size: int, seq_len: int) -> ModelConfig:
+    cfg = get_preset(preset).model
+    return dataclasses.replace(cfg, vocab_size=vocab_size, max_positions=max(cfg.max_positions, seq_len + 2))
+
+
+def parameters(cfg: ModelConfig) -> int:
+    import torch
+
+    with torch.device("meta"):
+        return count_parameters(RobertaMLM(cfg))
+
+
+def activation_bytes_per_sequence(cfg: ModelConfig, seq_len: int) -> float:
+    return 34.0 * seq_len * cfg.hidden * cfg.layers
+
+
+def make_plan(preset: str, batch_size: int, seq_len: int, steps: int, vocab_size: int = 50265,
+              gpus: int = 1, peak_flops: float = 0.0, mfu: float = 0.45, memory: float = 80e9,
+              fsdp: bool = False) -> Plan:
+    if batch_size < 1 or steps < 1 or seq_len < 8:
+        raise UserError("plan: --batch-size, --steps must be >= 1 and --seq-len >= 8")
+    if not 0 < mfu <= 1:
+        raise UserError(f"plan: --mfu {mfu} must be in (0, 1]")
+    cfg = model_config(preset, vocab_size, seq_len)
+    n = parameters(cfg)
+    tokens = float(batch_size) * seq_len * steps
+    flops = training_flops(cfg, tokens, tokens * MASK_PROB, seq_len)
+    states = 16.0 * n / (gpus if fsdp else 1)
+    per_seq = activation_bytes_per_sequence(cfg, seq_len)
+    free = memory * 0.9 - states
+    if free <= per_seq:
+        raise UserError(f"plan: {preset} does not fit in {memory / 1e9:.0f} GB per device "
+                        f"({states / 1e9:.1f} GB of weights and optimizer state); use more devices with FSDP")
+    per_device = math.ceil(batch_size / gpus)
+    micro = max(1, min(per_device, 2 ** int(math.log2(free / per_seq))))
+    accumulation = math.ceil(per_device / micro)
+    hours = flops / (gpus * peak_flops * mfu) / 3600 if peak_flops else float("nan")
+    return Plan(batch_size, seq_len, steps, tokens, flops, n,
+                scaled_lr(BERT_LR, batch_size, BERT_BATCH, "sqrt"), scaled_lr(BERT_LR, batch_size, BERT_BATCH, "linear"),
+                paper_lr(batch_size), micro, accumulation, states / 1e9, micro * per_seq / 1e9, hours)
+
+
+def _fmt(x: float) -> str:
+    for unit, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def render(plans: list[Plan], names: list[str]) -> str:
+    rows = [
+        ("effective tokens (B*L*S)", lambda p: _fmt(p.tokens)),
+        ("batch x seq x steps", lambda p: f"{p.batch_size} x {p.seq_len} x {p.steps:,}"),
+        ("training FLOPs", lambda p: _fmt(p.flops)),
+        ("parameters", lambda p: f"{p.parameters:,}"),
+        ("lr: sqrt rule (256 -> 1e-4)", lambda p: f"{p.lr_sqrt:.2e}"),
+        ("lr: linear rule", lambda p: f"{p.lr_linear:.2e}"),
+        ("lr: paper's table", lambda p: f"{p.lr_paper:.2e}"),
+        ("micro-batch x accumulation", lambda p: f"{p.micro_batch} x {p.accumulation}"),
+        ("weights+optimizer GB/device", lambda p: f"{p.memory_states_gb:.1f}"),
+        ("activations GB/device", lambda p: f"{p.memory_activations_gb:.1f}"),
+        ("wall time (hours)", lambda p: "n/a (give --gpu or --peak-tflops)" if math.isnan(p.hours) else f"{p.hours:,.1f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [" " * width + "  " + "  ".join(f"{n:>22}" for n in names)]
+    for label, fn in rows:
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{fn(p):>22}" for p in plans))
+    if len(plans) == 2:
+        a, b = plans
+        lines.append(f"{'ratio (first / second)':<{width}}  tokens {a.tokens / b.tokens:.2f}x, FLOPs {a.flops / b.flops:.2f}x")
+    return "\n".join(lines)
