@@ -104,9 +104,28 @@ def cmd_plan(a) -> None:
         plans.append(make_plan(a.preset, b, a.seq_len, s, **common))
         names.append(f"{b} x {s:,} steps")
     print(f"plan: preset {a.preset}, {a.gpus} x {gpu or 'device'} "
-          f"({'peak ' + format(peak / 1e12, '.0f') + ' TFLOP/s' if peak else 'no peak given'}), MFU {a.mfu:.0%}")
+          f"({'peak ' + format(peak / 1e12, '.3g') + ' TFLOP/s' if peak else 'no peak given'}), MFU {a.mfu:.0%}")
     print(render(plans, names))
     print(json.dumps([asdict(p) for p in plans]))
+
+
+def cmd_ablate(a) -> None:
+    from roberta.ablate import run_ablation
+
+    tasks = [t for t in (a.glue_tasks or "").split(",") if t]
+    result = run_ablation(a.kind, a.data, int(float(a.budget_tokens)), a.out, preset=a.preset, sets=a.set,
+                          seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
+                          lr_rule=a.lr_rule, progress=not a.quiet)
+    print(Path(a.out, "report.md").read_text())
+    print(json.dumps(result))
+
+
+def cmd_report(a) -> None:
+    from roberta.ablate import make_report
+
+    result = make_report([Path(r) for r in a.runs], Path(a.out))
+    print(Path(a.out, "report.md").read_text())
+    print(json.dumps(result))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare-batch", type=int, default=0)
     s.add_argument("--compare-steps", type=int, default=0)
     s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("ablate", help="compare recipes at a matched token budget (the paper's tables)")
+    s.add_argument("kind", choices=["masking", "formats", "batch-size", "custom"])
+    s.add_argument("--data", required=True)
+    s.add_argument("--budget-tokens", required=True, help="real tokens per arm, e.g. 2e6")
+    s.add_argument("--out", required=True)
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every arm")
+    s.add_argument("--seeds", type=int, default=1)
+    s.add_argument("--glue-dir", default=None)
+    s.add_argument("--glue-tasks", default="", help="comma-separated, e.g. sst2,rte")
+    s.add_argument("--arms", default=None, help="custom: a .toml or .json file of named arms")
+    s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
+                   help="batch-size: how the lr follows the batch")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_ablate)
+
+    s = sub.add_parser("report", help="table and plots for finished runs")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_report)
     return p
 
 

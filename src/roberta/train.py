@@ -291,7 +291,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         state.sequences += r["sequences"]
         state.tokens += tokens
         state.masked_tokens += r["masked"]
-        step_flops = training_flops(cfg.model, tokens, r["masked"], max(mb.input_ids.shape[1] for mb in micro))
+        step_flops = training_flops(cfg.model, tokens, r["masked"], cfg.data.seq_len)
         state.flops += step_flops
         state.elapsed += time.perf_counter() - t0
         state.data = stream.state_dict()

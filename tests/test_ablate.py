@@ -1,0 +1,86 @@
+"""`roberta ablate` / `roberta report`: fair arms, resumable, and an honest report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from roberta.ablate import arms_for, load_custom_arms, make_report, run_ablation, verdict
+from roberta.errors import UserError
+from roberta.presets import tiny
+
+SMALL = ["model.layers=1", "model.hidden=32", "model.heads=2", "model.ffn=64", "train.batch_size=4",
+         "train.peak_flops=1e11", "train.eval_sequences=8", "train.log_interval=1"]
+
+
+def _fake_run(root, arm, seed, loss, tokens=1000, sst2=None):
+    d = root / arm / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"tokens": tokens, "flops": 1e9, "elapsed": 10.0,
+                                                "eval_loss": loss, "eval_perplexity": 2.718281828 ** loss}))
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "tokens": s * 100, "eval_loss": loss + 1 / s})
+                                               for s in (1, 5, 10)) + "\n")
+    if sst2 is not None:
+        (d / "glue" / "sst2").mkdir(parents=True)
+        (d / "glue" / "sst2" / "metrics.json").write_text(json.dumps({"task": "sst2", "metric": "accuracy", "value": sst2}))
+    return d
+
+
+def test_report_from_fixture_runs(tmp_path):
+    runs = [_fake_run(tmp_path, "static", 0, 5.0, sst2=0.80), _fake_run(tmp_path, "static", 1, 5.2, sst2=0.82),
+            _fake_run(tmp_path, "dynamic", 0, 4.0, sst2=0.84), _fake_run(tmp_path, "dynamic", 1, 4.1, sst2=0.86)]
+    out = tmp_path / "report"
+    result = make_report(runs, out)
+    assert result["best"] == "dynamic"
+    assert result["arms"]["static"]["eval_loss"] == pytest.approx(5.1)
+    assert result["arms"]["dynamic"]["tasks"]["sst2"] == [0.84, 0.86]
+    md = (out / "report.md").read_text()
+    assert "| dynamic | 2 |" in md and "85.0" in md  # median SST-2 of the dynamic arm, in points
+    assert "real (exceeds the seed spread)" in md  # 4.05 vs 5.1 with spreads 0.1 / 0.2
+    assert (out / "loss_vs_tokens.png").stat().st_size > 1000 and (out / "tasks.png").stat().st_size > 1000
+
+
+def test_verdict_refuses_differences_within_noise():
+    assert verdict([4.0, 4.3], [4.2, 4.5]).startswith("within")
+    assert verdict([4.0, 4.1], [4.5, 4.6]).startswith("real")
+    assert verdict([4.0], [4.5]).startswith("not established")
+
+
+def test_paper_arms():
+    base = tiny()
+    assert [a.name for a in arms_for("masking", base)] == ["static", "dynamic"]
+    assert [a.name for a in arms_for("formats", base)] == ["segment-pair+nsp", "sentence-pair+nsp",
+                                                           "full-sentences", "doc-sentences"]
+    arms = arms_for("batch-size", base, lr_rule="sqrt")
+    assert [a.name for a in arms] == ["batch-16", "batch-64", "batch-256"]
+    assert arms[1].overrides == ["train.batch_size=64", "train.lr=0.001"]  # 5e-4 * sqrt(4)
+
+
+def test_custom_arms_toml_and_json(tmp_path):
+    (tmp_path / "arms.toml").write_text('[plain]\n"masking.kind" = "dynamic"\n[ww]\nmasking.whole_word = true\n')
+    arms = load_custom_arms(str(tmp_path / "arms.toml"))
+    assert [(a.name, a.overrides) for a in arms] == [("plain", ["masking.kind=dynamic"]),
+                                                     ("ww", ["masking.whole_word=true"])]
+    (tmp_path / "arms.json").write_text(json.dumps({"a": {"train.lr": 0.001}}))
+    assert load_custom_arms(str(tmp_path / "arms.json"))[0].overrides == ["train.lr=0.001"]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="bad.json"):
+        load_custom_arms(str(tmp_path / "bad.json"))
+
+
+def test_masking_ablation_runs_is_fair_and_resumable(tmp_path, data_dir, capsys):
+    out = tmp_path / "abl"
+    result = run_ablation("masking", str(data_dir), 1500, str(out), preset="tiny", sets=SMALL, progress=False)
+    assert set(result["arms"]) == {"static", "dynamic"}
+    tokens = [result["arms"][a]["tokens"] for a in ("static", "dynamic")]
+    assert tokens[0] == tokens[1] and tokens[0][0] >= 1500  # identical data, identical budget
+    cfgs = {a: json.loads((out / a / "seed0" / "config.json").read_text()) for a in ("static", "dynamic")}
+    assert cfgs["static"]["masking"]["kind"] == "static" and cfgs["dynamic"]["masking"]["kind"] == "dynamic"
+    assert cfgs["static"]["train"]["seed"] == cfgs["dynamic"]["train"]["seed"]
+    assert (out / "report.md").is_file() and (out / "loss_vs_tokens.png").is_file()
+    mtime = (out / "static" / "seed0" / "summary.json").stat().st_mtime_ns
+    capsys.readouterr()
+    run_ablation("masking", str(data_dir), 1500, str(out), preset="tiny", sets=SMALL, progress=False)
+    assert capsys.readouterr().out.count("already finished") == 2
+    assert (out / "static" / "seed0" / "summary.json").stat().st_mtime_ns == mtime

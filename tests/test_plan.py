@@ -1,0 +1,59 @@
+"""`roberta plan`: the paper's arithmetic, checked by hand and against a measured run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from conftest import run_cli, tiny_config
+from roberta.config import ModelConfig
+from roberta.model import training_flops
+from roberta.plan import make_plan
+
+
+def test_flops_by_hand():
+    cfg = ModelConfig(vocab_size=10, layers=1, hidden=4, heads=2, ffn=8, max_positions=12)
+    # body: qkv+out 4*4*4 = 64, ffn 4*8 + 8*4 = 64 -> 128; head: dense 16 + decoder 40 = 56
+    # 6 * (128 * 100 + 56 * 15) + 12 * 1 * 4 * 10 * 100
+    assert training_flops(cfg, 100, 15, 10) == 129_840
+    dense = dataclasses.replace(cfg, sparse_head=False)
+    assert training_flops(dense, 100, 15, 10) == 6 * (128 * 100 + 56 * 100) + 48_000
+
+
+def test_paper_comparison_bert_vs_roberta():
+    roberta = make_plan("base", 8192, 512, 500_000, gpus=8, peak_flops=989e12, mfu=0.45)
+    bert = make_plan("base", 256, 512, 1_000_000, gpus=8, peak_flops=989e12, mfu=0.45)
+    assert roberta.tokens / bert.tokens == 16.0
+    assert roberta.parameters == 124_697_433
+    assert roberta.lr_paper == pytest.approx(1e-3) and bert.lr_paper == pytest.approx(1e-4)
+    assert roberta.lr_sqrt == pytest.approx(1e-4 * (8192 / 256) ** 0.5)
+    assert roberta.micro_batch * roberta.accumulation * 8 >= 8192
+    assert roberta.hours == pytest.approx(roberta.flops / (8 * 989e12 * 0.45) / 3600)
+
+
+def test_plan_matches_a_measured_run(tmp_path, data_dir):
+    from roberta.train import pretrain
+
+    cfg = tiny_config(max_steps=5, batch_size=8)
+    summary = pretrain(str(data_dir), str(tmp_path / "run"), cfg, progress=False)
+    seq_len = 64  # the fixture's prepared seq_len
+    mcfg = dataclasses.replace(cfg.model, vocab_size=1000, max_positions=seq_len + 2)
+    # exactly the trainer's accounting for the tokens it saw ...
+    assert summary["flops"] == pytest.approx(training_flops(mcfg, summary["tokens"], summary["masked_tokens"], seq_len),
+                                             rel=1e-12)
+    # ... and the nominal plan (every position a real token) bounds it from above within the packing loss
+    nominal = 8 * seq_len * 5
+    assert 0.8 * nominal <= summary["tokens"] <= nominal
+
+
+def test_plan_cli(tmp_path):
+    r = run_cli("plan", "--preset", "base", "--batch-size", "8192", "--seq-len", "512", "--steps", "500000",
+                "--gpus", "8", "--gpu", "h100", "--compare-batch", "256", "--compare-steps", "1000000")
+    assert r.returncode == 0, r.stderr
+    assert "tokens 16.00x" in r.stdout
+    plans = json.loads(r.stdout.strip().splitlines()[-1])
+    assert plans[0]["tokens"] == 8192 * 512 * 500_000
+    r = run_cli("plan", "--batch-size", "8", "--steps", "1", "--gpu", "tpu9")
+    assert r.returncode == 2 and "unknown" in r.stderr
