@@ -26,6 +26,7 @@ from roberta.config import Config
 from roberta.errors import UserError
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -50,6 +51,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (p / "model.safetensors").is_file() and (p / "config.json").is_file():
         return p
     latest = latest_checkpoint(p) if p.is_dir() else None
+    pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES) if p.is_dir() else []
+    if latest is None and pickles:
+        raise UserError(f"{p}: holds only pickle files ({', '.join(pickles)}); roberta never unpickles "
+                        "(a pickle can run code when loaded) -- convert the weights to safetensors, "
+                        "or use `roberta import-hf` on a Hugging Face directory with model.safetensors")
     if latest is None:
         raise UserError(f"{p}: not a checkpoint (no config.json + model.safetensors) and not a run "
                         "directory with checkpoints; pass a directory written by `roberta pretrain`")

@@ -1,0 +1,97 @@
+"""Issue 8: prepared-data integrity and no code execution from files a user may receive."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, tiny_config
+from roberta.errors import UserError
+
+MARKER = Path("/tmp/roberta-pickle-was-executed")
+
+
+class _Evil:
+    def __reduce__(self):  # what a crafted pickle does when loaded
+        import os
+        return (os.system, (f"touch {MARKER}",))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_shard_is_detected_before_training(tmp_path, data_dir):
+    from roberta.train import pretrain
+
+    data = _copy(data_dir, tmp_path / "data")
+    tokens = data / "train.tokens.bin"
+    tokens.write_bytes(tokens.read_bytes()[:-10])
+    with pytest.raises(UserError, match="train.tokens.bin.*truncated or replaced.*roberta prepare"):
+        pretrain(str(data), str(tmp_path / "run"), tiny_config(), progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_swapped_shard_is_detected_by_checksum(tmp_path, data_dir):
+    from roberta.train import pretrain
+
+    data = _copy(data_dir, tmp_path / "data")
+    tokens = data / "train.tokens.bin"
+    raw = bytearray(tokens.read_bytes())
+    raw[100:104] = raw[200:204]  # same size, different content
+    tokens.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="checksum"):
+        pretrain(str(data), str(tmp_path / "run"), tiny_config(), progress=False)
+
+
+def test_different_tokenizer_is_detected(tmp_path, data_dir, corpus_docs):
+    from roberta.tokenizer import save_tokenizer, train_tokenizer
+    from roberta.train import pretrain
+
+    data = _copy(data_dir, tmp_path / "data")
+    save_tokenizer(train_tokenizer(iter(corpus_docs[:200]), vocab_size=700), data / "tokenizer")
+    with pytest.raises(UserError, match="tokenizer differs"):
+        pretrain(str(data), str(tmp_path / "run"), tiny_config(), progress=False)
+
+
+def test_corrupt_meta_is_a_clear_error(tmp_path, data_dir):
+    data = _copy(data_dir, tmp_path / "data")
+    (data / "meta.json").write_text("{ not json")
+    r = run_cli("pretrain", "--data", data, "--out", tmp_path / "run")
+    assert r.returncode == 2 and "meta.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_malicious_pickles_are_never_executed(tmp_path, data_dir):
+    from roberta.train import pretrain
+
+    MARKER.unlink(missing_ok=True)
+    run = tmp_path / "run"
+    pretrain(str(data_dir), str(run), tiny_config(max_steps=2), progress=False)
+    ck = sorted(run.glob("checkpoint-*"))[-1]
+    evil = pickle.dumps(_Evil())
+    # 1) a pickle dropped beside a valid checkpoint is never read
+    for name in ("optimizer.pt", "pytorch_model.bin", "rng_state.pth"):
+        (ck / name).write_bytes(evil)
+    assert run_cli("fill-mask", "--checkpoint", ck, "a <mask>").returncode == 0
+    assert run_cli("pretrain", "--data", data_dir, "--out", run, "--resume", "--set", "train.max_steps=3",
+                   "--set", "model.layers=2", "--set", "model.hidden=64", "--set", "model.heads=2",
+                   "--set", "model.ffn=128", "--set", "train.batch_size=8", "--set", "train.peak_flops=1e11",
+                   "--set", "train.eval_sequences=16", "--quiet").returncode == 0
+    # 2) a pickle disguised as the weights file is refused with a clear error
+    fake = tmp_path / "fake"
+    _copy(ck, fake)
+    (fake / "model.safetensors").write_bytes(evil)
+    r = run_cli("fill-mask", "--checkpoint", fake, "a <mask>")
+    assert r.returncode == 2 and "safetensors" in r.stderr and "Traceback" not in r.stderr
+    # 3) a directory of pickles only is refused and the reason given
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "pytorch_model.bin").write_bytes(evil)
+    r = run_cli("fill-mask", "--checkpoint", only, "a <mask>")
+    assert r.returncode == 2 and "never unpickles" in r.stderr
+    assert not MARKER.exists(), "a pickle was executed"
