@@ -76,8 +76,14 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T, rows = input_ids.shape[1], self.position_embeddings.num_embeddings
+        if T > rows - self.pad - 1:  # a shape check: no device sync, and a clearer error than an IndexError
+            raise ValueError(f"input of {T} tokens is longer than the {rows - self.pad - 1} "
+                             f"the position table holds ({rows} rows; positions start at padding_idx + 1)")
+        # RoBERTa's positions: pad + 1, pad + 2, ... over real tokens, `pad` at padding. (B, T) ints,
+        # computed from the ids (as fairseq/HF do) so left- or right-padding give the same states.
         not_pad = input_ids.ne(self.pad).int()
-        positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad  # RoBERTa's offset positions
+        positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
         return self.dropout(self.LayerNorm(x))
 
@@ -155,6 +161,7 @@ class RobertaMLM(nn.Module):
         if sparse:
             where = labels.ne(-100)
             logits = self.lm_head(h[where], decoder)  # (n_masked, V)
+            # .float() is a no-op in fp32; under bf16 autocast it is the fp32 softmax autocast does anyway
             loss = F.cross_entropy(logits.float(), labels[where], reduction="sum")
         else:
             logits = self.lm_head(h, decoder)
@@ -198,6 +205,11 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int 
     return model
 
 
+def max_seq_len(cfg: ModelConfig) -> int:
+    """The longest input the position table holds (positions start at padding_idx + 1)."""
+    return cfg.max_positions - cfg.pad_token_id - 1
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -219,5 +231,5 @@ def training_flops(cfg: ModelConfig, tokens: int, predicted: int, seq_len: int) 
     return 6.0 * (body * tokens + head * head_tokens) + 12.0 * cfg.layers * cfg.hidden * seq_len * tokens
 
 
-__all__ = ["RobertaMLM", "Encoder", "ClassificationHead", "build_model", "init_weights",
+__all__ = ["RobertaMLM", "Encoder", "ClassificationHead", "build_model", "init_weights", "max_seq_len",
            "count_parameters", "training_flops", "matmul_params"]
