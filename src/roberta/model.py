@@ -98,8 +98,11 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token."""
+        # Without padding, SDPA runs mask-free (CPU flash kernel). The check is a host sync, which
+        # costs nothing measurable eagerly but is a graph break under torch.compile: there the
+        # mask is always passed.
         attn_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys to attend to
         x = self.embeddings(input_ids)
         for layer in self.layers:
