@@ -206,6 +206,23 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
     return notes
 
 
+def _import_tokenizer(src: Path, state: dict[str, torch.Tensor], vocab_size: int, notes: list[str]) -> Tokenizer | None:
+    """The HF directory's tokenizer (fast, converted if need be) with RoBERTa's special tokens
+    at ids 0-4; the vocabulary rows of `state` are permuted to match, in place."""
+    if not any((src / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        notes.append(f"{src} has no tokenizer; prepare data with the tokenizer this model was trained with")
+        return None
+    tok = _transformers().AutoTokenizer.from_pretrained(src).backend_tokenizer
+    order = special_first_order(tok, vocab_size, src)
+    if order is None:
+        return tok
+    rows = torch.tensor(order)
+    for key in ("roberta.embeddings.word_embeddings.weight", "lm_head.bias"):  # the decoder is tied
+        state[key] = state[key][rows]
+    notes.append("special tokens moved to ids 0-4 (tokenizer and embedding rows renumbered together)")
+    return renumber_tokenizer(tok, order)
+
+
 def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
     """Write OUT as our checkpoint dir from a local HF RobertaForMaskedLM dir. -> notes."""
     src = Path(model_dir)
@@ -233,19 +250,7 @@ def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
         notes.append(f"{types.shape[0] - 1} unused token-type row(s) dropped: RoBERTa only ever uses type 0")
         hf_state["roberta.embeddings.token_type_embeddings.weight"] = types[:1]
     state = from_hf_state(hf_state)
-
-    tok = None
-    if any((src / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        tok = transformers.AutoTokenizer.from_pretrained(src).backend_tokenizer
-        order = special_first_order(tok, model_cfg.vocab_size, src)
-        if order is not None:
-            tok = renumber_tokenizer(tok, order)
-            rows = torch.tensor(order)
-            for key in ("roberta.embeddings.word_embeddings.weight", "lm_head.bias"):
-                state[key] = state[key][rows]
-            notes.append("special tokens moved to ids 0-4 (tokenizer and embedding rows renumbered together)")
-    else:
-        notes.append(f"{src} has no tokenizer; prepare data with the tokenizer this model was trained with")
+    tok = _import_tokenizer(src, state, model_cfg.vocab_size, notes)
 
     model = build_model(model_cfg)
     ckpt.load_state(model, state, src)
