@@ -278,7 +278,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     if latest is not None:
         saved = ckpt.load_config(latest)
         if saved.model != cfg.model:
-            raise UserError(f"{latest}: was trained with a different model config; resume with the same --preset/--set")
+            raise UserError(f"{latest}: was trained with a different model config; resume with the same --preset/--set (and --init-from)")
         model.load_state_dict(ckpt.load_weights(latest))
         opt_state, rng, st = ckpt.load_training_state(latest)
         optimizer.load_state_dict(opt_state)
