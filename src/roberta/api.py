@@ -13,17 +13,19 @@ import torch
 
 from roberta import checkpoint as ckpt
 from roberta.errors import UserError
-from roberta.model import RobertaMLM, build_model
-from roberta.tokenizer import MASK_ID, PAD_ID, load_tokenizer
+from roberta.model import RobertaMLM, build_model, max_seq_len
+from roberta.tokenizer import EOS_ID, MASK_ID, PAD_ID, load_tokenizer
 
 
 class Pretrained:
     def __init__(self, model: RobertaMLM, tokenizer, path: Path):
         self.model, self.tokenizer, self.path = model.eval(), tokenizer, path
-        self.max_len = model.cfg.max_positions - model.cfg.pad_token_id - 1
+        self.max_len = max_seq_len(model.cfg)
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = [e.ids[: self.max_len] for e in self.tokenizer.encode_batch(texts)]
+        """Right-padded (B, T) ids and attention mask; a text too long keeps its closing </s>."""
+        enc = [e.ids if len(e.ids) <= self.max_len else e.ids[: self.max_len - 1] + [EOS_ID]
+               for e in self.tokenizer.encode_batch(texts)]
         T = max(len(e) for e in enc)
         ids = torch.full((len(enc), T), PAD_ID, dtype=torch.long)
         for i, e in enumerate(enc):
@@ -39,7 +41,8 @@ class Pretrained:
         if len(where) == 0:
             raise UserError("fill-mask: <mask> was cut off by the model's maximum length")
         pos = int(where[0])
-        probs = self.model.logits(ids, attn)[0, pos].softmax(-1)
+        h = self.model.roberta(ids, attn)[0, pos]  # (C,): only this position goes through the LM head
+        probs = self.model.lm_head(h, self.model.roberta.embeddings.word_embeddings.weight).softmax(-1)
         top = probs.topk(top_k)
         out = []
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
@@ -65,11 +68,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[RobertaMLM, Path]
     ck = ckpt.resolve_checkpoint(path)
     cfg = ckpt.load_config(ck)
     model = build_model(cfg.model, device)
-    weights = ckpt.load_weights(ck)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{ck / 'model.safetensors'}: weights do not match config.json "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    ckpt.load_state(model, ckpt.load_weights(ck), ck / "model.safetensors")
     return model, ck
 
 

@@ -151,6 +151,22 @@ def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{ckpt / 'model.safetensors'}: not a valid safetensors file ({e})") from None
 
 
+def load_state(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str | Path,
+               allow_missing: tuple[str, ...] = (), allow_unexpected: tuple[str, ...] = ()) -> None:
+    """Load `weights` into `model`; any mismatch (other than keys starting with the allowed
+    prefixes) is a UserError that names `where`, never a bare RuntimeError."""
+    weights = {k: v for k, v in weights.items() if not k.startswith(allow_unexpected)}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        detail = [line.strip() for line in str(e).splitlines()[1:]]
+        raise UserError(f"{where}: weights do not fit the model ({'; '.join(detail)[:300]}); "
+                        "was it written for another model config?") from None
+    missing = [k for k in missing if not k.startswith(allow_missing)]
+    if missing or unexpected:
+        raise UserError(f"{where}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 def load_training_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """-> (optimizer state_dict, rng tensors, trainer_state)."""
     opt_path, state_path = ckpt / "optimizer.safetensors", ckpt / "trainer_state.json"

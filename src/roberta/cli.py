@@ -60,6 +60,7 @@ def cmd_evaluate(a) -> None:
     from roberta.api import load_model
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, mlm_loss
+    from roberta.model import max_seq_len
 
     model, ck = load_model(a.checkpoint)
     meta = read_meta(a.data)
@@ -67,7 +68,7 @@ def cmd_evaluate(a) -> None:
         raise UserError(f"{a.data}: prepared with a {meta['vocab_size']}-token vocabulary but {ck} has "
                         f"{model.cfg.vocab_size}; evaluate on data prepared with the checkpoint's tokenizer")
     split = load_split(a.data, a.split)
-    seq_len = a.seq_len or model.cfg.max_positions - model.cfg.pad_token_id - 1
+    seq_len = a.seq_len or max_seq_len(model.cfg)
     result = mlm_loss(model, eval_batches(split, seq_len, model.cfg.vocab_size, a.max_sequences))
     print(json.dumps(result))
 
@@ -78,6 +79,22 @@ def cmd_fill_mask(a) -> None:
     m = roberta.load(a.checkpoint)
     for r in m.fill_mask(a.text, top_k=a.top_k):
         print(f"{r['score']:.4f}  {r['token']!r:>16}  {r['sequence']}")
+
+
+def cmd_export_hf(a) -> None:
+    from roberta.hf import export_hf
+
+    for note in export_hf(a.checkpoint, a.out):
+        print(f"note: {note}")
+    print(f"exported -> {a.out} (transformers.AutoModelForMaskedLM / AutoTokenizer.from_pretrained load it)")
+
+
+def cmd_import_hf(a) -> None:
+    from roberta.hf import import_hf
+
+    for note in import_hf(a.model, a.out):
+        print(f"note: {note}")
+    print(f"imported -> {a.out} (continue pretraining with `roberta pretrain --init-from {a.out}`)")
 
 
 def cmd_quickstart(a) -> None:
@@ -174,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", metavar="TEXT")
     s.add_argument("--top-k", type=int, default=5)
     s.set_defaults(fn=cmd_fill_mask)
+
+    s = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face RobertaForMaskedLM directory")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_export_hf)
+
+    s = sub.add_parser("import-hf", help="turn a local Hugging Face RoBERTa directory into a checkpoint")
+    s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_import_hf)
 
     s = sub.add_parser("quickstart", help="the whole recipe, end to end, on the embedded corpus")
     s.add_argument("--out", default="runs/quickstart")

@@ -76,8 +76,14 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T, rows = input_ids.shape[1], self.position_embeddings.num_embeddings
+        if T > rows - self.pad - 1:  # a shape check: no device sync, and a clearer error than an IndexError
+            raise ValueError(f"input of {T} tokens is longer than the {rows - self.pad - 1} "
+                             f"the position table holds ({rows} rows; positions start at padding_idx + 1)")
+        # RoBERTa's positions: pad + 1, pad + 2, ... over real tokens, `pad` at padding. (B, T) ints,
+        # computed from the ids (as fairseq/HF do) so left- or right-padding give the same states.
         not_pad = input_ids.ne(self.pad).int()
-        positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad  # RoBERTa's offset positions
+        positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
         return self.dropout(self.LayerNorm(x))
 
@@ -92,8 +98,11 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token."""
+        # Without padding, SDPA runs mask-free (CPU flash kernel). The check is a host sync, which
+        # costs nothing measurable eagerly but is a graph break under torch.compile: there the
+        # mask is always passed.
         attn_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys to attend to
         x = self.embeddings(input_ids)
         for layer in self.layers:
@@ -155,6 +164,7 @@ class RobertaMLM(nn.Module):
         if sparse:
             where = labels.ne(-100)
             logits = self.lm_head(h[where], decoder)  # (n_masked, V)
+            # .float() is a no-op in fp32; under bf16 autocast it is the fp32 softmax autocast does anyway
             loss = F.cross_entropy(logits.float(), labels[where], reduction="sum")
         else:
             logits = self.lm_head(h, decoder)
@@ -198,6 +208,11 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int 
     return model
 
 
+def max_seq_len(cfg: ModelConfig) -> int:
+    """The longest input the position table holds (positions start at padding_idx + 1)."""
+    return cfg.max_positions - cfg.pad_token_id - 1
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -219,5 +234,5 @@ def training_flops(cfg: ModelConfig, tokens: int, predicted: int, seq_len: int) 
     return 6.0 * (body * tokens + head * head_tokens) + 12.0 * cfg.layers * cfg.hidden * seq_len * tokens
 
 
-__all__ = ["RobertaMLM", "Encoder", "ClassificationHead", "build_model", "init_weights",
+__all__ = ["RobertaMLM", "Encoder", "ClassificationHead", "build_model", "init_weights", "max_seq_len",
            "count_parameters", "training_flops", "matmul_params"]

@@ -28,7 +28,7 @@ from roberta.distributed import Dist, all_reduce_sum, init_distributed, no_sync,
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
 from roberta.masking import mask_tokens, masking_stats, sequence_keys
-from roberta.model import build_model, count_parameters, training_flops
+from roberta.model import build_model, count_parameters, max_seq_len, training_flops
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS, WORD_START, load_tokenizer, tokenizer_hash
 
@@ -208,6 +208,32 @@ def check_data(data_dir: str, meta: dict) -> None:
                         f"(hash {meta['tokenizer_hash']}); run `roberta prepare` again with the intended tokenizer")
 
 
+# what a checkpoint fixes about the network; dropout, the sparse head and NSP stay the recipe's
+ARCHITECTURE = ("vocab_size", "layers", "hidden", "heads", "ffn", "max_positions", "layer_norm_eps",
+                "pad_token_id", "norm", "bias", "glu")
+
+
+def init_from_config(cfg: Config, init_from: str, data_dir: str, meta: dict, explicit: set[str]) -> tuple[Config, set[str]]:
+    """Continued pretraining: the architecture comes from the checkpoint (an explicit --set
+    model.* still wins), the recipe from the preset; its vocabulary must be the data's."""
+    ck = ckpt.resolve_checkpoint(init_from)
+    saved = ckpt.load_config(ck).model
+    if (ck / "tokenizer.json").is_file():
+        same = load_tokenizer(ck).get_vocab() == load_tokenizer(Path(data_dir) / "tokenizer").get_vocab()
+    else:
+        same = saved.vocab_size == meta["vocab_size"]
+    if not same or saved.vocab_size < meta["vocab_size"]:
+        raise UserError(f"--init-from {init_from}: its vocabulary differs from the tokenizer {data_dir} was "
+                        f"prepared with; run `roberta prepare --tokenizer {ck}` on your corpus and train on that")
+    arch = {k: getattr(saved, k) for k in ARCHITECTURE if f"model.{k}" not in explicit}
+    model = dataclasses.replace(cfg.model, **arch)
+    longest = max_seq_len(model)
+    if cfg.data.seq_len > longest:
+        raise UserError(f"--init-from {init_from}: its position table holds sequences of up to {longest} tokens "
+                        f"but data.seq_len is {cfg.data.seq_len}; prepare with --seq-len {longest} or less")
+    return dataclasses.replace(cfg, model=model), explicit | {"model.vocab_size", "model.max_positions"}
+
+
 def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = None,
              resume: bool = False, progress: bool = True, init_from: str | None = None) -> dict:
     dist = init_distributed(cfg.train.device)
@@ -222,6 +248,8 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     check_data(data_dir, meta)
     if "data.seq_len" not in explicit and meta.get("seq_len"):
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=int(meta["seq_len"])))
+    if init_from:
+        cfg, explicit = init_from_config(cfg, init_from, data_dir, meta, explicit)
     cfg = resolve_config(cfg, meta, explicit, dist)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -243,12 +271,15 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     if resume and latest is None and dist.is_main:
         print(f"note: --resume found no checkpoint in {out}; starting from scratch")
     if latest is None and init_from:
-        model.load_state_dict(ckpt.load_weights(ckpt.resolve_checkpoint(init_from)))
+        init_ck = ckpt.resolve_checkpoint(init_from)
+        # an NSP head the checkpoint lacks starts fresh; one the format does not train is left behind
+        ckpt.load_state(model, ckpt.load_weights(init_ck), init_ck / "model.safetensors",
+                        allow_missing=("nsp_head.",), allow_unexpected=("nsp_head.",))
     optimizer = build_optimizer(model, cfg.optim, t.lr)
     if latest is not None:
         saved = ckpt.load_config(latest)
         if saved.model != cfg.model:
-            raise UserError(f"{latest}: was trained with a different model config; resume with the same --preset/--set")
+            raise UserError(f"{latest}: was trained with a different model config; resume with the same --preset/--set (and --init-from)")
         model.load_state_dict(ckpt.load_weights(latest))
         opt_state, rng, st = ckpt.load_training_state(latest)
         optimizer.load_state_dict(opt_state)

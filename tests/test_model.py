@@ -1,0 +1,189 @@
+"""The encoder itself: sizes, positions, heads, init, and the Python API (fill_mask / embed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import roberta
+from roberta import checkpoint as ckpt
+from roberta.config import ModelConfig
+from roberta.model import RobertaMLM, build_model, count_parameters
+from roberta.presets import base, large, tiny
+from roberta.tokenizer import MASK_ID, PAD_ID, load_tokenizer
+
+
+def small_model(**kw) -> ModelConfig:
+    """A 2 x 64 model without dropout: seconds on a CPU, deterministic."""
+    values = dict(vocab_size=1000, layers=2, hidden=64, heads=2, ffn=128, dropout=0.0, attention_dropout=0.0)
+    values.update(kw)
+    return dataclasses.replace(tiny().model, **values)
+
+
+def padded_batch(lengths: list[int], vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids framed by <s> ... </s>, right-padded: (B, T) ids and attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), max(lengths)), PAD_ID)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(5, vocab, (n,), generator=g)
+        ids[i, 0], ids[i, n - 1] = 0, 2
+    return ids, ids.ne(PAD_ID).long()
+
+
+def test_base_preset_has_roberta_base_parameter_count():
+    cfg = dataclasses.replace(base().model, vocab_size=50265)
+    with torch.device("meta"):  # no memory, no init: counting 125M parameters takes milliseconds
+        model = RobertaMLM(cfg)
+    assert count_parameters(model) == 124_697_433  # HF RobertaForMaskedLM, decoder tied
+    pooler = cfg.hidden * cfg.hidden + cfg.hidden  # HF RobertaModel has one, the MLM does not
+    assert count_parameters(model.roberta) + pooler == 124_645_632
+    assert model.roberta.embeddings.position_embeddings.num_embeddings == 514
+    assert model.roberta.embeddings.token_type_embeddings.num_embeddings == 1
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_large_preset_shape():
+    cfg = large().model
+    assert (cfg.layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.max_positions) == (24, 1024, 16, 4096, 514)
+
+
+def test_init_statistics():
+    model = build_model(small_model(hidden=256, heads=4, ffn=1024), seed=0)
+    assert not any(p.is_meta for p in model.parameters())
+    emb = model.roberta.embeddings
+    for name, p in model.named_parameters():
+        if name.endswith("weight") and p.dim() == 2:  # Linear and Embedding weights
+            w = p.detach()
+            if name.startswith("roberta.embeddings.") and w.shape[0] > 1:
+                w = torch.cat([w[:PAD_ID], w[PAD_ID + 1:]])  # the padding row is zero, see below
+            n = w.numel()  # 5 standard errors of the sample std and mean
+            assert abs(float(w.std()) - 0.02) < 5 * 0.02 / (2 * n) ** 0.5, name
+            assert abs(float(w.mean())) < 5 * 0.02 / n**0.5, name
+        elif "norm" in name.lower() and name.endswith("weight"):
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:  # every bias, the LM head's output bias included
+            assert torch.equal(p, torch.zeros_like(p)), name
+    assert torch.equal(emb.word_embeddings.weight[PAD_ID], torch.zeros(256))
+    assert torch.equal(emb.position_embeddings.weight[PAD_ID], torch.zeros(256))
+
+
+def test_init_is_reproducible_from_the_seed():
+    a, b = build_model(small_model(), seed=3), build_model(small_model(), seed=3)
+    c = build_model(small_model(), seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.lm_head.dense.weight, c.lm_head.dense.weight)
+
+
+def test_nsp_head_only_when_configured():
+    plain = build_model(small_model(), seed=0)
+    assert plain.nsp_head is None
+    assert not any(n.startswith("nsp_head.") for n, _ in plain.named_parameters())
+    nsp = build_model(small_model(nsp_head=True), seed=0)
+    ids, attn = padded_batch([12, 9], 1000)
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    out = nsp(ids, labels, attn, nsp_labels=torch.tensor([0, 1]))
+    assert out["nsp_count"] == 2 and out["nsp_loss_sum"] > 0
+    assert "nsp_loss_sum" not in plain(ids, labels, attn)
+
+
+def test_sparse_and_dense_heads_give_equal_loss_and_gradients():
+    model = build_model(small_model(), seed=0)
+    ids, attn = padded_batch([40, 33, 17], 1000)
+    g = torch.Generator().manual_seed(1)
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.15) & attn.bool(), ids, -100)
+    assert labels.ne(-100).sum() > 5
+
+    def loss_and_grads(sparse: bool):
+        model.zero_grad()
+        out = model(ids, labels, attn, sparse=sparse)
+        out["mlm_loss_sum"].backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    sparse, g_sparse = loss_and_grads(True)
+    dense, g_dense = loss_and_grads(False)
+    assert sparse["mlm_count"] == dense["mlm_count"] == labels.ne(-100).sum()
+    torch.testing.assert_close(sparse["mlm_loss_sum"], dense["mlm_loss_sum"], rtol=1e-5, atol=1e-5)
+    for name in g_dense:
+        torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert g_dense["lm_head.dense.weight"].abs().sum() > 0
+
+
+def test_padding_does_not_change_real_positions():
+    model = build_model(small_model(), seed=0).eval()
+    ids, attn = padded_batch([30, 11], 1000)
+    with torch.no_grad():
+        batched = model.logits(ids, attn)
+        alone = model.logits(ids[1:, :11], attn[1:, :11])
+        no_mask = model.logits(ids[:1], None)
+    torch.testing.assert_close(batched[1, :11], alone[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched[0], no_mask[0], rtol=1e-4, atol=1e-5)
+
+
+def test_512_tokens_fit_the_base_position_table():
+    cfg = dataclasses.replace(base().model, vocab_size=100, layers=1, hidden=32, heads=2, ffn=64)
+    assert cfg.max_positions == 514  # 512 tokens + padding_idx + 1
+    model = build_model(cfg, seed=0)
+    ids, attn = padded_batch([512, 300], 100)
+    labels = torch.where(attn.bool(), ids, -100)
+    model(ids, labels, attn)["mlm_loss_sum"].backward()
+    used = model.roberta.embeddings.position_embeddings.weight.grad.abs().sum(1).ne(0)
+    assert used[2:].all()  # real tokens take rows pad + 1 .. pad + 512 = 2 .. 513
+    assert not used[0] and not used[PAD_ID]  # row 0 is never used; the padding row takes no gradient
+    with pytest.raises(ValueError, match="position"):
+        model.logits(torch.full((1, 513), 5))
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory, tokenizer_dir):
+    """A tiny model overfit on one sentence with one masked word, saved as a checkpoint."""
+    tok = load_tokenizer(tokenizer_dir)
+    text = "The value is returned by the <mask> when called."
+    target = tok.encode(" function", add_special_tokens=False).ids
+    assert len(target) == 1  # a single token in this vocabulary, so fill_mask can name it
+    ids = torch.tensor([tok.encode(text).ids])
+    labels = torch.where(ids == MASK_ID, target[0], -100)
+    cfg = dataclasses.replace(tiny(), model=small_model(vocab_size=tok.get_vocab_size()))
+    model = build_model(cfg.model, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        out = model(ids, labels)
+        out["mlm_loss_sum"].backward()
+        opt.step()
+        opt.zero_grad()
+    path = ckpt.save_checkpoint(tmp_path_factory.mktemp("memorised"), 40, model, cfg, tokenizer_dir)
+    return path, text, target[0]
+
+
+def test_fill_mask_ranks_the_memorised_token_first(memorised):
+    path, text, target = memorised
+    m = roberta.load(path)
+    top = m.fill_mask(text, top_k=3)
+    assert len(top) == 3 and top[0]["token_id"] == target
+    assert top[0]["token"] == " function" and top[0]["score"] > 0.5
+    assert top[0]["sequence"] == "The value is returned by the function when called."
+    assert top[0]["score"] >= top[1]["score"] >= top[2]["score"]
+
+
+def test_fill_mask_needs_a_mask(memorised):
+    with pytest.raises(roberta.errors.UserError, match="<mask>"):
+        roberta.load(memorised[0]).fill_mask("no mask here")
+
+
+def test_embed_shapes_and_padding_invariance(memorised):
+    m = roberta.load(memorised[0])
+    texts = ["short", "a considerably longer sentence, so the first one is padded in the batch"]
+    both = m.embed(texts)
+    assert both.shape == (2, m.model.cfg.hidden)
+    torch.testing.assert_close(both[0], m.embed(texts[:1])[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[0], both[1])
+    assert m.embed(texts * 3, batch_size=4).shape == (6, m.model.cfg.hidden)
+
+
+def test_long_text_is_truncated_keeping_its_end_token(memorised):
+    m = roberta.load(memorised[0])
+    ids, attn = m._encode(["word " * 1000])
+    assert ids.shape == (1, m.max_len) and ids[0, -1] == 2 and attn.all()
+    assert m.embed(["word " * 1000]).isfinite().all()
