@@ -85,27 +85,29 @@ def python_loop(ids: torch.Tensor, vocab: int, rng: random.Random) -> tuple[torc
     return torch.tensor(inputs), torch.tensor(labels)
 
 
-def tiny_step_fn():
-    """One `tiny` training step (batch 16 x 128, 8K vocabulary) and the masking of its batch."""
+def tiny_step_fn(device: str = "cpu"):
+    """One `tiny` training step (batch 16 x 128, 8K vocabulary) on `device`, and the masking of
+    its batch on the CPU, where the trainer masks."""
     cfg = tiny()
     m = cfg.model
     batch = cfg.train.batch_size
-    model = build_model(m, "cpu", seed=0)
+    model = build_model(m, device, seed=0)
     model.train()
     opt = build_optimizer(model, cfg.optim, cfg.train.lr)
     ids = make_batch(batch, cfg.data.seq_len, m.vocab_size, seed=1)
     epochs, indices = torch.zeros(batch, dtype=torch.int64), torch.arange(batch)
-    attention = ids.ne(PAD_ID).long()
 
     def mask():
         keys = sequence_keys(0, epochs, indices)
         return mask_tokens(ids, vocab_size=m.vocab_size, mask_token_id=MASK_ID,
                            special_token_ids=SPECIAL_IDS, mask_prob=P, seq_keys=keys)
 
-    inputs, labels = mask()
+    inputs, labels = (t.to(device) for t in mask())
+    attention = ids.ne(PAD_ID).long().to(device)
 
     def step():
-        out = model(inputs, labels, attention)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):  # as the trainer
+            out = model(inputs, labels, attention)
         (out["mlm_loss_sum"] / out["mlm_count"]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -113,10 +115,27 @@ def tiny_step_fn():
     return mask, step
 
 
-def timed(fn) -> float:
+def timed(fn, device: str = "cpu") -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def median_times(fns: dict, rounds: int, device: str = "cpu") -> dict[str, float]:
+    """Median seconds per call, timing the functions in interleaved rounds after one warm-up; the
+    order rotates each round, so no function always runs after the same neighbour."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(timed(fns[name], device))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -129,7 +148,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     ids = make_batch(B, T, VOCAB)
-    real = ~torch.isin(ids, torch.tensor(SPECIAL_IDS))
     epochs, indices = torch.full((B,), 3, dtype=torch.int64), torch.arange(1000, 1000 + B)
     common = dict(vocab_size=VOCAB, mask_token_id=MASK_ID, special_token_ids=SPECIAL_IDS, mask_prob=P)
     word_start = torch.rand(VOCAB, generator=torch.Generator().manual_seed(2)) < 0.6  # synthetic
@@ -141,57 +159,64 @@ def main() -> None:
     collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=P, return_tensors="pt")
     special_mask = torch.tensor([tok.get_special_tokens_mask(r, already_has_special_tokens=True)
                                  for r in ids.tolist()])  # as the tokenizer returns it with the batch
-    assert torch.equal(special_mask.bool(), ~real)
+    assert torch.equal(special_mask.bool(), torch.isin(ids, torch.tensor(SPECIAL_IDS)))
 
-    def ours(**kw):
-        return lambda: mask_tokens(ids, **common, seq_keys=sequence_keys(0, epochs, indices), **kw)
+    def ours(batch=ids, **kw):
+        return lambda: mask_tokens(batch, **common, seq_keys=sequence_keys(0, epochs, indices), **kw)
 
-    methods = {
+    rng = random.Random(0)
+    loop = "Python loop (paper pseudo-code)"
+    mask_tiny, step_tiny = tiny_step_fn()
+    med = median_times({
         "ours: hash-keyed (trainer)": ours(),
         "ours: hash-keyed, exact count": ours(exact_count=True),
         "ours: hash-keyed, whole word": ours(word_start=word_start),
         "ours: generator stream": lambda: mask_tokens(ids, **common, generator=gen),
         "HF collator, special mask given": lambda: collator.torch_mask_tokens(ids.clone(), special_tokens_mask=special_mask),
         "HF collator, as called (no mask)": lambda: collator.torch_mask_tokens(ids.clone()),
-    }
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    rng = random.Random(0)
-    loop_rows = ids[: args.loop_rows]
-    times["Python loop (paper pseudo-code)"] = []
-    mask_tiny, step_tiny = tiny_step_fn()
-    tiny_times: dict[str, list[float]] = {"mask": [], "step": []}
-    for fn in [*methods.values(), mask_tiny, step_tiny]:  # warm up
-        fn()
-    for _ in range(args.rounds):
-        for name, fn in methods.items():
-            times[name].append(timed(fn))
-        times["Python loop (paper pseudo-code)"].append(
-            timed(lambda: python_loop(loop_rows, VOCAB, rng)) * B / len(loop_rows))
-        tiny_times["mask"].append(timed(mask_tiny))
-        tiny_times["step"].append(timed(step_tiny))
-
-    med = {k: statistics.median(v) for k, v in times.items()}
-    hf = med["HF collator, special mask given"]
-    loop = med["Python loop (paper pseudo-code)"]
+        loop: lambda: python_loop(ids[: args.loop_rows], VOCAB, rng),
+    }, args.rounds)
+    med[loop] *= B / args.loop_rows  # extrapolated from loop_rows rows to the batch
+    tiny_med = median_times({"mask": mask_tiny, "step": step_tiny}, max(3, args.rounds // 3))
+    mask_ms, step_ms = tiny_med["mask"] * 1e3, tiny_med["step"] * 1e3
+    hf, loop_t = med["HF collator, special mask given"], med[loop]
     print(f"masking a {B} x {T} batch, vocabulary {VOCAB:,}, p = {P}; median of {args.rounds} interleaved rounds; "
           f"{torch.get_num_threads()} torch thread(s); {platform.processor() or platform.machine()}")
     print(f"{'method':36s} {'ms/batch':>10s} {'sequences/s':>12s} {'vs HF (mask given)':>19s} {'vs loop':>8s}")
     for name, t in med.items():
-        print(f"{name:36s} {t * 1e3:10.2f} {B / t:12,.0f} {hf / t:18.2f}x {loop / t:7.0f}x")
-    mask_ms, step_ms = (statistics.median(v) * 1e3 for v in tiny_times.values())
-    print(f"tiny training step (4x256, vocab 8K, batch 16x128, fwd+bwd+AdamW): {step_ms:.1f} ms; "
+        print(f"{name:36s} {t * 1e3:10.2f} {B / t:12,.0f} {hf / t:18.2f}x {loop_t / t:7.1f}x")
+    print(f"tiny training step on the CPU (4x256, vocab 8K, batch 16x128, fwd+bwd+AdamW): {step_ms:.1f} ms; "
           f"masking its batch (hash-keyed): {mask_ms:.3f} ms = {100 * mask_ms / step_ms:.2f}% of the step")
     ours_t = med["ours: hash-keyed (trainer)"]
-    print(json.dumps({
+    result = {
         "benchmark": "masking", "batch": [B, T], "vocab": VOCAB, "threads": torch.get_num_threads(),
         "sequences_per_s": {k: round(B / t, 1) for k, t in med.items()},
         "ours_vs_hf_mask_given": round(hf / ours_t, 2),
         "ours_vs_hf_as_called": round(med["HF collator, as called (no mask)"] / ours_t, 2),
         "generator_vs_hf_mask_given": round(hf / med["ours: generator stream"], 2),
-        "ours_vs_python_loop": round(loop / ours_t, 1),
+        "ours_vs_python_loop": round(loop_t / ours_t, 1),
         "tiny_step_ms": round(step_ms, 2), "tiny_mask_ms": round(mask_ms, 4),
         "tiny_mask_share_of_step": round(mask_ms / step_ms, 5),
-    }))
+    }
+    if torch.cuda.is_available():
+        result.update(gpu_section(ids, ours, args.rounds, mask_tiny))
+    print(json.dumps(result))
+
+
+def gpu_section(ids: torch.Tensor, ours, rounds: int, mask_tiny) -> dict:
+    """The same masking on the GPU (bit-identical to the CPU's?) and a tiny step on the GPU."""
+    gpu_ids = ids.cuda()
+    identical = all(torch.equal(c, g.cpu()) for c, g in zip(ours()(), ours(gpu_ids)()))
+    _, step_gpu = tiny_step_fn("cuda")
+    med = median_times({"mask": ours(gpu_ids), "step": step_gpu}, rounds, "cuda")
+    mask_ms, step_ms, cpu_mask_ms = med["mask"] * 1e3, med["step"] * 1e3, timed(mask_tiny) * 1e3
+    print(f"GPU ({torch.cuda.get_device_name()}): {B} x {T} batch masked in {mask_ms:.3f} ms "
+          f"({B / med['mask']:,.0f} sequences/s), bit-identical to the CPU: {identical}; tiny step (bf16) "
+          f"{step_ms:.2f} ms; its batch masked on the CPU as the trainer does: {cpu_mask_ms:.3f} ms "
+          f"= {100 * cpu_mask_ms / step_ms:.1f}% of the step")
+    return {"gpu": torch.cuda.get_device_name(), "gpu_sequences_per_s": round(B / med["mask"], 1),
+            "gpu_bit_identical": identical, "gpu_tiny_step_ms": round(step_ms, 3),
+            "gpu_tiny_cpu_mask_share": round(cpu_mask_ms / step_ms, 4)}
 
 
 if __name__ == "__main__":

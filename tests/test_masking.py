@@ -15,7 +15,7 @@ import torch
 
 import roberta
 from roberta.masking import (IGNORE, apply_compact_masks, compact_masks, mask_counts, mask_tokens,
-                             masking_stats, sequence_keys, word_start_table)
+                             masking_stats, sequence_keys, token_hashes, word_start_table)
 from roberta.presets import tiny
 from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, SPECIAL_IDS, load_tokenizer
 from roberta.train import Masker
@@ -175,6 +175,12 @@ def test_static_masks_cycle_through_dupe_factor(dupe_factor):
     dynamic = masker(kind="dynamic")
     fresh = [dynamic(ids, torch.full((64,), e), index)[1] for e in range(epochs)]
     assert all(len({fresh[e][row].numpy().tobytes() for e in range(epochs)}) == epochs for row in range(64))
+
+
+def test_token_hashes_distinct_within_a_row():
+    # exact counts rely on it: "h <= the k-th smallest h" then selects exactly k, with no ties
+    h = token_hashes((64, 8192), seq_keys=keys_for(0, torch.arange(64)))
+    assert all(len(torch.unique(row)) == 8192 for row in h)
 
 
 def test_compact_masks_round_trip(ids):

@@ -194,26 +194,24 @@ def mask_tokens(input_ids: torch.Tensor, *, vocab_size: int, mask_token_id: int,
 def _select_exact(h: torch.Tensor, eligible: torch.Tensor, mask_prob: float,
                   word: torch.Tensor | None) -> torch.Tensor:
     """(B, T) bool: the k = round(mask_prob * n_real) tokens (or the fewest whole words covering
-    k tokens) with the smallest hashes. Keys carry the position in their low bits, so they are
-    unique in a row and "key <= the k-th smallest key" selects exactly k, on any device."""
+    k tokens) with the smallest hashes. A row's hashes are all distinct (a bijection of distinct
+    per-position values xor one key), so "h <= the k-th smallest h" selects exactly k, on any
+    device, with no tie-breaking."""
     B, T = h.shape
-    positions = torch.arange(T, device=h.device)
-    key = ((h.long() - _I32_MIN) << T.bit_length()) | positions  # (B, T) int64 >= 0, unique per row
-    never = torch.iinfo(torch.int64).max
     n_real = eligible.sum(1)
     k = torch.round(n_real.to(torch.float64) * mask_prob).to(torch.int64)  # half to even, as round()
     k_max = int(k.max()) if B else 0
     if k_max == 0:
         return torch.zeros_like(eligible)
     if word is None:
-        key = key.masked_fill(~eligible, never)
+        key = h.masked_fill(~eligible, _I32_MAX)  # (B, T)
         smallest = torch.topk(key, k_max, dim=1, largest=False, sorted=True).values  # (B, k_max)
         threshold = smallest.gather(1, (k - 1).clamp(min=0)[:, None])
         return (key <= threshold) & (k > 0)[:, None] & eligible
-    # whole words: word w's key is the key at position w; take words in key order until k tokens
+    # whole words: word w's key is h at position w; take words in key order until k tokens
     n_words = word.masked_fill(~eligible, -1).amax(1) + 1  # (B,)
-    word_key = key.masked_fill(positions >= n_words[:, None], never)  # (B, T) by word number
-    word_len = torch.zeros_like(key).scatter_add_(1, word, eligible.to(torch.int64))  # (B, T)
+    word_key = h.masked_fill(torch.arange(T, device=h.device) >= n_words[:, None], _I32_MAX)  # by word number
+    word_len = torch.zeros_like(word).scatter_add_(1, word, eligible.to(word.dtype))  # (B, T) tokens per word
     m = min(k_max, T)  # every word has >= 1 token, so at most k words are needed
     smallest, order = torch.topk(word_key, m, dim=1, largest=False, sorted=True)  # (B, m)
     covered = word_len.gather(1, order).cumsum(1)  # tokens covered by the first j + 1 words
