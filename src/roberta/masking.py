@@ -147,8 +147,10 @@ def mask_tokens(input_ids: torch.Tensor, *, vocab_size: int, mask_token_id: int,
             or mask_token_prob + random_token_prob > 1.0 + 1e-9:
         raise ValueError(f"bad masking probabilities: mask_prob={mask_prob}, "
                          f"mask_token_prob={mask_token_prob}, random_token_prob={random_token_prob}")
+    input_ids = input_ids.contiguous()
     B, T = input_ids.shape
     device = input_ids.device
+    replaced = min(mask_token_prob + random_token_prob, 1.0)  # of the selected: <mask> or random
     specials = tuple(sorted({int(i) for i in special_token_ids} | {int(mask_token_id)}))
     is_special, real_ids = _special_table(vocab_size, specials, device)
     if specials == tuple(range(len(specials))):  # RoBERTa's ids 0-4: one compare, not a lookup
@@ -162,7 +164,7 @@ def mask_tokens(input_ids: torch.Tensor, *, vocab_size: int, mask_token_id: int,
         h = torch.where(eligible, h, _I32_MAX)  # never below a threshold (all < max for p < 1)
         selected = h < _threshold(mask_prob)
         to_mask = h < _threshold(mask_prob * mask_token_prob)
-        to_random = (h < _threshold(mask_prob * (mask_token_prob + random_token_prob))) ^ to_mask
+        to_random = (h < _threshold(mask_prob * replaced)) ^ to_mask  # to_mask lies inside
     else:
         if word_start is not None:
             starts = word_start.to(device)[input_ids]
@@ -180,7 +182,7 @@ def mask_tokens(input_ids: torch.Tensor, *, vocab_size: int, mask_token_id: int,
             selected = chosen.gather(1, word) & eligible
         action = _hash32(h ^ _ACTION_STREAM)  # independent of how the token was selected
         to_mask = (action < _threshold(mask_token_prob)) & selected
-        to_random = (action < _threshold(mask_token_prob + random_token_prob)) & selected & ~to_mask
+        to_random = (action < _threshold(replaced)) & selected & ~to_mask
 
     inputs = torch.where(to_mask, mask_token_id, input_ids)
     flat = to_random.view(-1).nonzero().squeeze(1)  # ~1.5% of tokens: draw the random ids there only
