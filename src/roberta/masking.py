@@ -17,8 +17,10 @@ the same function of epoch % dupe_factor: dupe_factor fixed masks per sequence, 
 recomputed bit-identically each time a sequence is drawn. That stores nothing -- BERT wrote
 dupe_factor masked copies of the corpus, and even the compact form (positions + replacement ids,
 `compact_masks`) takes ~ mask_prob * dupe_factor * 6 bytes per corpus token (9 at the defaults,
-4.5x a uint16 corpus) -- and recomputing costs well under a millisecond per batch. Without keys,
-each row's key is drawn from torch's generator (`generator=`), like Hugging Face's collator.
+4.5x a uint16 corpus) -- and recomputing is just masking (~2 ms for 256 x 512 tokens on one
+CPU core, 0.05% of a `tiny` training step). Row keys are 32 bits: two sequence draws share a
+mask pattern with probability 2^-32. Without seq_keys, each row's key is drawn from torch's
+generator (`generator=`), a running stream like Hugging Face's collator.
 """
 
 from __future__ import annotations
