@@ -27,10 +27,10 @@ from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import Dist, all_reduce_sum, init_distributed, no_sync, shutdown, wrap_model
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
-from roberta.masking import mask_tokens, masking_stats, sequence_keys
+from roberta.masking import mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
 from roberta.model import build_model, count_parameters, max_seq_len, training_flops
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr
-from roberta.tokenizer import MASK_ID, SPECIAL_IDS, WORD_START, load_tokenizer, tokenizer_hash
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, load_tokenizer, tokenizer_hash
 
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
@@ -51,13 +51,10 @@ class Masker:
     """Masks a batch as the config says: dynamic (fresh per epoch) or static (epoch % dupe_factor)."""
 
     def __init__(self, cfg: Config, vocab: dict[str, int]):
-        self.m, self.seed, self.vocab_size = cfg.masking, cfg.train.seed, cfg.model.vocab_size
-        self.word_start = None
-        if self.m.whole_word:
-            self.word_start = torch.zeros(self.vocab_size, dtype=torch.bool)
-            for tok, i in vocab.items():
-                if tok.startswith(WORD_START) and i < self.vocab_size:
-                    self.word_start[i] = True
+        self.m, self.seed = cfg.masking, cfg.train.seed
+        # random replacements come from the tokenizer's ids, even if model.vocab_size pads beyond them
+        self.vocab_size = min(cfg.model.vocab_size, max(vocab.values()) + 1) if vocab else cfg.model.vocab_size
+        self.word_start = word_start_table(vocab, self.vocab_size) if self.m.whole_word else None
 
     def __call__(self, input_ids: torch.Tensor, epochs: torch.Tensor, indices: torch.Tensor):
         if self.m.kind == "static":
@@ -157,13 +154,14 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
 def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg: Config) -> dict:
     """One optimizer step over this rank's micro-batches; the loss is the sum over the global
     batch's masked tokens divided by their count (not an average of micro-batch means)."""
-    masked = []
+    masked, mask_sums = [], torch.zeros(4, dtype=torch.int64)
     for mb in micro_batches:
         inputs, labels = masker(mb.input_ids, mb.epochs, mb.indices)
+        mask_sums += mask_counts(mb.input_ids, inputs, labels, MASK_ID, SPECIAL_IDS)  # on the CPU: no sync
         masked.append((mb, inputs.to(dist.device), labels.to(dist.device)))
-    counts = torch.tensor([sum(int(l.ne(-100).sum()) for _, _, l in masked),
-                           sum(len(mb.indices) for mb in micro_batches)], dtype=torch.float64, device=dist.device)
-    n_masked, n_seqs = all_reduce_sum(counts, dist).tolist()
+    counts = torch.cat([mask_sums, torch.tensor([sum(len(mb.indices) for mb in micro_batches)])])
+    *mask_sums, n_seqs = all_reduce_sum(counts.to(dist.device, torch.float64), dist).tolist()
+    n_masked = mask_sums[1]  # selected tokens of the whole global batch
     use_bf16 = dist.device.type == "cuda"
     loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
     nsp_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
@@ -187,8 +185,7 @@ def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg:
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    stats = masking_stats(masked[0][0].input_ids, masked[0][1].cpu(), masked[0][2].cpu(), MASK_ID,
-                          int((~torch.isin(masked[0][0].input_ids, torch.tensor(SPECIAL_IDS))).sum()))
+    stats = masking_stats(mask_sums)  # realised over the global batch
     return {"loss": mlm, "nsp_loss": float(sums[1]) / max(n_seqs, 1) if cfg.model.nsp_head else None,
             "grad_norm": float(grad_norm), "finite": finite, "masked": int(n_masked), "sequences": int(n_seqs),
             **stats}
@@ -294,7 +291,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
             (out / name).unlink(missing_ok=True)
         (out / "config.json").write_text(cfg.to_json())
     ddp_model = wrap_model(model, dist)
-    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab() if cfg.masking.whole_word else {})
+    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab())
     budget = Budget(cfg)
     peak = t.peak_flops or measure_peak_flops(dist.device)
     n_params = count_parameters(model)
