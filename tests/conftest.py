@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the repository; ROBERTA_SHARED_DATA overrides it (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("ROBERTA_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -38,12 +38,7 @@ def cmd_prepare(a) -> None:
 
     r = prepare(a.inputs, a.tokenizer, a.out, seq_len=a.seq_len, valid_fraction=a.valid_fraction,
                 text_field=a.text_field, workers=a.workers, progress=not a.quiet)
-    s = r.meta["splits"]
-    mb = r.meta["read"]["bytes"] / 1e6
-    print(f"read: {r.read_summary}")
-    print(f"prepared: train {s['train']['documents']:,} docs / {s['train']['tokens']:,} tokens, "
-          f"valid {s['valid']['documents']:,} docs / {s['valid']['tokens']:,} tokens "
-          f"in {r.seconds:.1f}s ({mb / max(r.seconds, 1e-9):.1f} MB/s) -> {a.out}")
+    print(r.summary())
 
 
 def cmd_pretrain(a) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from roberta import checkpoint as ckpt
 from roberta.config import Config, parse_duration
-from roberta.data.formats import NSP_FORMATS, build_plan
+from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
 from roberta.data.loader import BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import Dist, all_reduce_sum, init_distributed, no_sync, shutdown, wrap_model
@@ -256,9 +256,10 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     plan = build_plan(train_split, cfg.data.format, cfg.data.seq_len, seed=t.seed)
     if len(plan) == 0:
         raise UserError(f"{data_dir}: no training sequences could be built")
-    token_budget = t.batch_size * cfg.data.seq_len if cfg.data.format != "full-sentences" else 0
+    token_budget = batch_token_budget(train_split, cfg.data.format, t.batch_size, cfg.data.seq_len)
     accum = t.batch_size // (t.micro_batch_size * dist.world)
-    stream = BatchStream(plan, t.batch_size, t.seed, token_budget=token_budget, min_draws=accum * dist.world)
+    stream = BatchStream(plan, t.batch_size, t.seed, token_budget=token_budget, min_draws=accum * dist.world,
+                         multiple_of=dist.world)
     evals = eval_batches(valid_split if valid_split.n_docs else train_split, cfg.data.seq_len,
                          cfg.model.vocab_size, t.eval_sequences)
 

@@ -10,6 +10,7 @@ Plans are deterministic for a seed and hold offsets only, never copies of the to
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +36,12 @@ class SequencePlan:
 
 
 class _Builder:
+    """Accumulates pieces and sequences in typed arrays (8 bytes an entry, not a Python int's ~36)."""
+
     def __init__(self):
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-        self.ptr: list[int] = [0]
-        self.lengths: list[int] = []
-        self.labels: list[int] = []
-        self.docs: list[int] = []
+        self.starts, self.ends = array("q"), array("q")
+        self.ptr = array("q", [0])
+        self.lengths, self.labels, self.docs = array("q"), array("q"), array("q")
         self.cur = 0  # content tokens in the open sequence
 
     def piece(self, start: int, end: int) -> None:
@@ -59,9 +59,12 @@ class _Builder:
         self.cur = 0
 
     def plan(self, nsp: bool) -> SequencePlan:
-        return SequencePlan(np.array(self.starts, np.int64), np.array(self.ends, np.int64),
-                            np.array(self.ptr, np.int64), np.array(self.lengths, np.int64),
-                            np.array(self.labels, np.int64) if nsp else None, np.array(self.docs, np.int64))
+        return SequencePlan(_np(self.starts), _np(self.ends), _np(self.ptr), _np(self.lengths),
+                            _np(self.labels) if nsp else None, _np(self.docs))
+
+
+def _np(a: array) -> np.ndarray:
+    return np.array(a, np.int64)
 
 
 def _sentence_spans(split: Split, budget: int):
@@ -107,16 +110,27 @@ def _doc_sentences(split: Split, budget: int) -> list[list[tuple[int, int]]]:
 
 
 def _truncate_pair(a: list[tuple[int, int]], b: list[tuple[int, int]], budget: int):
-    """BERT's truncate_seq_pair: trim tokens from the longer side's end until both fit."""
-    def total(x):
-        return sum(e - s for s, e in x)
-    a, b = [list(x) for x in a], [list(x) for x in b]
-    while total(a) + total(b) > budget:
-        side = a if total(a) >= total(b) else b
-        side[-1][1] -= 1
-        if side[-1][1] <= side[-1][0]:
-            side.pop()
-    return [tuple(x) for x in a], [tuple(x) for x in b]
+    """BERT's truncate_seq_pair (drop one token at a time from the end of the longer side, ties
+    from A) in closed form: O(pieces), not O(tokens x pieces)."""
+    la, lb = sum(e - s for s, e in a), sum(e - s for s, e in b)
+    excess = la + lb - budget
+    if excess <= 0:
+        return a, b
+    gap = min(abs(la - lb), excess)  # first the longer side is trimmed down to the shorter one...
+    la, lb = (la - gap, lb) if la >= lb else (la, lb - gap)
+    rest = excess - gap  # ...then both alternately, A first
+    return _keep_tokens(a, la - (rest + 1) // 2), _keep_tokens(b, lb - rest // 2)
+
+
+def _keep_tokens(spans: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The first n tokens of a list of spans."""
+    out = []
+    for s, e in spans:
+        if n <= 0:
+            break
+        out.append((s, min(e, s + n)))
+        n -= out[-1][1] - s
+    return out
 
 
 def _random_other_doc(rng, n_docs: int, doc: int) -> int:
@@ -209,6 +223,25 @@ def build_plan(split: Split, fmt: str, seq_len: int, seed: int = 0) -> SequenceP
     if fmt == "sentence-pair+nsp":
         return sentence_pairs(split, seq_len, seed)
     raise ValueError(f"unknown format {fmt}")
+
+
+def batch_token_budget(split: Split, fmt: str, batch_size: int, seq_len: int,
+                       sample_tokens: int = 1_000_000) -> int:
+    """Real tokens per global batch for `fmt`, or 0 for a fixed `batch_size` of sequences.
+
+    FULL-SENTENCES is the reference (the paper's main setting): `batch_size` sequences of it.
+    The other formats get a token budget equal to what that batch holds (paper, section 4.2:
+    "we dynamically increase the batch size ... to achieve a similar number of total tokens as
+    FULL-SENTENCES"). Packing whole sentences leaves a few tokens unused at each sequence's end,
+    so the reference is measured by packing a prefix of the split, not assumed to be seq_len."""
+    if fmt == "full-sentences":
+        return 0
+    i = int(np.searchsorted(split.sents, min(sample_tokens, int(split.sents[-1]))))
+    end = int(split.sents[i])  # the first sentence boundary at or after sample_tokens
+    docs = np.append(split.docs[: int(np.searchsorted(split.docs, end))], end)
+    prefix = Split(split.tokens[:end], docs, split.sents[: i + 1])
+    lengths = full_sentences(prefix, seq_len).lengths
+    return int(round(batch_size * (float(lengths.mean()) if len(lengths) else seq_len)))
 
 
 def materialize(split: Split, plan: SequencePlan, index: int, bos: int = 0, eos: int = 2) -> np.ndarray:

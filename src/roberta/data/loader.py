@@ -47,46 +47,70 @@ def collate(split: Split, plan: SequencePlan, draws: list[tuple[int, int]]) -> B
 
 
 class BatchStream:
-    """Global batches of draws; resumable from `state_dict()` (epoch, offset into the epoch)."""
+    """Global batches of draws; resumable from `state_dict()` (epoch, offset into the epoch).
+
+    Fixed mode (token_budget=0): `batch_size` draws. Token-budget mode: whole groups of
+    `multiple_of` draws (one per rank) are added while that brings the batch's real tokens nearer
+    to `token_budget` (a group is taken if at least half of it fits), so tokens per batch are
+    about constant whatever the sequence lengths, and about as often under as over the budget.
+    Either way a batch has at least `min_draws` draws and a multiple of `multiple_of`.
+    """
 
     def __init__(self, plan: SequencePlan, batch_size: int, seed: int, token_budget: int = 0,
-                 min_draws: int = 1):
+                 min_draws: int = 1, multiple_of: int = 1):
+        if len(plan) == 0:
+            raise ValueError("BatchStream needs a plan with at least one sequence")
         self.plan, self.batch_size, self.seed = plan, batch_size, seed
-        self.token_budget, self.min_draws = token_budget, min_draws
+        self.token_budget, self.min_draws, self.multiple_of = token_budget, min_draws, max(1, multiple_of)
         self.epoch, self.offset = 0, 0
-        self._order = self._permutation(0)
+        self._orders: dict[int, np.ndarray] = {}
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.plan))
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {k: v for k, v in self._orders.items() if k >= epoch - 1}  # keep at most two
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.plan))
+        return self._orders[epoch]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
-        self._order = self._permutation(self.epoch)
 
-    def _draw(self) -> tuple[int, int]:
-        if self.offset == len(self._order):
-            self.epoch, self.offset = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        d = (self.epoch, int(self._order[self.offset]))
-        self.offset += 1
-        return d
+    def _take(self, n: int) -> list[tuple[int, int]]:
+        """The next n draws, consumed."""
+        draws = []
+        for _ in range(n):
+            if self.offset == len(self.plan):
+                self.epoch, self.offset = self.epoch + 1, 0
+            draws.append((self.epoch, int(self._order(self.epoch)[self.offset])))
+            self.offset += 1
+        return draws
 
     def next_batch(self) -> list[tuple[int, int]]:
+        m = self.multiple_of
+        groups_min = -(-max(self.min_draws, 1) // m)
         if not self.token_budget:
-            return [self._draw() for _ in range(self.batch_size)]
+            return self._take(max(-(-self.batch_size // m), groups_min) * m)
         draws, tokens = [], 0
-        while tokens < self.token_budget or len(draws) < self.min_draws:
-            d = self._draw()
-            draws.append(d)
-            tokens += int(self.plan.lengths[d[1]])
-        return draws
+        while True:
+            state = self.state_dict()
+            group = self._take(m)
+            group_tokens = int(self.plan.lengths[[i for _, i in group]].sum())
+            if len(draws) >= groups_min * m and tokens + group_tokens / 2 > self.token_budget:
+                self.load_state_dict(state)  # not taken: it starts the next batch
+                return draws
+            draws += group
+            tokens += group_tokens
 
 
 def shard(draws: list, rank: int, world: int, micro_batches: int) -> list[list]:
-    """This rank's share of a global batch, cut into `micro_batches` near-equal micro-batches."""
+    """This rank's share of a global batch (draws rank, rank + world, ...), cut into exactly
+    `micro_batches` near-equal, non-empty micro-batches; every rank gets the same count, so no
+    rank waits at a collective that another rank never reaches."""
     mine = draws[rank::world]
+    if len(draws) < world * micro_batches:
+        raise ValueError(f"a global batch of {len(draws)} sequences cannot feed {world} rank(s) x "
+                         f"{micro_batches} micro-batches; build it with min_draws >= {world * micro_batches}")
     bounds = np.linspace(0, len(mine), micro_batches + 1).round().astype(int)
-    return [mine[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [mine[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -5,75 +5,115 @@ Layout of a prepared directory (format-agnostic: the input format is chosen at p
     {train,valid}.tokens.bin      all documents' tokens back to back, no special tokens (uint16/32)
     {train,valid}.docs.bin        int64 [n_docs + 1]      token offset where each document starts
     {train,valid}.sents.bin       int64 [n_sents + 1]     token offset where each sentence starts
-Documents are streamed; memory stays bounded by one chunk of documents whatever the corpus size.
+    tokenizer/                    a copy of the tokenizer the tokens were made with
+
+Pipeline, streamed end to end: the main process reads and normalises documents (readers.py) and
+groups them into chunks of <= CHUNK_DOCS documents and <= CHUNK_CHARS characters; `--workers`
+processes split each document into sentences and encode the chunk with one `encode_batch` call
+(sentences passed as pre-tokenized words, so a document is one Encoding and `word_ids` says which
+sentence each token came from); the main process appends each chunk, in input order, to the train
+or valid files. At most IN_FLIGHT_PER_WORKER chunks per worker exist at any time, so memory is
+O(workers x chunk) whatever the corpus size (`Pool.imap` would read the whole corpus ahead).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
-import shutil
 import multiprocessing as mp
 import os
-import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from roberta.data.readers import ReadStats, iter_documents
+from roberta.data.readers import ReadStats, human_bytes, iter_documents
+from roberta.data.sentences import split_sentences
 from roberta.errors import UserError
-from roberta.tokenizer import iter_batches, load_tokenizer, tokenizer_hash
+from roberta.tokenizer import load_tokenizer, tokenizer_hash
 
-CHUNK_DOCS = 512
-# A sentence ends after . ! ? (plus closing quotes/brackets) followed by whitespace, or at a newline.
-# The whitespace goes with the next sentence so that encoding sentence by sentence gives exactly
-# the tokens of encoding the whole document (byte-level BPE attaches a space to the next word).
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s+\S)|(?<=\S)(?=\n)")
+CHUNK_DOCS = 256
+CHUNK_CHARS = 1 << 20
+IN_FLIGHT_PER_WORKER = 2
+MIN_SEQ_LEN = 8  # <s> A </s></s> B </s> needs room for at least a token on each side
 
-_worker_tok = None
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split into sentences whose concatenation is exactly `text`."""
-    cuts = [m.end() for m in _SENT_END.finditer(text)]
-    pieces, start = [], 0
-    for cut in cuts:
-        if cut > start:
-            pieces.append(text[start:cut])
-            start = cut
-    pieces.append(text[start:])
-    return [p for p in pieces if p]
-
-
-def _init_worker(tokenizer_dir: str) -> None:
-    global _worker_tok
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker_tok = load_tokenizer(tokenizer_dir)
-
-
-def encode_documents(docs: list[str], tok=None) -> list[tuple[bytes, np.ndarray, np.ndarray]]:
-    """-> per document: (its split key, token ids, sentence lengths in tokens)."""
-    tok = tok or _worker_tok
-    sentences = [split_sentences(d) for d in docs]
-    flat = [s for sents in sentences for s in sents]
-    encoded = tok.encode_batch(flat, add_special_tokens=False)
-    out, i = [], 0
-    for doc, sents in zip(docs, sentences):
-        ids = [encoded[i + j].ids for j in range(len(sents))]
-        i += len(sents)
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        tokens = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
-        out.append((len(doc.encode("utf-8", "surrogatepass")), split_key(doc), tokens, lengths[lengths > 0]))
-    return out
+_worker: dict = {}
 
 
 def split_key(text: str) -> float:
     """A document's place in [0, 1): the train/valid split is by hash of the text, deterministic."""
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-    return h / 2**64
+    return _hash_fraction(text.encode("utf-8", "surrogatepass"))
+
+
+def _hash_fraction(utf8: bytes) -> float:
+    return int.from_bytes(hashlib.blake2b(utf8, digest_size=8).digest(), "little") / 2**64
+
+
+@dataclass
+class EncodedChunk:
+    """A chunk of documents, encoded: the tokens of all of them back to back, and their shapes."""
+    tokens: np.ndarray  # (n_tokens,) uint16/uint32
+    doc_tokens: np.ndarray  # (n_docs,) int64, tokens per document
+    doc_sents: np.ndarray  # (n_docs,) int64, sentences per document
+    sent_tokens: np.ndarray  # (n_sents,) int64, tokens per sentence (all > 0)
+    valid: np.ndarray  # (n_docs,) bool, the document goes to the validation split
+    text_bytes: int  # UTF-8 bytes of the chunk's text
+
+
+def encode_chunk(docs: list[str], tok, valid_fraction: float, dtype) -> EncodedChunk:
+    sentences = [split_sentences(d) for d in docs]
+    encodings = tok.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+    ids = [e.ids for e in encodings]  # each .ids access builds a new list: once only
+    doc_tokens = np.fromiter(map(len, ids), np.int64, len(ids))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype, int(doc_tokens.sum()))
+    # word_ids[t] = the sentence (within its document) of token t; make it global, then count
+    word_ids = np.fromiter(itertools.chain.from_iterable(e.word_ids for e in encodings), np.int64, len(tokens))
+    n_sents = np.array([len(s) for s in sentences], np.int64)
+    first_sent = np.cumsum(n_sents) - n_sents
+    # every sentence is non-empty text, and byte-level BPE gives >= 1 token for any character
+    sent_tokens = np.bincount(word_ids + np.repeat(first_sent, doc_tokens), minlength=int(n_sents.sum()))
+    utf8 = [d.encode("utf-8", "surrogatepass") for d in docs]
+    valid = np.array([_hash_fraction(b) < valid_fraction for b in utf8], bool)
+    return EncodedChunk(tokens, doc_tokens, n_sents, sent_tokens, valid, sum(map(len, utf8)))
+
+
+def _init_worker(tokenizer_dir: str, valid_fraction: float, dtype: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
+    _worker.update(tok=load_tokenizer(tokenizer_dir), valid_fraction=valid_fraction, dtype=np.dtype(dtype))
+
+
+def _encode_in_worker(docs: list[str]) -> EncodedChunk:
+    return encode_chunk(docs, _worker["tok"], _worker["valid_fraction"], _worker["dtype"])
+
+
+def chunk_documents(docs: Iterable[str], max_docs: int = CHUNK_DOCS, max_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
+    chunk, size = [], 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc)
+        if len(chunk) >= max_docs or size >= max_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def bounded_imap(pool, fn, items: Iterable, in_flight: int) -> Iterator:
+    """`pool.imap(fn, items)` in order, with at most `in_flight` items submitted and not yet
+    returned (imap's feeder thread consumes `items` as fast as it can: unbounded memory)."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= in_flight:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 class _SplitWriter:
@@ -85,15 +125,21 @@ class _SplitWriter:
         self.files["docs"].write(np.zeros(1, np.int64).tobytes())
         self.files["sents"].write(np.zeros(1, np.int64).tobytes())
 
-    def add(self, ids: np.ndarray, sent_lengths: np.ndarray) -> None:
-        if len(ids) == 0:
+    def add(self, chunk: EncodedChunk, select: np.ndarray) -> None:
+        """Append the chunk's documents where `select` (n_docs,) is True."""
+        if not select.any():
             return
-        self.files["tokens"].write(ids.astype(self.dtype).tobytes())
-        self.files["sents"].write((self.n_tokens + np.cumsum(sent_lengths)).astype(np.int64).tobytes())
-        self.n_tokens += len(ids)
-        self.n_docs += 1
-        self.n_sents += len(sent_lengths)
-        self.files["docs"].write(np.array([self.n_tokens], np.int64).tobytes())
+        tokens, doc_tokens, sent_tokens = chunk.tokens, chunk.doc_tokens, chunk.sent_tokens
+        if not select.all():
+            tokens = tokens[np.repeat(select, doc_tokens)]
+            sent_tokens = sent_tokens[np.repeat(select, chunk.doc_sents)]
+            doc_tokens = doc_tokens[select]
+        self.files["tokens"].write(tokens.astype(self.dtype, copy=False).tobytes())  # no copy: same dtype
+        self.files["docs"].write((self.n_tokens + np.cumsum(doc_tokens)).tobytes())
+        self.files["sents"].write((self.n_tokens + np.cumsum(sent_tokens)).tobytes())
+        self.n_tokens += len(tokens)
+        self.n_docs += len(doc_tokens)
+        self.n_sents += len(sent_tokens)
 
     def close(self) -> dict:
         for f in self.files.values():
@@ -101,6 +147,12 @@ class _SplitWriter:
         return {"documents": self.n_docs, "sentences": self.n_sents, "tokens": self.n_tokens,
                 "files": {k: {"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                           for k, p in self.paths.items()}}
+
+    def remove(self) -> None:
+        for f in self.files.values():
+            f.close()
+        for p in self.paths.values():
+            p.unlink(missing_ok=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -116,6 +168,19 @@ class PrepareResult:
     meta: dict
     seconds: float
     read_summary: str
+    out: str
+
+    def summary(self) -> str:
+        """One line: how much went in (and was skipped), how much came out, how fast."""
+        s, o, r = self.meta["splits"], self.meta["out"], self.meta["read"]
+        return (f"prepared: {self.read_summary} -> {o['tokens']:,} tokens in {o['sentences']:,} sentences "
+                f"(train {s['train']['documents']:,} docs / {s['train']['tokens']:,} tokens, "
+                f"valid {s['valid']['documents']:,} docs / {s['valid']['tokens']:,} tokens) "
+                f"in {self.seconds:.1f}s, {r['bytes'] / 1e6 / max(self.seconds, 1e-9):.2f} MB/s -> {self.out}")
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
@@ -124,47 +189,61 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     t0 = time.time()
     if not 0.0 <= valid_fraction < 1.0:
         raise UserError(f"--valid-fraction {valid_fraction}: must be in [0, 1)")
+    if seq_len < MIN_SEQ_LEN:
+        raise UserError(f"--seq-len {seq_len}: must be at least {MIN_SEQ_LEN}")
+    if workers < 0:
+        raise UserError(f"--workers {workers}: must be >= 0 (0 = all cores)")
     tok = load_tokenizer(tokenizer_dir)
+    stats = ReadStats()
+    docs = iter_documents(inputs, text_field, stats)  # checks the inputs before anything is written
     vocab_size = tok.get_vocab_size()
-    dtype = np.uint16 if vocab_size <= 65535 else np.uint32
+    dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "meta.json").unlink(missing_ok=True)  # the directory is "prepared" only once meta.json is back
     writers = {"train": _SplitWriter(outdir, "train", dtype), "valid": _SplitWriter(outdir, "valid", dtype)}
-    stats = ReadStats()
-    docs = iter_documents(inputs, text_field, stats)
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(desc="prepare", unit="B", unit_scale=True, disable=not progress)
-    pool = mp.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir),)) if workers > 1 else None
+    workers = workers or default_workers()
+    bar = tqdm(desc="prepare", unit="B", unit_scale=True, unit_divisor=1000, mininterval=0.5,
+               disable=None if progress else True)  # None: only on a terminal, not in logs
+    pool = (mp.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir), valid_fraction, dtype.name))
+            if workers > 1 else None)
     try:
-        chunks = iter_batches(docs, CHUNK_DOCS)
-        encoded_chunks = pool.imap(encode_documents, chunks) if pool else (encode_documents(c, tok) for c in chunks)
-        for encoded in encoded_chunks:
-            for n_bytes, key, ids, lengths in encoded:
-                writers["valid" if key < valid_fraction else "train"].add(ids, lengths)
-                bar.update(n_bytes)
+        chunks = chunk_documents(docs)
+        encoded = (bounded_imap(pool, _encode_in_worker, chunks, IN_FLIGHT_PER_WORKER * workers) if pool
+                   else (encode_chunk(c, tok, valid_fraction, dtype) for c in chunks))
+        for chunk in encoded:
+            writers["train"].add(chunk, ~chunk.valid)
+            writers["valid"].add(chunk, chunk.valid)
+            bar.update(chunk.text_bytes)
+        splits = {name: w.close() for name, w in writers.items()}
+        if stats.documents == 0:
+            raise UserError(f"{' '.join(map(str, inputs))}: no documents found (empty corpus); {stats.summary()}")
+        if splits["train"]["tokens"] == 0:
+            raise UserError(f"all {stats.documents:,} documents went to the validation split; lower --valid-fraction")
+    except BaseException:
+        for w in writers.values():
+            w.remove()
+        raise
     finally:
         if pool:
             pool.terminate()
         bar.close()
-    splits = {name: w.close() for name, w in writers.items()}
-    if stats.documents == 0:
-        raise UserError(f"{' '.join(inputs)}: no documents found (empty corpus); {stats.summary()}")
-    if splits["train"]["tokens"] == 0:
-        raise UserError("all documents went to the validation split; lower --valid-fraction")
     meta = {
         "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer_dir), "vocab_size": vocab_size,
-        "dtype": np.dtype(dtype).name, "seq_len": seq_len, "valid_fraction": valid_fraction,
-        "inputs": [str(i) for i in inputs], "read": {"files": stats.files, "documents": stats.documents,
-        "bytes": stats.bytes_in, "invalid_utf8_bytes": stats.invalid_bytes, "skipped": stats.skipped},
+        "dtype": dtype.name, "seq_len": seq_len, "valid_fraction": valid_fraction, "text_field": text_field,
+        "inputs": [str(i) for i in inputs], "read": stats.to_dict(),
+        "out": {k: sum(s[k] for s in splits.values()) for k in ("documents", "sentences", "tokens")},
         "splits": splits,
     }
-    (outdir / "meta.json").write_text(json.dumps(meta, indent=2))
     tok_out = outdir / "tokenizer"
     tok_out.mkdir(exist_ok=True)
     for f in Path(tokenizer_dir).iterdir():
         if f.is_file():
             shutil.copy2(f, tok_out / f.name)
-    return PrepareResult(meta=meta, seconds=time.time() - t0, read_summary=stats.summary())
+    tmp = outdir / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(outdir / "meta.json")
+    return PrepareResult(meta=meta, seconds=time.time() - t0, read_summary=stats.summary(), out=str(out))
 
 
 @dataclass

@@ -1,8 +1,13 @@
 """Stream documents out of .txt / directories / .jsonl(.gz) / .parquet inputs.
 
-Nothing is dropped silently: every skipped line or byte is counted in `ReadStats`, the first few
-are reported with file:line, and the summary says how much went in and how much came out.
-Invalid UTF-8 bytes are skipped (and counted), never guessed at.
+Nothing is dropped silently: every skipped line, row, file or byte is counted in `ReadStats`, the
+first few of each kind are reported with file:line, and the summary says how much went in and
+how much came out. Invalid UTF-8 bytes are skipped (and counted), never guessed at.
+
+Memory is bounded by the longest *piece*, not the longest line: .txt lines are read in pieces of
+READ_BYTES, and a document longer than MAX_DOC_CHARS (a 50 MB line with no newline, a book in one
+JSON string) is cut at a space into consecutive documents of at most that size, with a warning.
+A .jsonl line must be parsed whole, so one over MAX_JSONL_LINE_BYTES is skipped (and reported).
 """
 
 from __future__ import annotations
@@ -12,66 +17,95 @@ import gzip
 import json
 import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from tqdm import tqdm
+
 from roberta.errors import UserError
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
-MAX_WARNINGS = 5
+MAX_WARNINGS = 3  # per kind of problem; the summary has the full counts
+READ_BYTES = 1 << 20
+MAX_DOC_CHARS = 1_000_000
+MAX_JSONL_LINE_BYTES = 64 << 20
+PARQUET_BATCH_ROWS = 1024
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_BAD_BYTE = re.compile("[\udc80-\udcff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # invalid bytes under surrogateescape, or lone \ud8xx escapes
 
 
 @dataclass
 class ReadStats:
     files: int = 0
     documents: int = 0
-    bytes_in: int = 0
-    invalid_bytes: int = 0
-    skipped: dict = field(default_factory=dict)  # reason -> count
-    warnings: int = 0
+    bytes_in: int = 0  # bytes of the input files as read (decompressed), parquet: of the text column
+    invalid_bytes: int = 0  # invalid UTF-8 bytes (or lone surrogate escapes) dropped from kept text
+    skipped: dict = field(default_factory=dict)  # reason -> count of skipped lines / rows / files
+    cut: int = 0  # over-long documents cut into pieces (nothing dropped)
+    cut_into: int = 0  # ... the number of documents they became
+    _warned: dict = field(default_factory=dict)
 
-    def skip(self, reason: str, where: str) -> None:
+    def warn(self, kind: str, message: str) -> None:
+        n = self._warned[kind] = self._warned.get(kind, 0) + 1
+        if n <= MAX_WARNINGS:
+            more = " (further warnings of this kind suppressed; the summary counts them)" if n == MAX_WARNINGS else ""
+            tqdm.write(f"warning: {message}{more}", file=sys.stderr)  # tqdm.write: keeps a progress bar intact
+
+    def skip(self, reason: str, where: str, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        self.warnings += 1
-        if self.warnings <= MAX_WARNINGS:
-            print(f"warning: {where}: {reason}; skipped", file=sys.stderr)
+        self.warn(reason, f"{where}: {reason}{detail}; skipped")
+
+    def clean(self, text: str, where: str) -> str:
+        """Drop invalid bytes / lone surrogates (tokenizers cannot encode them), counting them."""
+        if not _SURROGATE.search(text):
+            return text
+        bad = len(_SURROGATE.findall(text))
+        self.invalid_bytes += bad
+        self.warn("invalid UTF-8", f"{where}: {bad} invalid UTF-8 byte(s) dropped")
+        return _SURROGATE.sub("", text)
 
     def summary(self) -> str:
-        parts = [f"{self.documents:,} documents from {self.files} file(s), {self.bytes_in / 1e6:.1f} MB"]
+        parts = [f"{human_bytes(self.bytes_in)} in {self.files} file(s) -> {self.documents:,} documents"]
         if self.invalid_bytes:
-            parts.append(f"{self.invalid_bytes:,} invalid UTF-8 bytes skipped")
+            parts.append(f"{self.invalid_bytes:,} invalid UTF-8 bytes dropped")
         for reason, n in sorted(self.skipped.items()):
             parts.append(f"{n:,} skipped ({reason})")
+        if self.cut:
+            parts.append(f"{self.cut:,} over-long document(s) cut into {self.cut_into:,}")
         return "; ".join(parts)
 
+    def to_dict(self) -> dict:
+        return {"files": self.files, "documents": self.documents, "bytes": self.bytes_in,
+                "invalid_utf8_bytes": self.invalid_bytes, "skipped": dict(self.skipped),
+                "cut_documents": self.cut, "cut_into": self.cut_into}
 
-def _decoder(stats: ReadStats):
-    """bytes -> str; invalid UTF-8 bytes are dropped and counted in stats.invalid_bytes."""
-    def decode(raw: bytes) -> str:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("utf-8", errors="surrogateescape")  # each bad byte -> one lone surrogate
-            stats.invalid_bytes += len(_BAD_BYTE.findall(text))
-            return _BAD_BYTE.sub("", text)
-    return decode
+
+def human_bytes(n: float) -> str:
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:,.1f} GB"
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files to read, in order; a directory means its supported files, recursively, sorted."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 raise UserError(f"{p}: directory has no {', '.join(SUFFIXES)} files")
             files.extend(found)
         elif p.is_file():
             if not p.name.endswith(SUFFIXES):
-                raise UserError(f"{p}: unsupported file type; use {', '.join(SUFFIXES)}")
+                raise UserError(f"{p}: unsupported file type; use {', '.join(SUFFIXES)} or a directory of them")
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or directory")
@@ -80,85 +114,181 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def normalize(text: str) -> str:
     """HTML line breaks (IMDB's `<br />`) become newlines; surrounding whitespace is trimmed."""
-    return _BR.sub("\n", text).strip()
+    return _BR.sub("\n", text).strip() if "<" in text else text.strip()
 
 
-def _read_txt(path: Path, stats: ReadStats) -> Iterator[str]:
-    decode = _decoder(stats)
-    lines: list[str] = []
+def cut_long(text: str, limit: int = MAX_DOC_CHARS) -> list[str]:
+    """Cut text into pieces of <= limit characters, each at the last whitespace if there is one."""
+    pieces = []
+    while len(text) > limit:
+        cut = max(text.rfind(c, limit // 2, limit) for c in " \n\t")
+        cut = cut if cut > 0 else limit
+        pieces.append(text[:cut])
+        text = text[cut:]
+    pieces.append(text)
+    return pieces
+
+
+def _read_txt(path: Path, stats: ReadStats) -> Iterator[tuple[str, str]]:
+    """Documents are separated by blank lines. Yields (file:line, raw text not yet normalised)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")  # a piece may end mid-character
+    lineno = blank = size = doc_line = 0
+    doc: list[str] = []
+    cut = yielded = False  # cut: the open document has been cut already
+    continued = False  # the previous piece ended inside a line
     with open(path, "rb") as f:
-        for raw in f:
+        while raw := f.readline(READ_BYTES):
             stats.bytes_in += len(raw)
-            line = decode(raw).rstrip("\r\n")
-            if line.strip():
-                lines.append(line)
-            elif lines:
-                yield "\n".join(lines)
-                lines = []
-    if lines:
-        yield "\n".join(lines)
+            lineno += not continued
+            complete = raw.endswith(b"\n")
+            text = stats.clean(decoder.decode(raw, complete), f"{path}:{lineno}")
+            if complete and not continued and not text.strip():  # a blank line ends the document
+                blank += 1
+                if doc:
+                    yielded = True
+                    yield f"{path}:{doc_line}", "".join(doc)
+                doc, size, cut = [], 0, False
+                continue
+            continued = not complete
+            doc_line = doc_line if doc else lineno
+            doc.append(text)
+            size += len(text)
+            if size > MAX_DOC_CHARS:  # emit all but the tail, which may still grow
+                pieces = cut_long("".join(doc))
+                if not cut:
+                    stats.cut, stats.cut_into, cut = stats.cut + 1, stats.cut_into + 1, True
+                    stats.warn("cut", f"{path}:{doc_line}: document longer than {MAX_DOC_CHARS:,} characters "
+                                      "(a line with no newline?); cut into documents of at most that size")
+                stats.cut_into += len(pieces) - 1
+                yielded = True
+                for piece in pieces[:-1]:
+                    yield f"{path}:{doc_line}", piece
+                doc, size = [pieces[-1]], len(pieces[-1])
+    doc.append(stats.clean(decoder.decode(b"", True), f"{path}:{lineno}"))
+    if "".join(doc).strip():
+        yield f"{path}:{doc_line}", "".join(doc)
+    elif not yielded:
+        stats.skip("file with no text", str(path), f" ({lineno:,} lines, all blank)" if lineno else " (empty)")
 
 
-def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[str]:
-    decode = _decoder(stats)
+def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
     opener = gzip.open if path.name.endswith(".gz") else open
+    lineno = yielded = 0
     try:
         with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
+            while raw := f.readline(MAX_JSONL_LINE_BYTES):
+                lineno += 1
                 stats.bytes_in += len(raw)
+                if len(raw) == MAX_JSONL_LINE_BYTES and not raw.endswith(b"\n"):
+                    while (rest := f.readline(READ_BYTES)) and not rest.endswith(b"\n"):
+                        stats.bytes_in += len(rest)
+                    stats.bytes_in += len(rest)
+                    stats.skip(f"line over {human_bytes(MAX_JSONL_LINE_BYTES)}", f"{path}:{lineno}")
+                    continue
                 if not raw.strip():
                     continue
+                where = f"{path}:{lineno}"
                 try:
-                    obj = json.loads(decode(raw))
-                except json.JSONDecodeError:
-                    stats.skip("line is not valid JSON", f"{path}:{lineno}")
+                    obj = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    if isinstance(e, UnicodeDecodeError):  # salvage: drop the invalid bytes, then parse
+                        try:
+                            obj = json.loads(stats.clean(raw.decode("utf-8", "surrogateescape"), where))
+                        except json.JSONDecodeError as e2:
+                            stats.skip("line is not valid JSON", where, f" ({e2.msg})")
+                            continue
+                    else:
+                        stats.skip("line is not valid JSON", where, f" ({e.msg} at column {e.colno})")
+                        continue
+                if not isinstance(obj, dict):
+                    stats.skip("line is not a JSON object", where)
                     continue
-                if not isinstance(obj, dict) or text_field not in obj:
-                    stats.skip(f"no field '{text_field}' (use --text-field)", f"{path}:{lineno}")
+                if text_field not in obj:
+                    keys = ", ".join(list(obj)[:8]) or "none"
+                    stats.skip(f"no field '{text_field}'", where, f" (fields: {keys}; choose one with --text-field)")
                     continue
                 value = obj[text_field]
                 if not isinstance(value, str):
-                    stats.skip(f"field '{text_field}' is not a string", f"{path}:{lineno}")
+                    stats.skip(f"field '{text_field}' is not a string", where, f" ({type(value).__name__})")
                     continue
-                yield value
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read ({e})") from None
+                if b"\\ud" in raw or b"\\uD" in raw:  # a \ud8xx escape may leave a lone surrogate
+                    value = stats.clean(value, where)
+                yielded += 1
+                yield where, value
+        if not yielded:
+            stats.skip("file with no documents", str(path), f" ({lineno:,} lines)")
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}:{lineno + 1}: cannot read ({e})") from None
 
 
-def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[str]:
+def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise UserError(f"{path}: reading parquet needs pyarrow (pip install 'roberta[parquet]')") from None
-    pf = pq.ParquetFile(path)
-    if text_field not in pf.schema_arrow.names:
-        raise UserError(f"{path}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); "
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise UserError(f"{path}: no column '{text_field}' (columns: {', '.join(names)}); "
                         "choose one with --text-field")
-    for group in range(pf.num_row_groups):
-        column = pf.read_row_group(group, columns=[text_field]).column(0)
-        for value in column.to_pylist():
+    kind = pf.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)):
+        raise UserError(f"{path}: column '{text_field}' holds {kind}, not text; choose one with --text-field")
+    binary = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    row = yielded = 0
+    # iter_batches reads one row group at a time and hands it out in small batches
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
+        for value in batch.column(0).to_pylist():
+            row += 1
             if value is None:
-                stats.skip("null text", f"{path} row group {group}")
+                stats.skip("null text", f"{path} row {row}")
                 continue
-            stats.bytes_in += len(value.encode("utf-8", errors="ignore"))
-            yield value
+            if binary:
+                stats.bytes_in += len(value)
+                value = stats.clean(value.decode("utf-8", "surrogateescape"), f"{path} row {row}")
+            else:
+                stats.bytes_in += len(value.encode("utf-8", "surrogatepass"))
+            yielded += 1
+            yield f"{path} row {row}", value
+    if not yielded:
+        stats.skip("file with no documents", str(path), f" ({row:,} rows)")
 
 
 def iter_documents(inputs: list[str], text_field: str = "text", stats: ReadStats | None = None) -> Iterator[str]:
-    """Yield normalised, non-empty documents from all inputs in order."""
-    stats = stats if stats is not None else ReadStats()
-    for path in expand_inputs(inputs):
+    """Normalised, non-empty documents of at most MAX_DOC_CHARS characters, from all inputs in order.
+
+    The inputs are checked now (missing file, empty directory, unsupported type raise UserError
+    before anything is read); the documents are then streamed."""
+    files = expand_inputs(inputs)
+    return _documents(files, text_field, stats if stats is not None else ReadStats())
+
+
+def _documents(files: list[Path], text_field: str, stats: ReadStats) -> Iterator[str]:
+    for path in files:
         stats.files += 1
         if path.name.endswith(".txt"):
-            docs = _read_txt(path, stats)
+            raw_docs = _read_txt(path, stats)
         elif path.name.endswith(".parquet"):
-            docs = _read_parquet(path, text_field, stats)
+            raw_docs = _read_parquet(path, text_field, stats)
         else:
-            docs = _read_jsonl(path, text_field, stats)
-        for doc in docs:
-            doc = normalize(doc)
+            raw_docs = _read_jsonl(path, text_field, stats)
+        for where, raw in raw_docs:
+            doc = normalize(raw)
             if not doc:
-                stats.skip("empty document", str(path))
+                stats.skip("empty text", where)
                 continue
-            stats.documents += 1
-            yield doc
+            pieces = [doc]
+            if len(doc) > MAX_DOC_CHARS:  # one JSON string or parquet value can be a whole book
+                pieces = [p.strip() for p in cut_long(doc)]
+                stats.cut += 1
+                stats.cut_into += len(pieces)
+                stats.warn("cut", f"{where}: a document of {len(doc):,} characters cut into {len(pieces)} "
+                                  f"documents of at most {MAX_DOC_CHARS:,}")
+            for piece in pieces:
+                stats.documents += 1
+                yield piece
