@@ -122,6 +122,6 @@ def test_non_utf8_bytes_are_skipped_and_counted(tmp_path, tokenizer_dir):
     r = run_cli("prepare", path, "--tokenizer", tokenizer_dir, "--out", tmp_path / "d", "--workers", "1",
                 "--valid-fraction", "0", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert "3 invalid UTF-8 bytes skipped" in r.stdout
+    assert "3 invalid UTF-8 bytes dropped" in r.stdout and "bad.txt:3" in r.stderr
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["read"]["invalid_utf8_bytes"] == 3 and meta["splits"]["train"]["documents"] == 2
