@@ -77,29 +77,39 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
-def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
+def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer state_dict -> ({"state.<param>.<name>": tensor}, param_groups for JSON).
+    <param> is a parameter name (torch.distributed.checkpoint's format) or an index."""
     tensors = {}
     for pid, st in sd["state"].items():
         for name, value in st.items():
             tensors[f"state.{pid}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, groups
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
-    state: dict[int, dict] = {}
+    state: dict = {}
     for key, value in tensors.items():
         if key.startswith("state."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
+            pid, name = key[len("state."):].rsplit(".", 1)  # parameter names contain dots
+            state.setdefault(int(pid) if pid.isdigit() else pid, {})[name] = value
     return {"state": state, "param_groups": groups}
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Delete temporary directories left by a save that was killed midway."""
+    for p in Path(run_dir).glob(".tmp-checkpoint-*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg: Config,
                     tokenizer_dir: str | Path, optimizer: torch.optim.Optimizer | None = None,
                     trainer_state: dict | None = None, rng: dict[str, torch.Tensor] | None = None,
-                    keep: int = 0) -> Path:
+                    keep: int = 0, weights: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write checkpoint-STEP atomically. `weights` / `optimizer_state` replace `model.state_dict()` /
+    `optimizer.state_dict()` when the caller gathered them itself (FSDP2, names as keys)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"checkpoint-{step:06d}"
@@ -109,13 +119,16 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg:
     tmp.mkdir()
     try:
         (tmp / "config.json").write_text(cfg.to_json())
-        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        weights = model_state(model) if weights is None else {k: v.contiguous().cpu() for k, v in weights.items()}
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copy2(src, tmp / name)
-        if optimizer is not None:
-            tensors, groups = flatten_optimizer(optimizer)
+        if optimizer is not None and optimizer_state is None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            tensors, groups = flatten_optimizer(optimizer_state)
             tensors.update({f"rng.{k}": v for k, v in (rng or {}).items()})
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             state = dict(trainer_state or {}, param_groups=groups)

@@ -87,6 +87,8 @@ class TrainConfig:
     peak_flops: float = 0.0  # 0 = measure (CPU) or look up (GPU)
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    dist_timeout: str = "10m"  # a collective waiting longer (a rank died) stops every rank with an error
 
 
 @dataclass
@@ -179,8 +181,28 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.lr_scaling={cfg.train.lr_scaling}: choose none, sqrt or linear")
     if cfg.train.batch_size < 1:
         raise UserError("train.batch_size must be >= 1")
-    if cfg.train.max_time:
-        parse_duration(cfg.train.max_time)
+    t = cfg.train
+    if t.max_time:
+        parse_duration(t.max_time)
+    parse_duration(t.dist_timeout)
+    if t.micro_batch_size < 0 or t.micro_batch_size > t.batch_size:
+        raise UserError(f"train.micro_batch_size={t.micro_batch_size}: must be between 0 (= batch_size / ranks) "
+                        f"and train.batch_size={t.batch_size}")
+    if not (t.max_steps > 0 or t.max_tokens > 0 or t.max_time):
+        raise UserError("no budget: set train.max_steps, train.max_tokens or train.max_time")
+    if t.max_steps < 0 or t.max_tokens < 0:
+        raise UserError("train.max_steps and train.max_tokens must be >= 0")
+    for name in ("log_interval", "eval_interval", "checkpoint_interval", "max_bad_steps", "base_batch_size"):
+        if getattr(t, name) < 1:
+            raise UserError(f"train.{name}={getattr(t, name)}: must be >= 1")
+    if t.keep_checkpoints < 0 or t.threads < 0 or t.warmup_steps < 0:
+        raise UserError("train.keep_checkpoints, train.threads and train.warmup_steps must be >= 0")
+    if not 0.0 <= t.warmup_fraction < 1.0:
+        raise UserError(f"train.warmup_fraction={t.warmup_fraction}: must be in [0, 1)")
+    if not t.lr > 0:
+        raise UserError(f"train.lr={t.lr}: must be > 0")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"train.device={t.device}: choose auto, cpu or cuda")
 
 
 def parse_duration(text: str) -> float:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("ROBERTA_COLLECTIVE_TIMEOUT_MIN", "10")))
+DEFAULT_TIMEOUT_S = 600.0  # train.dist_timeout's default: a dead rank stops the others within this
 
 
 @dataclass
@@ -36,7 +36,10 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device_pref: str = "auto") -> Dist:
+def init_distributed(device_pref: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:
+    """Rank and world size from torchrun's environment; without it, rank 0 of 1 and no process
+    group. A collective that waits longer than timeout_s (a rank died or hangs) raises on every
+    rank instead of hanging: gloo honours the timeout directly, NCCL through its watchdog."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -45,7 +48,8 @@ def init_distributed(device_pref: str = "auto") -> Dist:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        tdist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a timed-out NCCL collective aborts
+        tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Dist(rank, world, local_rank, device)
 
 
@@ -53,6 +57,14 @@ def all_reduce_sum(t: torch.Tensor, dist: Dist) -> torch.Tensor:
     if dist.active:
         tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return t
+
+
+def all_gather_object(obj, dist: Dist) -> list:
+    if not dist.active:
+        return [obj]
+    out = [None] * dist.world
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_object(obj, dist: Dist):
@@ -73,14 +85,59 @@ def wrap_model(model: torch.nn.Module, dist: Dist, fsdp: bool = False) -> torch.
         fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
-    return DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    return DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+               gradient_as_bucket_view=True)
 
 
+@contextlib.contextmanager
 def no_sync(model: torch.nn.Module, skip: bool):
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulation."""
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP2) on all but the last
+    micro-batch of an accumulation; a plain model has nothing to skip."""
     if skip and hasattr(model, "no_sync"):
-        return model.no_sync()
-    return contextlib.nullcontext()
+        with model.no_sync():
+            yield
+    elif skip and hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "no_sync") and hasattr(model, "module") else model
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> tuple[dict | None, dict]:
+    """(full model weights or None = read them from the model, optimizer state keyed by parameter
+    name), for a checkpoint that loads on any number of ranks. Under FSDP2 the shards are gathered
+    to rank 0 (a collective every rank must enter); the other ranks get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    if is_fsdp(model):
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+    return None, get_optimizer_state_dict(_unwrap(model), optimizer)
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, opt_state: dict, dist: Dist) -> None:
+    """Load an optimizer state written by `full_state` (FSDP2: every rank keeps its shard). The
+    implementation flags (fused, foreach) stay this run's: a GPU checkpoint resumes on a CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    for saved, current in zip(opt_state["param_groups"], optimizer.param_groups):
+        for key in ("fused", "foreach", "capturable", "differentiable"):
+            if key in current:
+                saved[key] = current[key]
+    fsdp = is_fsdp(model)
+    set_optimizer_state_dict(model if fsdp else _unwrap(model), optimizer, opt_state,
+                             options=StateDictOptions(full_state_dict=fsdp))
 
 
 def barrier(dist: Dist) -> None:

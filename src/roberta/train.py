@@ -3,6 +3,9 @@
     for each step:  global batch -> this rank's micro-batches -> mask -> forward/backward
                     (loss normalised by the masked tokens of the whole global batch) -> AdamW
                     -> log, evaluate, checkpoint
+
+Plain `python` is rank 0 of 1; under `torchrun` every rank runs this same loop on its share of
+each global batch (roberta.data.loader.shard) and PyTorch's DDP or FSDP2 averages the gradients.
 """
 
 from __future__ import annotations
@@ -17,49 +20,55 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from roberta import checkpoint as ckpt
 from roberta.config import Config, parse_duration
 from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
 from roberta.data.loader import BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
-from roberta.distributed import Dist, all_reduce_sum, init_distributed, no_sync, shutdown, wrap_model
+from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, broadcast_object, full_state,
+                                 init_distributed, load_full_state, no_sync, shutdown, wrap_model)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
-from roberta.masking import mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
-from roberta.model import build_model, count_parameters, max_seq_len, training_flops
+from roberta.masking import IGNORE, mask_tokens, masking_stats, sequence_keys
+from roberta.model import build_model, count_parameters, training_flops
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr
-from roberta.tokenizer import MASK_ID, SPECIAL_IDS, load_tokenizer, tokenizer_hash
-
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+from roberta.perf import peak_flops
+from roberta.runlog import RunLog, truncate_metrics
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, WORD_START, load_tokenizer, tokenizer_hash
 
 
 @dataclass
 class TrainState:
+    """Everything the loop counts; saved in trainer_state.json and restored by --resume."""
     step: int = 0
     sequences: int = 0
     tokens: int = 0  # real (non-pad) tokens seen: the paper's B*L*S
-    masked_tokens: int = 0
-    flops: float = 0.0
-    elapsed: float = 0.0  # training seconds, summed over resumes
+    masked_tokens: int = 0  # tokens the MLM loss was computed on
+    flops: float = 0.0  # model training FLOPs (roberta.model.training_flops), summed over ranks
+    elapsed: float = 0.0  # wall seconds in the loop (training, evaluation, checkpoints), summed over resumes
     skipped_steps: int = 0  # non-finite losses
-    data: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # BatchStream position
 
 
 class Masker:
     """Masks a batch as the config says: dynamic (fresh per epoch) or static (epoch % dupe_factor)."""
 
-    def __init__(self, cfg: Config, vocab: dict[str, int]):
-        self.m, self.seed = cfg.masking, cfg.train.seed
-        # random replacements come from the tokenizer's ids, even if model.vocab_size pads beyond them
-        self.vocab_size = min(cfg.model.vocab_size, max(vocab.values()) + 1) if vocab else cfg.model.vocab_size
-        self.word_start = word_start_table(vocab, self.vocab_size) if self.m.whole_word else None
+    def __init__(self, cfg: Config, vocab: dict[str, int], device: torch.device | str = "cpu"):
+        self.m, self.seed, self.vocab_size = cfg.masking, cfg.train.seed, cfg.model.vocab_size
+        self.word_start = None
+        if self.m.whole_word:
+            self.word_start = torch.zeros(self.vocab_size, dtype=torch.bool)
+            for tok, i in vocab.items():
+                if tok.startswith(WORD_START) and i < self.vocab_size:
+                    self.word_start[i] = True
+            self.word_start = self.word_start.to(device)
 
     def __call__(self, input_ids: torch.Tensor, epochs: torch.Tensor, indices: torch.Tensor):
+        """(B, T) ids on any device, (B,) epochs and sequence indices -> (inputs, labels) there."""
         if self.m.kind == "static":
             epochs = epochs % self.m.dupe_factor
-        keys = sequence_keys(self.seed, epochs, indices)
+        keys = sequence_keys(self.seed, epochs, indices).to(input_ids.device)
         return mask_tokens(input_ids, vocab_size=self.vocab_size, mask_token_id=MASK_ID,
                            special_token_ids=SPECIAL_IDS, mask_prob=self.m.mask_prob,
                            mask_token_prob=self.m.mask_token_prob, random_token_prob=self.m.random_token_prob,
@@ -67,7 +76,9 @@ class Masker:
 
 
 class Budget:
-    """Which budget ends the run and how far along it is: tokens or time when set, else steps."""
+    """Which budget ends the run and how far along it is (0..1): the largest used fraction of
+    the token and time budgets when either is set, else steps. The lr schedule runs on this
+    fraction, so a time budget decays the lr to 0 at the deadline."""
 
     def __init__(self, cfg: Config):
         t = cfg.train
@@ -76,9 +87,10 @@ class Budget:
         steps_est = self.max_steps
         if self.max_tokens:
             steps_est = max(1, math.ceil(self.max_tokens / (t.batch_size * cfg.data.seq_len)))
+        # warmup_steps is a fraction of the (estimated) steps; a time budget has no step count
         self.warmup = (t.warmup_steps / steps_est) if (t.warmup_steps and not self.max_time) else t.warmup_fraction
         self.warmup = min(self.warmup, 0.999)
-        self.steps_estimate = steps_est
+        self.steps_estimate = None if self.max_time else steps_est
 
     def progress(self, s: TrainState) -> float:
         if self.max_tokens or self.max_time:
@@ -87,19 +99,25 @@ class Budget:
             return max(p)
         return s.step / self.max_steps
 
+    def done(self, s: TrainState) -> bool:
+        return self.progress(s) >= 1.0
+
 
 def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> Config:
     """Fill in what comes from the data and the hardware; reject impossible combinations."""
     m, t = cfg.model, cfg.train
     if "model.vocab_size" not in explicit:
         m = dataclasses.replace(m, vocab_size=meta["vocab_size"])
+    elif m.vocab_size < meta["vocab_size"]:
+        raise UserError(f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary "
+                        f"({meta['vocab_size']}); leave it unset to take the tokenizer's size")
     need = cfg.data.seq_len + m.pad_token_id + 1
     if "model.max_positions" in explicit:
         if m.max_positions < need:
             raise UserError(f"data.seq_len={cfg.data.seq_len} needs model.max_positions >= {need} "
                             f"(seq_len + padding_idx + 1); it is {m.max_positions}")
     else:
-        m = dataclasses.replace(m, max_positions=max(need, m.max_positions if "model" in explicit else need))
+        m = dataclasses.replace(m, max_positions=need)
     nsp = cfg.data.format in NSP_FORMATS
     if nsp and not m.nsp_head:
         if "model.nsp_head" in explicit:
@@ -115,85 +133,92 @@ def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> C
     return dataclasses.replace(cfg, model=m, train=t)
 
 
-def measure_peak_flops(device: torch.device) -> float:
-    """Best of several warmed-up matmuls (fp32 on CPU, bf16 on GPU), or a table for known GPUs."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16.items():
-            if key in name:
-                return peak
-    n = 2048 if device.type == "cpu" else 8192
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for i in range(6):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+def compile_model(model: torch.nn.Module) -> None:
+    """torch.compile the encoder and the LM head in place (parameter names, hence checkpoints,
+    unchanged). The sparse head's gather of the masked positions has a data-dependent shape and
+    stays eager between the two."""
+    model.roberta.compile()
+    model.lm_head.compile(dynamic=True)
 
 
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def seed_dropout(seed: int, rank: int) -> None:
+    """Each rank draws its own dropout masks (the model init before this is the same everywhere)."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
 
 
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def rng_state(dist: Dist) -> dict[str, torch.Tensor]:
+    """Every rank's dropout RNG, gathered (a collective): {"cpu.RANK": ..., "cuda.RANK": ...}."""
+    mine = {f"cpu.{dist.rank}": torch.get_rng_state()}
+    if dist.device.type == "cuda":
+        mine[f"cuda.{dist.rank}"] = torch.cuda.get_rng_state(dist.device)
+    return {k: v for part in all_gather_object(mine, dist) for k, v in part.items()}
 
 
-def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg: Config) -> dict:
-    """One optimizer step over this rank's micro-batches; the loss is the sum over the global
-    batch's masked tokens divided by their count (not an average of micro-batch means)."""
-    masked, mask_sums = [], torch.zeros(4, dtype=torch.int64)
+def set_rng_state(state: dict[str, torch.Tensor], dist: Dist, seed: int) -> None:
+    if f"cpu.{dist.rank}" not in state:  # resumed on more ranks than were saved: fresh masks
+        seed_dropout(seed + 1, dist.rank)
+        return
+    torch.set_rng_state(state[f"cpu.{dist.rank}"])
+    if dist.device.type == "cuda" and f"cuda.{dist.rank}" in state:
+        torch.cuda.set_rng_state(state[f"cuda.{dist.rank}"], dist.device)
+
+
+def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg: Config,
+               with_stats: bool = False) -> dict:
+    """One optimizer step over this rank's micro-batches. The loss is the sum over the global
+    batch's masked tokens divided by their count (not an average of micro-batch means). Counts
+    stay on the device until the one host sync at the end of the step."""
+    device = dist.device
+    prepared = []
+    local = torch.zeros(4, dtype=torch.float64, device=device)  # masked, sequences, tokens, FLOPs
     for mb in micro_batches:
-        inputs, labels = masker(mb.input_ids, mb.epochs, mb.indices)
-        mask_sums += mask_counts(mb.input_ids, inputs, labels, MASK_ID, SPECIAL_IDS)  # on the CPU: no sync
-        masked.append((mb, inputs.to(dist.device), labels.to(dist.device)))
-    counts = torch.cat([mask_sums, torch.tensor([sum(len(mb.indices) for mb in micro_batches)])])
-    *mask_sums, n_seqs = all_reduce_sum(counts.to(dist.device, torch.float64), dist).tolist()
-    n_masked = mask_sums[1]  # selected tokens of the whole global batch
-    use_bf16 = dist.device.type == "cuda"
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
-    nsp_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
-    for i, (mb, inputs, labels) in enumerate(masked):
-        with no_sync(model, skip=i < len(masked) - 1), \
-                torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(inputs, labels, mb.attention_mask.to(dist.device),
-                        None if mb.nsp_labels is None else mb.nsp_labels.to(dist.device))
-            # DDP averages gradients over ranks; multiply by world so the sum is over the global batch
-            loss = out["mlm_loss_sum"] * (dist.world / max(n_masked, 1))
-            if "nsp_loss_sum" in out:
-                loss = loss + out["nsp_loss_sum"] * (dist.world / max(n_seqs, 1))
-                nsp_sum += out["nsp_loss_sum"].detach().double()
+        ids = mb.input_ids.to(device, non_blocking=True)
+        inputs, labels = masker(ids, mb.epochs, mb.indices)
+        # no mask when nothing is padded: SDPA then takes its fastest (flash) kernels
+        attn = mb.attention_mask.to(device, non_blocking=True) if mb.tokens < ids.numel() else None
+        nsp = None if mb.nsp_labels is None else mb.nsp_labels.to(device, non_blocking=True)
+        n_masked = labels.ne(IGNORE).sum()
+        local[0] += n_masked
+        local[1] += len(mb.indices)
+        local[2] += mb.tokens
+        local[3] += training_flops(cfg.model, mb.tokens, n_masked, ids.shape[1])
+        prepared.append((ids, inputs, labels, attn, nsp))
+    all_reduce_sum(local, dist)
+    # DDP/FSDP average gradients over ranks; scaling by world makes that the global-batch sum
+    mlm_scale = dist.world / local[0].clamp(min=1)
+    nsp_scale = dist.world / local[1].clamp(min=1)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # MLM and NSP loss sums
+    bf16 = device.type == "cuda"
+    for i, (_, inputs, labels, attn, nsp) in enumerate(prepared):
+        with no_sync(model, skip=i < len(prepared) - 1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(inputs, labels, attn, nsp)
+                loss = out["mlm_loss_sum"] * mlm_scale
+                if "nsp_loss_sum" in out:
+                    loss = loss + out["nsp_loss_sum"] * nsp_scale
+                    sums[1] += out["nsp_loss_sum"].detach()
             loss.backward()
-        loss_sum += out["mlm_loss_sum"].detach().double()
-    sums = all_reduce_sum(torch.stack([loss_sum, nsp_sum]), dist)
-    mlm = float(sums[0]) / max(n_masked, 1)
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-    finite = math.isfinite(mlm) and bool(torch.isfinite(grad_norm))
+        sums[0] += out["mlm_loss_sum"].detach()
+    all_reduce_sum(sums, dist)
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    host = torch.cat([sums, local, grad_norm.detach().reshape(1).double()]).tolist()  # the host sync
+    (mlm_sum, nsp_sum, n_masked, n_seqs, tokens, flops, norm) = host
+    mlm = mlm_sum / max(n_masked, 1)
+    nsp_loss = nsp_sum / max(n_seqs, 1) if cfg.model.nsp_head else None
+    finite = math.isfinite(mlm) and math.isfinite(norm) and (nsp_loss is None or math.isfinite(nsp_loss))
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    stats = masking_stats(mask_sums)  # realised over the global batch
-    return {"loss": mlm, "nsp_loss": float(sums[1]) / max(n_seqs, 1) if cfg.model.nsp_head else None,
-            "grad_norm": float(grad_norm), "finite": finite, "masked": int(n_masked), "sequences": int(n_seqs),
-            **stats}
-
-
-def _log(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    r = {"loss": mlm, "nsp_loss": nsp_loss, "grad_norm": norm, "finite": finite, "masked": int(n_masked),
+         "sequences": int(n_seqs), "tokens": int(tokens), "flops": flops}
+    if with_stats:
+        ids, inputs, labels = prepared[0][:3]
+        eligible = int((~torch.isin(ids, torch.tensor(SPECIAL_IDS, device=device))).sum())
+        r.update(masking_stats(ids, inputs, labels, MASK_ID, eligible))
+    return r
 
 
 def check_data(data_dir: str, meta: dict) -> None:
@@ -233,11 +258,35 @@ def init_from_config(cfg: Config, init_from: str, data_dir: str, meta: dict, exp
 
 def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = None,
              resume: bool = False, progress: bool = True, init_from: str | None = None) -> dict:
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, parse_duration(cfg.train.dist_timeout))
     try:
         return _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from)
     finally:
         shutdown(dist)
+
+
+def _start_run_dir(out: Path, cfg: Config, resume: bool, dist: Dist) -> Path | None:
+    """Rank 0 looks at the run directory and every rank gets the same answer (or the same error):
+    the checkpoint to resume from, or None for a fresh run."""
+    answer: tuple[str | None, str | None] = (None, None)
+    if dist.is_main:
+        latest = ckpt.latest_checkpoint(out) if resume else None
+        if latest is None and out.exists() and any(out.glob("checkpoint-*")):
+            answer = (None, f"{out}: holds no complete checkpoint to resume from; choose a new --out"
+                      if resume else f"{out}: already holds checkpoints; pass --resume to continue, or choose a new --out")
+        else:
+            answer = (str(latest) if latest else None, None)
+            if resume and latest is None:
+                print(f"note: --resume found no checkpoint in {out}; starting from scratch")
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(out)
+            if latest is None:
+                (out / "metrics.jsonl").unlink(missing_ok=True)
+                (out / "config.json").write_text(cfg.to_json())
+    latest, error = broadcast_object(answer, dist)
+    if error:
+        raise UserError(error)
+    return Path(latest) if latest else None
 
 
 def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist: Dist, init_from) -> dict:
@@ -248,9 +297,11 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     if init_from:
         cfg, explicit = init_from_config(cfg, init_from, data_dir, meta, explicit)
     cfg = resolve_config(cfg, meta, explicit, dist)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if dist.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # only the few fp32 matmuls outside autocast
     tok_dir = Path(data_dir) / "tokenizer"
     train_split, valid_split = load_split(data_dir, "train", verify=True), load_split(data_dir, "valid", verify=True)
     plan = build_plan(train_split, cfg.data.format, cfg.data.seq_len, seed=t.seed)
@@ -263,106 +314,115 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     evals = eval_batches(valid_split if valid_split.n_docs else train_split, cfg.data.seq_len,
                          cfg.model.vocab_size, t.eval_sequences)
 
+    latest = _start_run_dir(out, cfg, resume, dist)
     model = build_model(cfg.model, dist.device, seed=t.seed)
-    state = TrainState()
-    latest = ckpt.latest_checkpoint(out) if resume else None
-    if resume and latest is None and dist.is_main:
-        print(f"note: --resume found no checkpoint in {out}; starting from scratch")
     if latest is None and init_from:
-        init_ck = ckpt.resolve_checkpoint(init_from)
-        # an NSP head the checkpoint lacks starts fresh; one the format does not train is left behind
-        ckpt.load_state(model, ckpt.load_weights(init_ck), init_ck / "model.safetensors",
-                        allow_missing=("nsp_head.",), allow_unexpected=("nsp_head.",))
-    optimizer = build_optimizer(model, cfg.optim, t.lr)
+        model.load_state_dict(ckpt.load_weights(ckpt.resolve_checkpoint(init_from)))
+    seed_dropout(t.seed, dist.rank)
+    state = TrainState()
     if latest is not None:
         saved = ckpt.load_config(latest)
         if saved.model != cfg.model:
             raise UserError(f"{latest}: was trained with a different model config; resume with the same --preset/--set (and --init-from)")
         model.load_state_dict(ckpt.load_weights(latest))
+    if t.compile:
+        compile_model(model)
+    ddp_model = wrap_model(model, dist, fsdp=t.fsdp)
+    optimizer = build_optimizer(ddp_model, cfg.optim, t.lr)
+    if latest is not None:
         opt_state, rng, st = ckpt.load_training_state(latest)
-        optimizer.load_state_dict(opt_state)
+        load_full_state(ddp_model, optimizer, opt_state, dist)
         state = TrainState(**{k: v for k, v in st.items() if k in TrainState.__dataclass_fields__})
         stream.load_state_dict(state.data)
-        set_rng_state(rng, dist.device)
-    elif dist.is_main:
-        if out.exists() and any(out.glob("checkpoint-*")):
-            raise UserError(f"{out}: already holds checkpoints; pass --resume to continue, or choose a new --out")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl",):
-            (out / name).unlink(missing_ok=True)
-        (out / "config.json").write_text(cfg.to_json())
-    ddp_model = wrap_model(model, dist)
-    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab())
+        set_rng_state(rng, dist, t.seed)
+        if dist.is_main:
+            truncate_metrics(out / "metrics.jsonl", state.step)
+    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab() if cfg.masking.whole_word else {}, dist.device)
     budget = Budget(cfg)
-    peak = t.peak_flops or measure_peak_flops(dist.device)
+    peak = peak_flops(dist.device, t.peak_flops)
     n_params = count_parameters(model)
     if dist.is_main:
         print(f"model: {n_params / 1e6:.2f}M parameters ({cfg.model.layers}x{cfg.model.hidden}); "
               f"{len(plan):,} training sequences ({cfg.data.format}, seq_len {cfg.data.seq_len}); "
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
-              f"peak lr {t.lr:g}; device {dist.device}")
-    metrics_path = out / "metrics.jsonl"
-    bar = tqdm(total=budget.steps_estimate if not budget.max_time else None, initial=state.step,
-               desc="pretrain", disable=not (progress and dist.is_main), dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
-    bad_in_row, window_tokens, window_flops, t_window = 0, 0, 0.0, time.perf_counter()
-    last_eval, record = None, {}
+              f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
+    log = RunLog(out, dist.is_main, progress, budget.steps_estimate, state.step)
+
+    def evaluate() -> dict:
+        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=dist.device.type == "cuda"):
+            r = mlm_loss(model, evals, dist.device)
+        log.write({"step": state.step, "tokens": state.tokens, "eval_loss": r["mlm_loss"],
+                   "eval_perplexity": r["perplexity"], "eval_tokens": r["tokens"]})
+        return r
+
+    def save() -> None:
+        weights, opt_state = full_state(ddp_model, optimizer, dist)  # collectives: every rank
+        rng = rng_state(dist)
+        if dist.is_main:
+            ckpt.save_checkpoint(out, state.step, model, cfg, tok_dir, trainer_state=dataclasses.asdict(state),
+                                 rng=rng, keep=t.keep_checkpoints, weights=weights, optimizer_state=opt_state)
+
+    bad_in_row, window_tokens, window_flops, window_time = 0, 0, 0.0, 0.0
+    last_eval, last_saved, record = None, state.step, {}
+    elapsed0, t_start = state.elapsed, time.perf_counter()
     model.train()
-    while budget.progress(state) < 1.0:
+    while not budget.done(state):
         t0 = time.perf_counter()
-        draws = stream.next_batch()
-        micro = [collate(train_split, plan, d) for d in shard(draws, dist.rank, dist.world, accum)]
         lr = lr_at(budget.progress(state), budget.warmup, t.lr)
         set_lr(optimizer, lr)
-        r = train_step(ddp_model, optimizer, micro, masker, dist, cfg)
-        tokens = int(all_reduce_sum(torch.tensor([sum(mb.tokens for mb in micro)], device=dist.device), dist))
+        draws = stream.next_batch()
+        micro = [collate(train_split, plan, d) for d in shard(draws, dist.rank, dist.world, accum)]
+        log_now = state.step == 0 or (state.step + 1) % t.log_interval == 0
+        r = train_step(ddp_model, optimizer, micro, masker, dist, cfg, with_stats=log_now)
         state.step += 1
         state.sequences += r["sequences"]
-        state.tokens += tokens
+        state.tokens += r["tokens"]
         state.masked_tokens += r["masked"]
-        step_flops = training_flops(cfg.model, tokens, r["masked"], cfg.data.seq_len)
-        state.flops += step_flops
-        state.elapsed += time.perf_counter() - t0
+        state.flops += r["flops"]
         state.data = stream.state_dict()
-        window_tokens += tokens
-        window_flops += step_flops
+        window_time += time.perf_counter() - t0
+        window_tokens += r["tokens"]
+        window_flops += r["flops"]
+        state.elapsed = elapsed0 + time.perf_counter() - t_start
         if not r["finite"]:
             state.skipped_steps += 1
             bad_in_row += 1
             if bad_in_row >= t.max_bad_steps:
-                raise UserError(f"{bad_in_row} non-finite losses in a row at step {state.step}; "
-                                "lower train.lr or enable optim.grad_clip")
+                raise UserError(f"the loss was not finite (NaN or inf) for {bad_in_row} steps in a row, up to "
+                                f"step {state.step} (lr {lr:.3g}); those updates were skipped and the run stopped "
+                                f"(train.max_bad_steps={t.max_bad_steps}). Lower train.lr, raise warmup or set "
+                                f"optim.grad_clip=1.0, then --resume from the last checkpoint")
         else:
             bad_in_row = 0
-        bar.update(1)
-        if state.step % t.log_interval == 0 or budget.progress(state) >= 1.0 or state.step == 1:
-            dt = time.perf_counter() - t_window
+        done = budget.done(state)
+        if log_now or done:
             record = {"step": state.step, "sequences": state.sequences, "tokens": state.tokens,
                       "masked_tokens": state.masked_tokens, "flops": state.flops,
                       "loss": r["loss"], "loss_bits": r["loss"] / math.log(2), "nsp_loss": r["nsp_loss"],
-                      "lr": lr, "grad_norm": r["grad_norm"], "tokens_per_s": window_tokens / dt,
-                      "mfu": window_flops / dt / peak / dist.world, "elapsed": state.elapsed,
+                      "lr": lr, "grad_norm": r["grad_norm"], "tokens_per_s": window_tokens / window_time,
+                      "mfu": window_flops / window_time / (peak * dist.world), "elapsed": state.elapsed,
                       "skipped_steps": state.skipped_steps,
-                      **{k: r[k] for k in ("mask_rate", "mask_share", "random_share", "keep_share")}}
-            window_tokens, window_flops, t_window = 0, 0.0, time.perf_counter()
-            bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
-            if dist.is_main:
-                _log(metrics_path, record)
-        if state.step % t.eval_interval == 0 or budget.progress(state) >= 1.0:
-            last_eval = mlm_loss(model, evals, dist.device)
-            if dist.is_main:
-                _log(metrics_path, {"step": state.step, "tokens": state.tokens, "eval_loss": last_eval["mlm_loss"],
-                                    "eval_perplexity": last_eval["perplexity"], "eval_tokens": last_eval["tokens"]})
-            t_window = time.perf_counter()
-        if state.step % t.checkpoint_interval == 0 or budget.progress(state) >= 1.0:
-            if dist.is_main:
-                ckpt.save_checkpoint(out, state.step, model, cfg, tok_dir, optimizer,
-                                     dataclasses.asdict(state), rng_state(dist.device), keep=t.keep_checkpoints)
-            t_window = time.perf_counter()
-    bar.close()
+                      **{k: r[k] for k in ("mask_rate", "mask_share", "random_share", "keep_share") if k in r}}
+            window_tokens, window_flops, window_time = 0, 0.0, 0.0
+            log.write(record)
+        log.progress(loss=f"{r['loss']:.3f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}")
+        if state.step % t.eval_interval == 0 or done:
+            last_eval = evaluate()
+        if state.step % t.checkpoint_interval == 0 or done:
+            state.elapsed = elapsed0 + time.perf_counter() - t_start
+            save()
+            last_saved = state.step
+        state.elapsed = elapsed0 + time.perf_counter() - t_start
+    if last_eval is None:  # a resumed run that was already complete
+        last_eval = evaluate()
+    if last_saved != state.step:
+        save()
+    log.close()
     summary = {**record, "step": state.step, "tokens": state.tokens, "sequences": state.sequences,
                "masked_tokens": state.masked_tokens, "flops": state.flops, "elapsed": state.elapsed,
-               "parameters": n_params, "peak_flops": peak, "skipped_steps": state.skipped_steps,
+               "final_lr": lr_at(budget.progress(state), budget.warmup, t.lr),
+               "parameters": n_params, "peak_flops": peak, "world_size": dist.world,
+               "skipped_steps": state.skipped_steps,
                "eval_loss": last_eval["mlm_loss"] if last_eval else None,
                "eval_perplexity": last_eval["perplexity"] if last_eval else None,
                "checkpoint": str(ckpt.latest_checkpoint(out)) if dist.is_main else None}

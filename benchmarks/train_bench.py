@@ -1,0 +1,197 @@
+"""Training-step throughput: ours vs the standard Hugging Face path, same model size, same batch.
+
+    ours: roberta.train.train_step (hash masking, sparse LM head, AdamW from roberta.optim)
+    HF:   transformers RobertaForMaskedLM + DataCollatorForLanguageModeling + torch.optim.AdamW
+
+Both see the same random token sequences (full length, no padding) with dropout 0.1, the paper's
+AdamW settings, fp32 on CPU or bf16 autocast on GPU. Steps of the two are interleaved in rounds and
+the median step time is reported, because the machine is shared. MFU counts the same model FLOPs
+for both (roberta.model.training_flops: 6 N per token, attention 12 L d s, the LM head at the
+masked positions it needs) against the peak: best of several warmed-up matmuls measured in this
+run (2048^2 fp32 on CPU; 8192^2 bf16 on GPU, also the datasheet value there).
+
+    python benchmarks/train_bench.py                                   # tiny, small at 128 on CPU
+    python benchmarks/train_bench.py --device cuda --presets base --seq-lens 128,512 --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from roberta.config import Config
+from roberta.data.loader import Batch
+from roberta.distributed import Dist
+from roberta.model import build_model, training_flops
+from roberta.optim import build_optimizer
+from roberta.perf import datasheet_peak, matmul_peak, sync
+from roberta.presets import get_preset
+from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+from roberta.train import Masker, train_step
+
+# The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
+VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
+
+
+def make_config(preset: str, seq_len: int, batch: int, micro: int, compile_: bool) -> Config:
+    cfg = get_preset(preset)
+    model = dataclasses.replace(cfg.model, vocab_size=VOCAB[preset], max_positions=seq_len + 2)
+    train = dataclasses.replace(cfg.train, batch_size=batch, micro_batch_size=micro, compile=compile_)
+    return dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, seq_len=seq_len), train=train)
+
+
+def random_batches(n: int, batch: int, seq_len: int, vocab: int, seed: int = 0) -> list[torch.Tensor]:
+    """(batch, seq_len) sequences framed <s> ... </s> with ids drawn from the real vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, vocab, (batch, seq_len), generator=g)
+        ids[:, 0], ids[:, -1] = BOS_ID, EOS_ID
+        out.append(ids)
+    return out
+
+
+class Ours:
+    name = "ours"
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.dist = cfg, Dist(device=device)
+        self.model = build_model(cfg.model, device, seed=0)
+        if cfg.train.compile:
+            from roberta.train import compile_model
+            compile_model(self.model)
+        self.opt = build_optimizer(self.model, cfg.optim, cfg.train.lr)
+        self.masker = Masker(cfg, {})
+        self.step_i = 0
+
+    def step(self, ids: torch.Tensor) -> float:
+        B, micro = ids.shape[0], self.cfg.train.micro_batch_size
+        mbs = []
+        for a in range(0, B, micro):
+            x = ids[a:a + micro]
+            mbs.append(Batch(x, torch.ones_like(x), torch.full((len(x),), self.step_i), torch.arange(a, a + len(x)), None))
+        self.step_i += 1
+        r = train_step(self.model, self.opt, mbs, self.masker, self.dist, self.cfg)
+        return r["masked"]
+
+
+class HF:
+    name = "HF"
+
+    def __init__(self, cfg: Config, device: torch.device):
+        from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
+        from transformers import PreTrainedTokenizerFast
+        from tokenizers import Tokenizer, models
+
+        m, o = cfg.model, cfg.optim
+        hf_cfg = RobertaConfig(vocab_size=m.vocab_size, hidden_size=m.hidden, num_hidden_layers=m.layers,
+                               num_attention_heads=m.heads, intermediate_size=m.ffn,
+                               max_position_embeddings=m.max_positions, type_vocab_size=1,
+                               hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
+                               pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+        torch.manual_seed(0)
+        self.model = RobertaForMaskedLM(hf_cfg).to(device).train()
+        # The collator needs a tokenizer for its special-token ids and vocabulary size only.
+        vocab = {f"t{i}": i for i in range(m.vocab_size)}
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+                                      bos_token="t0", pad_token="t1", eos_token="t2", unk_token="t3", mask_token="t4")
+        self.collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=cfg.masking.mask_prob)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=(o.beta1, o.beta2),
+                                     eps=o.eps, weight_decay=o.weight_decay)
+        self.device, self.micro = device, cfg.train.micro_batch_size
+
+    def step(self, ids: torch.Tensor) -> float:
+        masked = 0
+        n_mb = ids.shape[0] // self.micro
+        for a in range(0, ids.shape[0], self.micro):
+            b = self.collator([{"input_ids": row} for row in ids[a:a + self.micro].tolist()])
+            b = {k: v.to(self.device) for k, v in b.items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                loss = self.model(**b).loss / n_mb
+            loss.backward()
+            masked += int(b["labels"].ne(-100).sum())
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return masked
+
+
+def bench(args) -> list[dict]:
+    device = torch.device(args.device)
+    rows = []
+    peaks = [matmul_peak(device)]
+    for preset in args.presets.split(","):
+        for seq_len in [int(s) for s in args.seq_lens.split(",")]:
+            micro = args.micro_batch or args.batch
+            cfg = make_config(preset, seq_len, args.batch, micro, args.compile)
+            data = random_batches(4, args.batch, seq_len, cfg.model.vocab_size)
+            runners = [Ours(cfg, device), HF(cfg, device)]
+            times = {r.name: [] for r in runners}
+            masked = {r.name: [] for r in runners}
+            for r in runners:  # warm-up (and compilation)
+                for i in range(args.warmup):
+                    r.step(data[i % len(data)])
+            sync(device)
+            for rnd in range(args.rounds):
+                for r in runners:
+                    for i in range(args.steps):
+                        t0 = time.perf_counter()
+                        masked[r.name].append(r.step(data[(rnd + i) % len(data)]))
+                        sync(device)
+                        times[r.name].append(time.perf_counter() - t0)
+                peaks.append(matmul_peak(device))
+            peak = datasheet_peak(device) or max(peaks)
+            tokens = args.batch * seq_len
+            for r in runners:
+                t = statistics.median(times[r.name])
+                flops = training_flops(dataclasses.replace(cfg.model, sparse_head=True), tokens,
+                                       statistics.mean(masked[r.name]), seq_len)
+                rows.append({"preset": preset, "seq_len": seq_len, "batch": args.batch, "impl": r.name,
+                             "step_s": t, "tokens_per_s": tokens / t, "tflops": flops / t / 1e12,
+                             "mfu": flops / t / peak, "peak_tflops": peak / 1e12})
+            del runners
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--presets", default="tiny,small")
+    p.add_argument("--seq-lens", default="128")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--micro-batch", type=int, default=0)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (GPU only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile our encoder (train.compile=true)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per implementation per round")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench(args)
+    print(f"{'preset':<7}{'seq':>5}{'impl':>6}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}")
+    for r in rows:
+        print(f"{r['preset']:<7}{r['seq_len']:>5}{r['impl']:>6}{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}"
+              f"{r['tflops']:>9.3f}{r['mfu']:>7.1%}")
+    speedups = {}
+    for r in rows:
+        if r["impl"] == "ours":
+            hf = next(h for h in rows if h["impl"] == "HF" and h["preset"] == r["preset"] and h["seq_len"] == r["seq_len"])
+            speedups[f"{r['preset']}@{r['seq_len']}"] = r["tokens_per_s"] / hf["tokens_per_s"]
+    for k, v in speedups.items():
+        print(f"{k}: ours / HF = {v:.2f}x")
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{torch.get_num_threads()} threads"
+    print(json.dumps({"benchmark": "train", "device": dev, "dtype": args.dtype, "rows": rows, "speedup": speedups}))
+
+
+if __name__ == "__main__":
+    main()

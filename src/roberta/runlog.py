@@ -1,0 +1,57 @@
+"""Where a run's numbers go: `metrics.jsonl` (always), TensorBoard event files (when the optional
+`tensorboard` package is installed) and a tqdm progress bar -- on rank 0 only; the other ranks get
+a RunLog that does nothing, so the loop never asks which rank it is on."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def _summary_writer(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; metrics.jsonl has everything
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume: drop the records of steps after the checkpoint, which will be run again."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+class RunLog:
+    def __init__(self, out: Path, enabled: bool, progress: bool, total: int | None, initial: int):
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self.tb = _summary_writer(out / "tensorboard") if enabled else None
+        self.bar = tqdm(total=total, initial=initial, desc="pretrain", disable=not (enabled and progress),
+                        dynamic_ncols=True)
+
+    def write(self, record: dict) -> None:
+        """Append one record (train or eval) to metrics.jsonl and to TensorBoard, keyed by step."""
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def progress(self, steps: int = 1, **postfix) -> None:
+        self.bar.update(steps)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,355 @@
+"""The trainer: accounting, schedule, budgets, equivalences (micro-batches, ranks, resume), faults.
+
+Runs use a 2 x 64 model on the session's prepared data (seq_len 64) and one torch thread per
+process (two processes share this machine's two cores). Multi-process runs are real subprocesses
+of `python -m roberta pretrain` with torchrun's environment variables, on gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from roberta.config import apply_overrides
+from roberta.errors import UserError
+from roberta.presets import tiny
+from roberta.train import pretrain
+
+# One config for in-process and subprocess runs: 2 x 64 model, batch 8, 6 steps, 1 thread.
+BASE_SETS = ["model.layers=2", "model.hidden=64", "model.heads=2", "model.ffn=128", "train.batch_size=8",
+             "train.max_steps=6", "train.eval_interval=1000", "train.checkpoint_interval=1000",
+             "train.log_interval=1", "train.eval_sequences=16", "train.peak_flops=1e11", "train.threads=1"]
+NO_DROPOUT = ["model.dropout=0", "model.attention_dropout=0"]
+
+
+def run_inprocess(data_dir, out, *sets, resume=False):
+    all_sets = BASE_SETS + list(sets)
+    cfg = apply_overrides(tiny(), all_sets)
+    return pretrain(str(data_dir), str(out), cfg, {s.split("=")[0] for s in all_sets}, resume=resume,
+                    progress=False)
+
+
+def cli_args(data_dir, out, *sets, resume=False) -> list[str]:
+    args = [sys.executable, "-m", "roberta", "pretrain", "--data", str(data_dir), "--out", str(out), "--quiet"]
+    for s in BASE_SETS + list(sets):
+        args += ["--set", s]
+    return args + (["--resume"] if resume else [])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(data_dir, out, *sets, world: int = 1, resume=False) -> list[subprocess.Popen]:
+    """`world` processes of `roberta pretrain` with the environment torchrun would give them."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        if world > 1:
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+        procs.append(subprocess.Popen(cli_args(data_dir, out, *sets, resume=resume), env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def wait_all(procs, timeout=120) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        out.append((p.returncode, err))
+    return out
+
+
+def weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / f"checkpoint-{step:06d}" / "model.safetensors"))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in metrics(run_dir) if "loss" in r}
+
+
+# --- schedule and lr scaling ------------------------------------------------------------------
+
+def test_lr_schedule_against_hand_computed_values():
+    from roberta.optim import lr_at
+    # warmup 10% to a peak of 1e-3, then linear to 0 at the end of the budget
+    assert lr_at(0.0, 0.1, 1e-3) == 0.0
+    assert lr_at(0.05, 0.1, 1e-3) == pytest.approx(5e-4)
+    assert lr_at(0.1, 0.1, 1e-3) == pytest.approx(1e-3)
+    assert lr_at(0.55, 0.1, 1e-3) == pytest.approx(1e-3 * 0.45 / 0.9)
+    assert lr_at(0.9999, 0.1, 1e-3) == pytest.approx(1e-3 * 0.0001 / 0.9)
+    assert lr_at(1.0, 0.1, 1e-3) == 0.0 and lr_at(1.2, 0.1, 1e-3) == 0.0
+    assert lr_at(0.5, 0.0, 1e-3) == pytest.approx(5e-4)  # no warmup
+
+
+def test_budget_steps_tokens_and_warmup_conversion():
+    from roberta.train import Budget, TrainState
+    cfg = apply_overrides(tiny(), ["train.max_steps=200", "train.warmup_steps=20"])
+    b = Budget(cfg)
+    assert b.warmup == pytest.approx(0.1) and b.progress(TrainState(step=50)) == pytest.approx(0.25)
+    # a token budget: 16 x 128 = 2048 tokens per step, 204,800 tokens = 100 steps, warmup 20 steps = 20%
+    cfg = apply_overrides(tiny(), ["train.max_tokens=204800", "train.warmup_steps=20"])
+    b = Budget(cfg)
+    assert b.steps_estimate == 100 and b.warmup == pytest.approx(0.2)
+    assert b.progress(TrainState(step=999, tokens=102400)) == pytest.approx(0.5)  # tokens override steps
+    # a time budget uses warmup_fraction and the elapsed share
+    cfg = apply_overrides(tiny(), ["train.max_time=2m", "train.warmup_fraction=0.05"])
+    b = Budget(cfg)
+    assert b.warmup == 0.05 and b.progress(TrainState(elapsed=90.0)) == pytest.approx(0.75)
+    assert not b.done(TrainState(elapsed=119.9)) and b.done(TrainState(elapsed=120.0))
+
+
+def test_lr_scaling_rules_and_paper_table():
+    from roberta.optim import PAPER_LR_TABLE, paper_lr, scaled_lr
+    assert scaled_lr(1e-4, 2048, 256, "none") == 1e-4
+    assert scaled_lr(1e-4, 2048, 256, "sqrt") == pytest.approx(1e-4 * math.sqrt(8))
+    assert scaled_lr(1e-4, 2048, 256, "linear") == pytest.approx(8e-4)
+    assert PAPER_LR_TABLE == {256: 1e-4, 2048: 7e-4, 8192: 1e-3}
+    assert paper_lr(2048) == pytest.approx(7e-4)
+    # log-log halfway between 2K and 8K: sqrt(7e-4 * 1e-3)
+    assert paper_lr(4096) == pytest.approx(math.sqrt(7e-4 * 1e-3))
+    assert paper_lr(64) == 1e-4 and paper_lr(32768) == 1e-3
+
+
+def test_lr_scaling_applies_to_the_run(data_dir, tmp_path):
+    s = run_inprocess(data_dir, tmp_path / "run", "train.max_steps=2", "train.lr=1e-4", "train.base_batch_size=2",
+                      "train.lr_scaling=sqrt", "train.warmup_fraction=0")
+    assert train_records(tmp_path / "run")[1]["lr"] == pytest.approx(2e-4)  # 1e-4 * sqrt(8 / 2)
+    assert s["final_lr"] == 0.0
+
+
+# --- accounting --------------------------------------------------------------------------------
+
+def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_path):
+    from roberta.data.formats import build_plan
+    from roberta.data.loader import BatchStream, collate
+    from roberta.data.prepare import load_split
+    from roberta.train import Masker
+
+    from roberta.data.prepare import read_meta
+
+    assert read_meta(data_dir)["vocab_size"] == 1000
+    run = tmp_path / "run"
+    s = run_inprocess(data_dir, run, "train.max_steps=2")
+    recs = train_records(run)
+    # Replay the two global batches the run drew, and count by hand.
+    cfg = apply_overrides(tiny(), BASE_SETS + ["model.vocab_size=1000"])
+    split = load_split(data_dir, "train")
+    plan = build_plan(split, "full-sentences", 64, seed=0)
+    stream = BatchStream(plan, 8, 0)
+    masker = Masker(cfg, {})
+    tokens = masked = 0
+    flops = 0.0
+    for step in (1, 2):
+        b = collate(split, plan, stream.next_batch())
+        n_tok = int(b.attention_mask.sum())
+        n_mask = int(masker(b.input_ids, b.epochs, b.indices)[1].ne(-100).sum())
+        tokens, masked = tokens + n_tok, masked + n_mask
+        T = b.input_ids.shape[1]
+        # 2 layers x (4 * 64^2 attention projections + 2 * 64 * 128 FFN) = 65,536 weights per token;
+        # LM head 64^2 + 64 * 1000 = 68,096 at each masked token; attention 12 * 2 * 64 * T per token
+        flops += 6 * (65_536 * n_tok + 68_096 * n_mask) + 12 * 2 * 64 * T * n_tok
+        r = recs[step]
+        assert r["sequences"] == 8 * step
+        assert r["tokens"] == tokens and r["masked_tokens"] == masked
+        assert r["flops"] == pytest.approx(flops, rel=1e-12)
+        assert r["loss_bits"] == pytest.approx(r["loss"] / math.log(2))
+        assert 0 < r["mfu"] < 1 and r["tokens_per_s"] > 0
+    assert s["tokens"] == tokens and s["masked_tokens"] == masked and s["flops"] == pytest.approx(flops)
+    assert s["parameters"] == sum(v.numel() for v in weights(run, 2).values())
+    assert s["eval_loss"] > 0 and s["eval_perplexity"] == pytest.approx(math.exp(s["eval_loss"]))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["tokens"] == tokens and summary["step"] == 2
+
+
+# --- equivalences ------------------------------------------------------------------------------
+
+def test_four_micro_batches_of_8_equal_one_batch_of_32(data_dir, tmp_path):
+    """Gradient accumulation is exact: the loss is normalised by the global batch's masked-token
+    count, not averaged over micro-batch means. Dropout is off because its masks are drawn per
+    micro-batch shape: with it on, the two runs are equal in distribution, not in value."""
+    sets = NO_DROPOUT + ["train.batch_size=32", "train.max_steps=3", "train.lr=1e-3"]
+    run_inprocess(data_dir, tmp_path / "one", *sets, "train.micro_batch_size=32")
+    run_inprocess(data_dir, tmp_path / "four", *sets, "train.micro_batch_size=8")
+    assert max_diff(weights(tmp_path / "one", 3), weights(tmp_path / "four", 3)) <= 1e-6
+    a, b = train_records(tmp_path / "one"), train_records(tmp_path / "four")
+    assert a[3]["loss"] == pytest.approx(b[3]["loss"], abs=1e-5)
+    assert a[3]["masked_tokens"] == b[3]["masked_tokens"]
+    # and the update is not a no-op: the weights moved from their initialisation
+    assert max_diff(weights(tmp_path / "one", 3), weights(tmp_path / "four", 3)) < 1e-3 * max(
+        float(v.abs().max()) for v in weights(tmp_path / "one", 3).values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_gloo_ranks_equal_one_process(data_dir, tmp_path, fsdp):
+    """Same global batch (8 = 2 ranks x 4, and one micro-batch of 2 accumulated twice per rank)
+    on 2 gloo processes under DDP or FSDP2 ends with the same parameters as 1 process."""
+    sets = NO_DROPOUT + ["train.max_steps=4", "train.lr=1e-3", "train.checkpoint_interval=2"]
+    results = wait_all(launch(data_dir, tmp_path / "two", *sets, "train.micro_batch_size=2",
+                              f"train.fsdp={str(fsdp).lower()}", world=2))
+    assert all(rc == 0 for rc, _ in results), results
+    run_inprocess(data_dir, tmp_path / "one", *sets)
+    assert max_diff(weights(tmp_path / "one", 4), weights(tmp_path / "two", 4)) <= 1e-6
+    a, b = train_records(tmp_path / "one"), train_records(tmp_path / "two")
+    for step in (1, 4):
+        assert a[step]["loss"] == pytest.approx(b[step]["loss"], abs=1e-5)
+        assert a[step]["tokens"] == b[step]["tokens"] and a[step]["masked_tokens"] == b[step]["masked_tokens"]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    # the mid-run checkpoint (gathered from the shards under FSDP2) resumes in one process, exactly
+    import shutil
+    shutil.rmtree(tmp_path / "two" / "checkpoint-000004")
+    run_inprocess(data_dir, tmp_path / "two", *sets, resume=True)
+    assert max_diff(weights(tmp_path / "one", 4), weights(tmp_path / "two", 4)) <= 1e-6
+
+
+def test_sigkill_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
+    """kill -9 at some step after a checkpoint, then --resume: same loss at every later step and
+    the same final parameters as a run never interrupted (CPU, fp32, dropout on)."""
+    sets = ["train.max_steps=40", "train.checkpoint_interval=4", "train.keep_checkpoints=2"]
+    run_inprocess(data_dir, tmp_path / "whole", *sets)
+    killed = tmp_path / "killed"
+    (proc,) = launch(data_dir, killed, *sets)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        recs = train_records(killed) if (killed / "metrics.jsonl").is_file() else {}
+        if max(recs, default=0) >= 10:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "summary.json").exists()
+    steps_before = max(train_records(killed))
+    (resumed,) = launch(data_dir, killed, *sets, resume=True)
+    [(rc, err)] = wait_all([resumed])
+    assert rc == 0, err
+    whole, again = train_records(tmp_path / "whole"), train_records(killed)
+    assert sorted(again) == list(range(1, 41))  # records after the checkpoint were replaced, not doubled
+    for step in range(1, 41):
+        assert again[step]["loss"] == whole[step]["loss"], step
+        assert again[step]["tokens"] == whole[step]["tokens"]
+    assert max_diff(weights(tmp_path / "whole", 40), weights(killed, 40)) == 0.0
+    assert steps_before < 40
+
+
+# --- budgets, faults, checkpoints ---------------------------------------------------------------
+
+def test_time_budget_stops_on_time_with_lr_at_zero(data_dir, tmp_path):
+    s = run_inprocess(data_dir, tmp_path / "run", "train.max_time=3s", "train.max_steps=1000000")
+    recs = train_records(tmp_path / "run")
+    last = recs[s["step"]]
+    step_time = 3.0 / s["step"]  # an upper bound on the mean step time
+    assert 3.0 <= s["elapsed"] <= 3.0 + 10 * step_time + 0.5
+    assert s["final_lr"] == 0.0
+    # the lr decayed along the wall clock: the last step ran at a small fraction of the peak
+    peak = max(r["lr"] for r in recs.values())
+    assert last["lr"] <= peak * 0.1
+    assert s["step"] > 5 and (tmp_path / "run" / f"checkpoint-{s['step']:06d}").is_dir()
+
+
+def test_non_finite_loss_skips_the_step_and_stops_after_m_in_a_row(data_dir, tmp_path, monkeypatch):
+    from roberta.model import RobertaMLM
+    forward = RobertaMLM.forward
+    calls = {"n": 0}
+    bad_steps = {2, 4, 5, 6}  # one isolated bad step, then three in a row
+
+    def poisoned(self, *a, **k):
+        out = forward(self, *a, **k)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_steps:
+                out["mlm_loss_sum"] = out["mlm_loss_sum"] * float("nan")
+        return out
+
+    monkeypatch.setattr(RobertaMLM, "forward", poisoned)
+    with pytest.raises(UserError, match=r"not finite .* 3 steps in a row, up to step 6"):
+        run_inprocess(data_dir, tmp_path / "run", "train.max_steps=20", "train.max_bad_steps=3",
+                      "train.checkpoint_interval=1", "train.keep_checkpoints=0")
+    recs = train_records(tmp_path / "run")
+    assert recs[2]["skipped_steps"] == 1 and recs[3]["skipped_steps"] == 1 and recs[5]["skipped_steps"] == 3
+    # a skipped step leaves the weights untouched; a good step changes them
+    assert max_diff(weights(tmp_path / "run", 1), weights(tmp_path / "run", 2)) == 0.0
+    assert max_diff(weights(tmp_path / "run", 2), weights(tmp_path / "run", 3)) > 0.0
+
+
+def test_keep_checkpoints_keeps_the_newest(data_dir, tmp_path):
+    run_inprocess(data_dir, tmp_path / "run", "train.max_steps=5", "train.checkpoint_interval=1",
+                  "train.keep_checkpoints=2")
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-000004",
+                                                                                "checkpoint-000005"]
+    run_inprocess(data_dir, tmp_path / "all", "train.max_steps=3", "train.checkpoint_interval=1",
+                  "train.keep_checkpoints=0")
+    assert len(list((tmp_path / "all").glob("checkpoint-*"))) == 3
+
+
+def test_run_directory_and_resume_errors(data_dir, tmp_path):
+    run_inprocess(data_dir, tmp_path / "run", "train.max_steps=2")
+    with pytest.raises(UserError, match="already holds checkpoints; pass --resume"):
+        run_inprocess(data_dir, tmp_path / "run", "train.max_steps=2")
+    with pytest.raises(UserError, match="different model config"):
+        run_inprocess(data_dir, tmp_path / "run", "train.max_steps=4", "model.ffn=256", resume=True)
+    # resuming a finished run does no more steps and reports the same state
+    s = run_inprocess(data_dir, tmp_path / "run", "train.max_steps=2", resume=True)
+    assert s["step"] == 2 and s["eval_loss"] > 0
+    # leftovers of a save killed midway are ignored and cleaned up
+    (tmp_path / "run" / ".tmp-checkpoint-000004-123").mkdir()
+    s = run_inprocess(data_dir, tmp_path / "run", "train.max_steps=3", resume=True)
+    assert s["step"] == 3 and not list((tmp_path / "run").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.batch_size=8", "train.micro_batch_size=3"], "not divisible by train.micro_batch_size=3"),
+    (["model.max_positions=20"], "needs model.max_positions >= 66"),
+    (["model.vocab_size=100"], "smaller than the data's vocabulary"),
+])
+def test_impossible_combinations_fail_before_training(data_dir, tmp_path, sets, message):
+    with pytest.raises(UserError, match=message):
+        run_inprocess(data_dir, tmp_path / "run", *sets)
+    assert not list((tmp_path / "run").glob("checkpoint-*")) if (tmp_path / "run").exists() else True
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["train.max_tim=2h"], "did you mean train.max_time"),
+    (["train.log_interval=0"], "train.log_interval=0: must be >= 1"),
+    (["train.micro_batch_size=64"], "must be between 0"),
+    (["train.dist_timeout=soon"], "expected a duration"),
+    (["train.device=tpu"], "choose auto, cpu or cuda"),
+])
+def test_bad_settings_are_refused(sets, message):
+    with pytest.raises(UserError, match=message):
+        apply_overrides(tiny(), sets)
+
+
+def test_tensorboard_event_files_when_installed(data_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    run_inprocess(data_dir, tmp_path / "run", "train.max_steps=2")
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
