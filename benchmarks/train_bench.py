@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,15 +33,16 @@ from roberta.optim import build_optimizer
 from roberta.perf import datasheet_peak, matmul_peak, sync
 from roberta.presets import get_preset
 from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
-from roberta.train import Masker, train_step
+from roberta.train import Masker, compile_model, train_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
 VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
 
 
-def make_config(preset: str, seq_len: int, batch: int, micro: int, compile_: bool) -> Config:
+def make_config(preset: str, seq_len: int, batch: int, micro: int, compile_: bool, dropout: float) -> Config:
     cfg = get_preset(preset)
-    model = dataclasses.replace(cfg.model, vocab_size=VOCAB[preset], max_positions=seq_len + 2)
+    model = dataclasses.replace(cfg.model, vocab_size=VOCAB[preset], max_positions=seq_len + 2,
+                                dropout=dropout, attention_dropout=dropout)
     train = dataclasses.replace(cfg.train, batch_size=batch, micro_batch_size=micro, compile=compile_)
     return dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, seq_len=seq_len), train=train)
 
@@ -59,27 +59,23 @@ def random_batches(n: int, batch: int, seq_len: int, vocab: int, seed: int = 0) 
 
 
 class Ours:
-    name = "ours"
-
     def __init__(self, cfg: Config, device: torch.device):
+        self.name = "ours+compile" if cfg.train.compile else "ours"
         self.cfg, self.dist = cfg, Dist(device=device)
         self.model = build_model(cfg.model, device, seed=0)
         if cfg.train.compile:
-            from roberta.train import compile_model
             compile_model(self.model)
         self.opt = build_optimizer(self.model, cfg.optim, cfg.train.lr)
-        self.masker = Masker(cfg, {})
+        self.masker = Masker(cfg, {}, device)
         self.step_i = 0
 
-    def step(self, ids: torch.Tensor) -> float:
+    def step(self, ids: torch.Tensor) -> int:
+        """One optimizer step of roberta.train.train_step on (B, T) ids; -> masked tokens."""
         B, micro = ids.shape[0], self.cfg.train.micro_batch_size
-        mbs = []
-        for a in range(0, B, micro):
-            x = ids[a:a + micro]
-            mbs.append(Batch(x, torch.ones_like(x), torch.full((len(x),), self.step_i), torch.arange(a, a + len(x)), None))
+        mbs = [Batch(ids[a:a + micro], torch.ones_like(ids[a:a + micro]), torch.full((micro,), self.step_i),
+                     torch.arange(a, a + micro), None) for a in range(0, B, micro)]
         self.step_i += 1
-        r = train_step(self.model, self.opt, mbs, self.masker, self.dist, self.cfg)
-        return r["masked"]
+        return train_step(self.model, self.opt, mbs, self.masker, self.dist, self.cfg)["masked"]
 
 
 class HF:
@@ -107,38 +103,53 @@ class HF:
                                      eps=o.eps, weight_decay=o.weight_decay)
         self.device, self.micro = device, cfg.train.micro_batch_size
 
-    def step(self, ids: torch.Tensor) -> float:
-        masked = 0
+    def step(self, ids: torch.Tensor) -> int:
+        """The usual HF loop: collator -> model(**batch).loss (mean per micro-batch) -> AdamW."""
+        masked = torch.zeros((), dtype=torch.long, device=self.device)
         n_mb = ids.shape[0] // self.micro
         for a in range(0, ids.shape[0], self.micro):
             b = self.collator([{"input_ids": row} for row in ids[a:a + self.micro].tolist()])
-            b = {k: v.to(self.device) for k, v in b.items()}
+            b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 loss = self.model(**b).loss / n_mb
             loss.backward()
-            masked += int(b["labels"].ne(-100).sum())
+            masked += b["labels"].ne(-100).sum()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return masked
+        return int(masked)
+
+
+IMPLS = {"ours": lambda cfg, dev: Ours(cfg, dev), "HF": lambda cfg, dev: HF(cfg, dev),
+         "ours+compile": lambda cfg, dev: Ours(dataclasses.replace(cfg, train=dataclasses.replace(
+             cfg.train, compile=True)), dev)}
 
 
 def bench(args) -> list[dict]:
     device = torch.device(args.device)
     rows = []
     peaks = [matmul_peak(device)]
+    seq_lens = [int(s) for s in args.seq_lens.split(",")]
+    batches = [int(b) for b in args.batch.split(",")]
+    if len(batches) not in (1, len(seq_lens)):
+        raise SystemExit("--batch: one size, or one per --seq-lens entry")
     for preset in args.presets.split(","):
-        for seq_len in [int(s) for s in args.seq_lens.split(",")]:
-            micro = args.micro_batch or args.batch
-            cfg = make_config(preset, seq_len, args.batch, micro, args.compile)
-            data = random_batches(4, args.batch, seq_len, cfg.model.vocab_size)
-            runners = [Ours(cfg, device), HF(cfg, device)]
+        for seq_len, batch in zip(seq_lens, batches * len(seq_lens) if len(batches) == 1 else batches):
+            micro = args.micro_batch or batch
+            cfg = make_config(preset, seq_len, batch, micro, False, args.dropout)
+            data = [d.to(device) for d in random_batches(4, batch, seq_len, cfg.model.vocab_size)]
+            runners = []
+            for name in args.impls.split(","):
+                t0 = time.perf_counter()
+                r = IMPLS[name](cfg, device)
+                for i in range(args.warmup):  # warm-up (and compilation)
+                    r.step(data[i % len(data)])
+                sync(device)
+                print(f"# {preset}@{seq_len} {name}: built and warmed up in {time.perf_counter() - t0:.1f}s",
+                      file=sys.stderr, flush=True)
+                runners.append(r)
             times = {r.name: [] for r in runners}
             masked = {r.name: [] for r in runners}
-            for r in runners:  # warm-up (and compilation)
-                for i in range(args.warmup):
-                    r.step(data[i % len(data)])
-            sync(device)
-            for rnd in range(args.rounds):
+            for rnd in range(args.rounds):  # interleaved: the machine's load hits every runner alike
                 for r in runners:
                     for i in range(args.steps):
                         t0 = time.perf_counter()
@@ -147,15 +158,16 @@ def bench(args) -> list[dict]:
                         times[r.name].append(time.perf_counter() - t0)
                 peaks.append(matmul_peak(device))
             peak = datasheet_peak(device) or max(peaks)
-            tokens = args.batch * seq_len
+            tokens = batch * seq_len
             for r in runners:
                 t = statistics.median(times[r.name])
                 flops = training_flops(dataclasses.replace(cfg.model, sparse_head=True), tokens,
                                        statistics.mean(masked[r.name]), seq_len)
-                rows.append({"preset": preset, "seq_len": seq_len, "batch": args.batch, "impl": r.name,
-                             "step_s": t, "tokens_per_s": tokens / t, "tflops": flops / t / 1e12,
-                             "mfu": flops / t / peak, "peak_tflops": peak / 1e12})
-            del runners
+                rows.append({"preset": preset, "seq_len": seq_len, "batch": batch, "impl": r.name,
+                             "dropout": args.dropout, "step_s": t, "tokens_per_s": tokens / t,
+                             "tflops": flops / t / 1e12, "mfu": flops / t / peak, "peak_tflops": peak / 1e12,
+                             "measured_peak_tflops": max(peaks) / 1e12})
+            del runners, data
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -166,31 +178,44 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--presets", default="tiny,small")
     p.add_argument("--seq-lens", default="128")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--micro-batch", type=int, default=0)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (GPU only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile our encoder (train.compile=true)")
+    p.add_argument("--batch", default="32", help="sequences per optimizer step; or one per --seq-lens")
+    p.add_argument("--micro-batch", type=int, default=0, help="sequences per forward (default: --batch)")
+    p.add_argument("--dtype", default="", choices=["", "fp32", "bf16"],
+                   help="fp32 on CPU, bf16 autocast on GPU (what the trainer does; the default)")
+    p.add_argument("--impls", default="ours,HF", help=f"comma-separated, from {', '.join(IMPLS)}")
+    p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout, both impls")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per implementation per round")
     args = p.parse_args(argv)
+    want = "bf16" if args.device.startswith("cuda") else "fp32"
+    if args.dtype and args.dtype != want:
+        p.error(f"--dtype {args.dtype}: the trainer runs {want} on {args.device}")
+    args.dtype = want
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = bench(args)
-    print(f"{'preset':<7}{'seq':>5}{'impl':>6}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}")
-    for r in rows:
-        print(f"{r['preset']:<7}{r['seq_len']:>5}{r['impl']:>6}{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}"
-              f"{r['tflops']:>9.3f}{r['mfu']:>7.1%}")
+    print(f"{'preset':<7}{'seq':>5}{'batch':>6}  {'impl':<13}{'step s':>8}{'tokens/s':>11}{'TFLOP/s':>9}"
+          f"{'MFU':>7}{'vs HF':>7}")
     speedups = {}
     for r in rows:
-        if r["impl"] == "ours":
-            hf = next(h for h in rows if h["impl"] == "HF" and h["preset"] == r["preset"] and h["seq_len"] == r["seq_len"])
-            speedups[f"{r['preset']}@{r['seq_len']}"] = r["tokens_per_s"] / hf["tokens_per_s"]
-    for k, v in speedups.items():
-        print(f"{k}: ours / HF = {v:.2f}x")
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{torch.get_num_threads()} threads"
-    print(json.dumps({"benchmark": "train", "device": dev, "dtype": args.dtype, "rows": rows, "speedup": speedups}))
+        hf = next((h for h in rows if h["impl"] == "HF" and h["preset"] == r["preset"]
+                   and h["seq_len"] == r["seq_len"]), None)
+        ratio = r["tokens_per_s"] / hf["tokens_per_s"] if hf else float("nan")
+        if r["impl"] != "HF":
+            speedups[f"{r['preset']}@{r['seq_len']} {r['impl']}"] = ratio
+        print(f"{r['preset']:<7}{r['seq_len']:>5}{r['batch']:>6}  {r['impl']:<13}{r['step_s']:>8.3f}"
+              f"{r['tokens_per_s']:>11,.0f}{r['tflops']:>9.2f}{r['mfu']:>7.1%}{ratio:>6.2f}x")
+    if args.device.startswith("cuda"):
+        dev = torch.cuda.get_device_name()
+    else:
+        dev = f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {dev}; {args.dtype}; dropout {args.dropout}; peak {rows[0]['peak_tflops']:.3g} TFLOP/s "
+          f"({'datasheet bf16' if args.device.startswith('cuda') else 'best 2048^2 fp32 matmul'}), "
+          f"measured matmul {max(r['measured_peak_tflops'] for r in rows):.3g} TFLOP/s")
+    print(json.dumps({"benchmark": "train", "device": dev, "dtype": args.dtype, "dropout": args.dropout,
+                      "rows": rows, "speedup_vs_hf": speedups}))
 
 
 if __name__ == "__main__":

@@ -173,10 +173,9 @@ def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_
         n_tok = int(b.attention_mask.sum())
         n_mask = int(masker(b.input_ids, b.epochs, b.indices)[1].ne(-100).sum())
         tokens, masked = tokens + n_tok, masked + n_mask
-        T = b.input_ids.shape[1]
         # 2 layers x (4 * 64^2 attention projections + 2 * 64 * 128 FFN) = 65,536 weights per token;
-        # LM head 64^2 + 64 * 1000 = 68,096 at each masked token; attention 12 * 2 * 64 * T per token
-        flops += 6 * (65_536 * n_tok + 68_096 * n_mask) + 12 * 2 * 64 * T * n_tok
+        # LM head 64^2 + 64 * 1000 = 68,096 at each masked token; attention 12 * 2 * 64 * 64 per token
+        flops += 6 * (65_536 * n_tok + 68_096 * n_mask) + 12 * 2 * 64 * 64 * n_tok
         r = recs[step]
         assert r["sequences"] == 8 * step
         assert r["tokens"] == tokens and r["masked_tokens"] == masked

@@ -134,10 +134,12 @@ def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> C
 
 
 def compile_model(model: torch.nn.Module) -> None:
-    """torch.compile the encoder and the LM head in place (parameter names, hence checkpoints,
-    unchanged). The sparse head's gather of the masked positions has a data-dependent shape and
-    stays eager between the two."""
-    model.roberta.compile()
+    """torch.compile each transformer block and the LM head in place (parameter names, hence
+    checkpoints, unchanged). The blocks share one compiled graph (compiling 1 layer costs what 24
+    do); the embeddings, the padding-mask test and the sparse head's gather of the masked
+    positions (a data-dependent shape) stay eager between them."""
+    for layer in model.roberta.layers:
+        layer.compile()
     model.lm_head.compile(dynamic=True)
 
 
@@ -177,11 +179,11 @@ def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg:
         # no mask when nothing is padded: SDPA then takes its fastest (flash) kernels
         attn = mb.attention_mask.to(device, non_blocking=True) if mb.tokens < ids.numel() else None
         nsp = None if mb.nsp_labels is None else mb.nsp_labels.to(device, non_blocking=True)
-        n_masked = labels.ne(IGNORE).sum()
+        n_masked = labels.ne(IGNORE).sum().double()
         local[0] += n_masked
         local[1] += len(mb.indices)
         local[2] += mb.tokens
-        local[3] += training_flops(cfg.model, mb.tokens, n_masked, ids.shape[1])
+        local[3] += training_flops(cfg.model, mb.tokens, n_masked, cfg.data.seq_len)  # as roberta plan counts
         prepared.append((ids, inputs, labels, attn, nsp))
     all_reduce_sum(local, dist)
     # DDP/FSDP average gradients over ranks; scaling by world makes that the global-batch sum
