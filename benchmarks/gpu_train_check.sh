@@ -20,14 +20,14 @@ $PY -c "import torch, transformers; print('torch', torch.__version__, 'transform
 torch.cuda.is_available() and torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
 echo "== 1. benchmark, eager: ours vs HF"
-timeout 150 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
+timeout 130 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
   --batch $BATCH --impls ours,HF --warmup 2 --rounds 3 --steps 3 2>&1 | tee "$OUT/bench_eager.log" | tail -n 12
 
 echo "== 2. benchmark, compiled: ours+compile (HF: stage 1)"
-timeout 190 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
+timeout 170 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
   --batch $BATCH --impls ours+compile --warmup 3 --rounds 3 --steps 3 2>&1 | tee "$OUT/bench_compiled.log" | tail -n 12
 echo "== 3. the trainer on the GPU: prepare, 20 steps eager, resume to 30 compiled" | tee "$OUT/e2e.log"
-timeout 150 bash -c "
+timeout 80 bash -c "
 $PY -c \"
 import json
 from roberta.corpus import stdlib_documents
@@ -41,7 +41,7 @@ $PY -m roberta pretrain --data $W/data --out $W/run --quiet --set train.max_step
   --set train.checkpoint_interval=10 --set train.log_interval=5 $E2E
 " >>"$OUT/e2e.log" 2>&1
 # resume a copy of checkpoint 20 to step 30 with train.compile=true: the losses should match the run's
-timeout 120 bash -c "
+timeout 70 bash -c "
 rm -rf $W/run2 && mkdir -p $W/run2 && cp -r $W/run/checkpoint-000020 $W/run/config.json $W/run2/ &&
 $PY -m roberta pretrain --data $W/data --out $W/run2 --quiet --resume --set train.max_steps=30 \
   --set train.checkpoint_interval=10 --set train.log_interval=5 $E2E --set train.compile=true &&
