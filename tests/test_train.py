@@ -260,6 +260,30 @@ def test_sigkill_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
     assert steps_before < 40
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"], ids=["dies", "hangs"])
+def test_a_dead_or_hung_rank_stops_the_other_within_the_timeout(data_dir, tmp_path, how):
+    """Rank 1 is killed (its sockets close) or frozen (it stops answering) mid-run: rank 0 exits
+    with a one-line error, at once or after train.dist_timeout, instead of hanging."""
+    procs = launch(data_dir, tmp_path / "run", "train.max_steps=100000", "train.dist_timeout=3s", world=2)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(metrics(tmp_path / "run") if (tmp_path / "run" / "metrics.jsonl").is_file()
+                                             else []) < 3:
+            assert procs[0].poll() is None, procs[0].communicate()
+            time.sleep(0.05)
+        procs[1].send_signal(getattr(signal, how))
+        t0 = time.time()
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.time() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert procs[0].returncode == 2 and "lost contact with another rank" in err and "Traceback" not in err, err
+    assert waited < 3 + 20
+
+
 # --- budgets, faults, checkpoints ---------------------------------------------------------------
 
 def test_time_budget_stops_on_time_with_lr_at_zero(data_dir, tmp_path):
@@ -308,6 +332,36 @@ def test_keep_checkpoints_keeps_the_newest(data_dir, tmp_path):
     run_inprocess(data_dir, tmp_path / "all", "train.max_steps=3", "train.checkpoint_interval=1",
                   "train.keep_checkpoints=0")
     assert len(list((tmp_path / "all").glob("checkpoint-*"))) == 3
+
+
+@pytest.mark.parametrize("error", ["safetensors", "oserror"])
+def test_a_failed_checkpoint_write_keeps_the_previous_one(data_dir, tmp_path, monkeypatch, error):
+    """A full disk during the save of step 4: a one-line error, no half-written directory, and
+    the run resumes from step 2 to the same end as a run that never failed."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import roberta.checkpoint as ckpt
+    sets = ["train.max_steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=0"]
+    run_inprocess(data_dir, tmp_path / "whole", *sets)
+    real_save = ckpt.save_file
+
+    def full_disk(tensors, path, *a, **k):
+        if "checkpoint-000004" in path:
+            if error == "safetensors":
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    with pytest.raises(UserError, match=r"could not write checkpoint .*checkpoint-000004 .*No space left on device"
+                                        r".*previous checkpoint is intact"):
+        run_inprocess(data_dir, tmp_path / "run", *sets)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if "checkpoint" in p.name) == ["checkpoint-000002"]
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    run_inprocess(data_dir, tmp_path / "run", *sets, resume=True)
+    assert max_diff(weights(tmp_path / "whole", 6), weights(tmp_path / "run", 6)) == 0.0
 
 
 def test_run_directory_and_resume_errors(data_dir, tmp_path):

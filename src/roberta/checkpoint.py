@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from roberta.config import Config
@@ -114,10 +115,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg:
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"checkpoint-{step:06d}"
     tmp = run_dir / f".tmp-checkpoint-{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         (tmp / "config.json").write_text(cfg.to_json())
         weights = model_state(model) if weights is None else {k: v.contiguous().cpu() for k, v in weights.items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -140,10 +141,11 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg:
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(run_dir)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"could not write checkpoint {final} ({e.strerror or e}); "
-                        "the previous checkpoint is intact — free disk space and resume with --resume") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise UserError(f"could not write checkpoint {final} ({reason}); the previous checkpoint is intact -- "
+                        "fix the cause (a full disk?) and continue with --resume") from None
     if keep > 0:
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -140,6 +140,15 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, op
                              options=StateDictOptions(full_state_dict=fsdp))
 
 
+def is_collective_failure(e: BaseException) -> bool:
+    """A collective that failed because another rank died (connection reset) or stopped answering
+    (timeout), as gloo and NCCL report it -- as opposed to a bug or an out-of-memory error."""
+    text = str(e)
+    return isinstance(e, tdist.DistError) or any(s in text for s in (
+        "gloo/transport", "Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+        "NCCL communicator was aborted", "Watchdog caught collective operation timeout"))
+
+
 def barrier(dist: Dist) -> None:
     if dist.active:
         tdist.barrier()

@@ -27,7 +27,8 @@ from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
 from roberta.data.loader import BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, broadcast_object, full_state,
-                                 init_distributed, load_full_state, no_sync, shutdown, wrap_model)
+                                 init_distributed, is_collective_failure, load_full_state, no_sync, shutdown,
+                                 wrap_model)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
 from roberta.masking import IGNORE, mask_tokens, masking_stats, sequence_keys
@@ -263,6 +264,12 @@ def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = N
     dist = init_distributed(cfg.train.device, parse_duration(cfg.train.dist_timeout))
     try:
         return _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from)
+    except RuntimeError as e:
+        if dist.active and is_collective_failure(e):
+            raise UserError(f"rank {dist.rank}: lost contact with another rank ({str(e).splitlines()[0][-160:]}); "
+                            f"every rank stops within train.dist_timeout={cfg.train.dist_timeout}. Look for the "
+                            "first error in the other ranks' output, then restart with --resume") from None
+        raise
     finally:
         shutdown(dist)
 
