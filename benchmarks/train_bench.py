@@ -32,7 +32,7 @@ from roberta.model import build_model, training_flops
 from roberta.optim import build_optimizer
 from roberta.perf import datasheet_peak, matmul_peak, sync
 from roberta.presets import get_preset
-from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from roberta.train import Masker, compile_model, train_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,7 +34,7 @@ class RunLog:
         self.path = out / "metrics.jsonl"
         self.tb = _summary_writer(out / "tensorboard") if enabled else None
         self.bar = tqdm(total=total, initial=initial, desc="pretrain", disable=not (enabled and progress),
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
 
     def write(self, record: dict) -> None:
         """Append one record (train or eval) to metrics.jsonl and to TensorBoard, keyed by step."""

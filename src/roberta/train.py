@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,12 @@ from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, broadc
                                  wrap_model)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
-from roberta.masking import IGNORE, mask_tokens, masking_stats, sequence_keys
-from roberta.model import build_model, count_parameters, training_flops
+from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
+from roberta.model import build_model, count_parameters, max_seq_len, training_flops
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from roberta.perf import peak_flops
 from roberta.runlog import RunLog, truncate_metrics
-from roberta.tokenizer import MASK_ID, SPECIAL_IDS, WORD_START, load_tokenizer, tokenizer_hash
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, load_tokenizer, tokenizer_hash
 
 
 @dataclass
@@ -56,14 +55,10 @@ class Masker:
     """Masks a batch as the config says: dynamic (fresh per epoch) or static (epoch % dupe_factor)."""
 
     def __init__(self, cfg: Config, vocab: dict[str, int], device: torch.device | str = "cpu"):
-        self.m, self.seed, self.vocab_size = cfg.masking, cfg.train.seed, cfg.model.vocab_size
-        self.word_start = None
-        if self.m.whole_word:
-            self.word_start = torch.zeros(self.vocab_size, dtype=torch.bool)
-            for tok, i in vocab.items():
-                if tok.startswith(WORD_START) and i < self.vocab_size:
-                    self.word_start[i] = True
-            self.word_start = self.word_start.to(device)
+        self.m, self.seed = cfg.masking, cfg.train.seed
+        # random replacements come from the tokenizer's ids, even if model.vocab_size pads beyond them
+        self.vocab_size = min(cfg.model.vocab_size, max(vocab.values()) + 1) if vocab else cfg.model.vocab_size
+        self.word_start = word_start_table(vocab, self.vocab_size).to(device) if self.m.whole_word else None
 
     def __call__(self, input_ids: torch.Tensor, epochs: torch.Tensor, indices: torch.Tensor):
         """(B, T) ids on any device, (B,) epochs and sequence indices -> (inputs, labels) there."""
@@ -217,10 +212,9 @@ def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg:
     optimizer.zero_grad(set_to_none=True)
     r = {"loss": mlm, "nsp_loss": nsp_loss, "grad_norm": norm, "finite": finite, "masked": int(n_masked),
          "sequences": int(n_seqs), "tokens": int(tokens), "flops": flops}
-    if with_stats:
-        ids, inputs, labels = prepared[0][:3]
-        eligible = int((~torch.isin(ids, torch.tensor(SPECIAL_IDS, device=device))).sum())
-        r.update(masking_stats(ids, inputs, labels, MASK_ID, eligible))
+    if with_stats:  # realised masking over the global batch (host syncs: on logging steps only)
+        counts = sum(mask_counts(ids, inputs, labels, MASK_ID, SPECIAL_IDS) for ids, inputs, labels, _, _ in prepared)
+        r.update(masking_stats(all_reduce_sum(counts.to(device, torch.float64), dist).tolist()))
     return r
 
 
@@ -326,14 +320,18 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     latest = _start_run_dir(out, cfg, resume, dist)
     model = build_model(cfg.model, dist.device, seed=t.seed)
     if latest is None and init_from:
-        model.load_state_dict(ckpt.load_weights(ckpt.resolve_checkpoint(init_from)))
+        init_ck = ckpt.resolve_checkpoint(init_from)
+        # an NSP head the checkpoint lacks starts fresh; one the format does not train is left behind
+        ckpt.load_state(model, ckpt.load_weights(init_ck), init_ck / "model.safetensors",
+                        allow_missing=("nsp_head.",), allow_unexpected=("nsp_head.",))
     seed_dropout(t.seed, dist.rank)
     state = TrainState()
     if latest is not None:
         saved = ckpt.load_config(latest)
         if saved.model != cfg.model:
-            raise UserError(f"{latest}: was trained with a different model config; resume with the same --preset/--set (and --init-from)")
-        model.load_state_dict(ckpt.load_weights(latest))
+            raise UserError(f"{latest}: was trained with a different model config; resume with the same "
+                            "--preset/--set (and --init-from)")
+        ckpt.load_state(model, ckpt.load_weights(latest), latest / "model.safetensors")
     if t.compile:
         compile_model(model)
     ddp_model = wrap_model(model, dist, fsdp=t.fsdp)
@@ -346,7 +344,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         set_rng_state(rng, dist, t.seed)
         if dist.is_main:
             truncate_metrics(out / "metrics.jsonl", state.step)
-    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab() if cfg.masking.whole_word else {}, dist.device)
+    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab(), dist.device)
     budget = Budget(cfg)
     peak = peak_flops(dist.device, t.peak_flops)
     n_params = count_parameters(model)
