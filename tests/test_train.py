@@ -299,6 +299,17 @@ def test_time_budget_stops_on_time_with_lr_at_zero(data_dir, tmp_path):
     assert s["step"] > 5 and (tmp_path / "run" / f"checkpoint-{s['step']:06d}").is_dir()
 
 
+@pytest.mark.slow
+def test_a_time_budget_on_two_ranks_ends_on_the_same_step(data_dir, tmp_path):
+    """Each rank has its own clock; they take the slowest, so they agree on the lr and on the
+    last step (a disagreement would leave one rank waiting in a collective: a dist_timeout error)."""
+    results = wait_all(launch(data_dir, tmp_path / "run", "train.max_time=2s", "train.max_steps=1000000",
+                              "train.dist_timeout=20s", world=2))
+    assert [rc for rc, _ in results] == [0, 0], results
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["elapsed"] >= 2.0 and s["final_lr"] == 0.0 and s["world_size"] == 2
+
+
 def test_non_finite_loss_skips_the_step_and_stops_after_m_in_a_row(data_dir, tmp_path, monkeypatch):
     from roberta.model import RobertaMLM
     forward = RobertaMLM.forward

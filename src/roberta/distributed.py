@@ -59,6 +59,15 @@ def all_reduce_sum(t: torch.Tensor, dist: Dist) -> torch.Tensor:
     return t
 
 
+def max_over_ranks(value: float, dist: Dist) -> float:
+    """The largest of every rank's `value`: one number all ranks agree on (a clock, say)."""
+    if not dist.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t)
+
+
 def all_gather_object(obj, dist: Dist) -> list:
     if not dist.active:
         return [obj]

@@ -26,8 +26,8 @@ from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
 from roberta.data.loader import BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, broadcast_object, full_state,
-                                 init_distributed, is_collective_failure, load_full_state, no_sync, shutdown,
-                                 wrap_model)
+                                 init_distributed, is_collective_failure, load_full_state, max_over_ranks,
+                                 no_sync, shutdown, wrap_model)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
 from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
@@ -372,6 +372,13 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     bad_in_row, window_tokens, window_flops, window_time = 0, 0, 0.0, 0.0
     last_eval, last_saved, record = None, state.step, {}
     elapsed0, t_start = state.elapsed, time.perf_counter()
+
+    def clock() -> float:
+        """Seconds in the loop, summed over resumes. Under a time budget the ranks take the
+        slowest clock: they must agree on the lr and on which step is the last."""
+        elapsed = elapsed0 + time.perf_counter() - t_start
+        return max_over_ranks(elapsed, dist) if budget.max_time else elapsed
+
     model.train()
     while not budget.done(state):
         t0 = time.perf_counter()
@@ -390,7 +397,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         window_time += time.perf_counter() - t0
         window_tokens += r["tokens"]
         window_flops += r["flops"]
-        state.elapsed = elapsed0 + time.perf_counter() - t_start
+        state.elapsed = clock()
         if not r["finite"]:
             state.skipped_steps += 1
             bad_in_row += 1
@@ -416,10 +423,10 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         if state.step % t.eval_interval == 0 or done:
             last_eval = evaluate()
         if state.step % t.checkpoint_interval == 0 or done:
-            state.elapsed = elapsed0 + time.perf_counter() - t_start
+            state.elapsed = clock()
             save()
             last_saved = state.step
-        state.elapsed = elapsed0 + time.perf_counter() - t_start
+        state.elapsed = clock()
     if last_eval is None:  # a resumed run that was already complete
         last_eval = evaluate()
     if last_saved != state.step:
