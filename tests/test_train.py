@@ -195,16 +195,16 @@ def test_four_micro_batches_of_8_equal_one_batch_of_32(data_dir, tmp_path):
     """Gradient accumulation is exact: the loss is normalised by the global batch's masked-token
     count, not averaged over micro-batch means. Dropout is off because its masks are drawn per
     micro-batch shape: with it on, the two runs are equal in distribution, not in value."""
-    sets = NO_DROPOUT + ["train.batch_size=32", "train.max_steps=3", "train.lr=1e-3"]
+    sets = NO_DROPOUT + ["train.batch_size=32", "train.max_steps=3", "train.lr=1e-3",
+                         "train.checkpoint_interval=1", "train.keep_checkpoints=0"]
     run_inprocess(data_dir, tmp_path / "one", *sets, "train.micro_batch_size=32")
     run_inprocess(data_dir, tmp_path / "four", *sets, "train.micro_batch_size=8")
     assert max_diff(weights(tmp_path / "one", 3), weights(tmp_path / "four", 3)) <= 1e-6
     a, b = train_records(tmp_path / "one"), train_records(tmp_path / "four")
     assert a[3]["loss"] == pytest.approx(b[3]["loss"], abs=1e-5)
     assert a[3]["masked_tokens"] == b[3]["masked_tokens"]
-    # and the update is not a no-op: the weights moved from their initialisation
-    assert max_diff(weights(tmp_path / "one", 3), weights(tmp_path / "four", 3)) < 1e-3 * max(
-        float(v.abs().max()) for v in weights(tmp_path / "one", 3).values())
+    # the comparison means something: steps 2 and 3 moved the weights by far more than 1e-6
+    assert max_diff(weights(tmp_path / "one", 1), weights(tmp_path / "one", 3)) > 1e-4
 
 
 @pytest.mark.slow
@@ -398,7 +398,7 @@ def test_run_directory_and_resume_errors(data_dir, tmp_path):
 def test_impossible_combinations_fail_before_training(data_dir, tmp_path, sets, message):
     with pytest.raises(UserError, match=message):
         run_inprocess(data_dir, tmp_path / "run", *sets)
-    assert not list((tmp_path / "run").glob("checkpoint-*")) if (tmp_path / "run").exists() else True
+    assert not (tmp_path / "run").exists()  # refused before the run directory was touched
 
 
 @pytest.mark.parametrize("sets, message", [
