@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from roberta.data.readers import ReadStats, human_bytes, iter_documents
+from roberta.data.readers import ReadStats, iter_documents
 from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
 from roberta.tokenizer import load_tokenizer, tokenizer_hash
