@@ -8,8 +8,10 @@
 3. Hugging Face, as examples/pytorch/language-modeling/run_mlm.py does it with the same
    tokenizer: `load_dataset("json")` -> `map(tokenize, batched=True, num_proc=2)` ->
    `map(group_texts, batched=True, num_proc=2)` (512-token blocks; leftovers dropped).
-Each path runs in its own process tree; wall time, MB/s of text and the peak RSS summed over the
-tree (workers included, polled from /proc) are measured from outside. The HF cache lives in a
+Each path runs in its own process tree with --workers busy threads; wall time, MB/s of text, CPU
+seconds (user + sys of the tree) and the peak RSS summed over the tree (workers included, polled
+from /proc) are measured from outside. On a shared machine wall time follows the other tenants'
+load; CPU seconds do much less, so both are reported. The HF cache lives in a
 temporary directory that is removed at the end. Prints a table, then one JSON line.
 """
 
@@ -200,8 +202,12 @@ def main() -> None:
 
         def hf_run(rep: int) -> dict:
             cache = tmp / f"hf{rep}"  # a fresh cache each time: a warm one would skip the work
+            # TOKENIZERS_PARALLELISM=false: each map process then encodes on one thread, as each of our
+            # workers does, so both paths run exactly --workers busy threads. (By default every HF map
+            # process adds a rayon thread per core: on an idle 2-core machine that gains nothing, on
+            # a shared one it only takes a larger share of the other tenants' CPU.)
             hf_env = {**env, "HF_HOME": str(cache), "HF_DATASETS_CACHE": str(cache / "datasets"),
-                      "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+                      "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             done = tmp / f"hf{rep}.done"
             r = run_measured(py + [__file__, "--workers", str(a.workers), "--seq-len", str(a.seq_len), "--hf-path",
                                    str(path), str(tmp / "tok"), str(cache / "datasets"), str(done)], hf_env, done)

@@ -6,16 +6,17 @@ import gzip
 import json
 import threading
 import tracemalloc
-from multiprocessing.dummy import Pool as ThreadPool
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, run_cli
 from roberta.data import readers
-from roberta.data.prepare import bounded_imap, chunk_documents, load_split, prepare, read_meta, split_key
+from roberta.data.prepare import (bounded_map, chunk_documents, encode_chunk, encoder, load_split, prepare, read_meta,
+                                  split_key)
 from roberta.data.readers import MAX_DOC_CHARS, ReadStats, iter_documents, normalize
-from roberta.data.sentences import MAX_SENTENCE_CHARS, split_sentences
+from roberta.data.sentences import split_sentences
 from roberta.errors import UserError
 from roberta.tokenizer import load_tokenizer
 
@@ -50,27 +51,26 @@ def test_encoding_sentence_by_sentence_equals_encoding_the_document(texts, token
         whole = tok.encode(text, add_special_tokens=False).ids
         pieces = split_sentences(text)
         assert [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids] == whole
-        # what prepare does: the sentences as pre-tokenized words of one encoding
-        enc = tok.encode(pieces, is_pretokenized=True, add_special_tokens=False)
-        assert enc.ids == whole
-        assert np.bincount(enc.word_ids, minlength=len(pieces)).min() > 0
+
+
+def test_prepare_finds_each_sentences_tokens_from_its_offset(texts, tokenizer_dir):
+    """What encode_chunk does (whole documents, char_to_token at each cut) equals encoding the
+    sentences one by one."""
+    chunk = encode_chunk(texts, encoder(str(tokenizer_dir)), 0.0, np.uint32)
+    tok = load_tokenizer(tokenizer_dir)
+    expected = [len(tok.encode(s, add_special_tokens=False).ids) for t in texts for s in split_sentences(t)]
+    assert chunk.sent_tokens.tolist() == expected
+    assert chunk.doc_sents.tolist() == [len(split_sentences(t)) for t in texts]
+    assert chunk.tokens.tolist() == [i for t in texts for i in tok.encode(t, add_special_tokens=False).ids]
 
 
 def test_splitter_cuts_at_sentence_ends_but_not_abbreviations():
     text = 'Dr. Smith met J. R. R. Tolkien, e.g. in St. Ives. "Really?" she asked. Yes!\nNew line\n\nPara 2.'
     assert split_sentences(text) == ['Dr. Smith met J. R. R. Tolkien, e.g. in St. Ives.', ' "Really?"',
                                      " she asked.", " Yes!", "\nNew line", "\n\nPara 2."]
-    assert split_sentences("3.14 is pi. ok") == ["3.14 is pi.", " ok"]
+    assert split_sentences("3.14 is pi. I came 1st. ok") == ["3.14 is pi.", " I came 1st.", " ok"]
     assert split_sentences("no split\x1cthere. \x1cnor here") == ["no split\x1cthere.", " \x1cnor here"]
-
-
-def test_over_long_pieces_are_cut_at_spaces_or_hard():
-    words = "lorem ipsum " * 3000  # 36K characters, no sentence end
-    pieces = split_sentences(words)
-    assert "".join(pieces) == words and max(map(len, pieces)) <= MAX_SENTENCE_CHARS
-    assert all(p.startswith(" ") for p in pieces[1:])  # cut before a space: tokens unchanged
-    blob = "x" * (2 * MAX_SENTENCE_CHARS + 5)
-    assert [len(p) for p in split_sentences(blob)] == [MAX_SENTENCE_CHARS, MAX_SENTENCE_CHARS, 5]
+    assert split_sentences("Wait... what?! Fine.\t(Really.) End") == ["Wait...", " what?!", " Fine.", "\t(Really.)", " End"]
 
 
 # ---------------------------------------------------------------------------------- prepared data
@@ -127,8 +127,8 @@ def test_the_pool_never_reads_more_than_in_flight_chunks_ahead():
                 pulled[0] += 1
             yield i
 
-    with ThreadPool(2) as pool:
-        for n, result in enumerate(bounded_imap(pool, lambda x: x * x, items(), in_flight=4), 1):
+    with ThreadPoolExecutor(2) as pool:
+        for n, result in enumerate(bounded_map(pool, lambda x: x * x, items(), in_flight=4), 1):
             assert result == (n - 1) ** 2  # in order
             assert pulled[0] - n <= 4  # submitted but not yet returned: at most in_flight
 

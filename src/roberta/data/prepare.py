@@ -9,10 +9,9 @@ Layout of a prepared directory (format-agnostic: the input format is chosen at p
 
 Pipeline, streamed end to end: the main process reads and normalises documents (readers.py) and
 groups them into chunks of <= CHUNK_DOCS documents and <= CHUNK_CHARS characters; `--workers`
-processes split each document into sentences and encode the chunk with one `encode_batch` call
-(sentences passed as pre-tokenized words, so a document is one Encoding and `word_ids` says which
-sentence each token came from); the main process appends each chunk, in input order, to the train
-or valid files. At most IN_FLIGHT_PER_WORKER chunks per worker exist at any time, so memory is
+processes encode each chunk with one `encode_batch` call over whole documents and map the
+sentence splitter's cuts to token offsets; the main process appends each chunk, in input order,
+to the train or valid files. At most IN_FLIGHT_PER_WORKER chunks per worker exist at any time, so memory is
 O(workers x chunk) whatever the corpus size (`Pool.imap` would read the whole corpus ahead).
 """
 
@@ -26,6 +25,8 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -33,8 +34,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from roberta.data.readers import ReadStats, human_bytes, iter_documents
-from roberta.data.sentences import split_sentences
+from roberta.data.readers import ReadStats, iter_documents
+from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
 from roberta.tokenizer import load_tokenizer, tokenizer_hash
 
@@ -66,26 +67,36 @@ class EncodedChunk:
     text_bytes: int  # UTF-8 bytes of the chunk's text
 
 
+def encoder(tokenizer_dir: str):
+    """The tokenizer as prepare uses it: no post-processor, so that (with add_special_tokens
+    off anyway) offsets are the raw character spans, not trimmed of a token's leading space."""
+    tok = load_tokenizer(tokenizer_dir)
+    tok.post_processor = None
+    return tok
+
+
 def encode_chunk(docs: list[str], tok, valid_fraction: float, dtype) -> EncodedChunk:
-    sentences = [split_sentences(d) for d in docs]
-    encodings = tok.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+    """Encode whole documents (one Encoding each: the fastest path through `tokenizers`) and find
+    where each sentence starts: a sentence cut is a pre-tokenizer boundary (sentences.py), so the
+    token covering the sentence's first character is its first token."""
+    encodings = tok.encode_batch(docs, add_special_tokens=False)
     ids = [e.ids for e in encodings]  # each .ids access builds a new list: once only
     doc_tokens = np.fromiter(map(len, ids), np.int64, len(ids))
     tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype, int(doc_tokens.sum()))
-    # word_ids[t] = the sentence (within its document) of token t; make it global, then count
-    word_ids = np.fromiter(itertools.chain.from_iterable(e.word_ids for e in encodings), np.int64, len(tokens))
-    n_sents = np.array([len(s) for s in sentences], np.int64)
-    first_sent = np.cumsum(n_sents) - n_sents
-    # every sentence is non-empty text, and byte-level BPE gives >= 1 token for any character
-    sent_tokens = np.bincount(word_ids + np.repeat(first_sent, doc_tokens), minlength=int(n_sents.sum()))
+    sent_tokens: list[int] = []
+    doc_sents = np.zeros(len(docs), np.int64)
+    for k, (e, doc, n) in enumerate(zip(encodings, docs, doc_tokens.tolist())):
+        starts = [0, *(e.char_to_token(c) for c in sentence_cuts(doc)), n]
+        sent_tokens.extend(b - a for a, b in zip(starts[:-1], starts[1:]))
+        doc_sents[k] = len(starts) - 1
     utf8 = [d.encode("utf-8", "surrogatepass") for d in docs]
     valid = np.array([_hash_fraction(b) < valid_fraction for b in utf8], bool)
-    return EncodedChunk(tokens, doc_tokens, n_sents, sent_tokens, valid, sum(map(len, utf8)))
+    return EncodedChunk(tokens, doc_tokens, doc_sents, np.array(sent_tokens, np.int64), valid, sum(map(len, utf8)))
 
 
 def _init_worker(tokenizer_dir: str, valid_fraction: float, dtype: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # parallelism comes from the processes
-    _worker.update(tok=load_tokenizer(tokenizer_dir), valid_fraction=valid_fraction, dtype=np.dtype(dtype))
+    _worker.update(tok=encoder(tokenizer_dir), valid_fraction=valid_fraction, dtype=np.dtype(dtype))
 
 
 def _encode_in_worker(docs: list[str]) -> EncodedChunk:
@@ -104,16 +115,17 @@ def chunk_documents(docs: Iterable[str], max_docs: int = CHUNK_DOCS, max_chars: 
         yield chunk
 
 
-def bounded_imap(pool, fn, items: Iterable, in_flight: int) -> Iterator:
-    """`pool.imap(fn, items)` in order, with at most `in_flight` items submitted and not yet
-    returned (imap's feeder thread consumes `items` as fast as it can: unbounded memory)."""
+def bounded_map(executor, fn, items: Iterable, in_flight: int) -> Iterator:
+    """`fn(item)` for each item, in order, computed by `executor` (concurrent.futures), with at most
+    `in_flight` items submitted and not yet returned (`Pool.imap`'s feeder thread would consume
+    `items` as fast as it can: the whole corpus in memory)."""
     pending: collections.deque = collections.deque()
     for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
+        pending.append(executor.submit(fn, item))
         if len(pending) >= in_flight:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
     while pending:
-        yield pending.popleft().get()
+        yield pending.popleft().result()
 
 
 class _SplitWriter:
@@ -193,7 +205,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
         raise UserError(f"--seq-len {seq_len}: must be at least {MIN_SEQ_LEN}")
     if workers < 0:
         raise UserError(f"--workers {workers}: must be >= 0 (0 = all cores)")
-    tok = load_tokenizer(tokenizer_dir)
+    tok = encoder(tokenizer_dir)
     stats = ReadStats()
     docs = iter_documents(inputs, text_field, stats)  # checks the inputs before anything is written
     vocab_size = tok.get_vocab_size()
@@ -205,11 +217,13 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     workers = workers or default_workers()
     bar = tqdm(desc="prepare", unit="B", unit_scale=True, unit_divisor=1000, mininterval=0.5,
                disable=None if progress else True)  # None: only on a terminal, not in logs
-    pool = (mp.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir), valid_fraction, dtype.name))
-            if workers > 1 else None)
+    # a ProcessPoolExecutor, not a Pool: if workers die (e.g. prepare() called from a script
+    # without a __main__ guard, which "spawn" re-imports), it fails instead of respawning forever
+    pool = (ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                initargs=(str(tokenizer_dir), valid_fraction, dtype.name)) if workers > 1 else None)
     try:
         chunks = chunk_documents(docs)
-        encoded = (bounded_imap(pool, _encode_in_worker, chunks, IN_FLIGHT_PER_WORKER * workers) if pool
+        encoded = (bounded_map(pool, _encode_in_worker, chunks, IN_FLIGHT_PER_WORKER * workers) if pool
                    else (encode_chunk(c, tok, valid_fraction, dtype) for c in chunks))
         for chunk in encoded:
             writers["train"].add(chunk, ~chunk.valid)
@@ -220,13 +234,19 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
             raise UserError(f"{' '.join(map(str, inputs))}: no documents found (empty corpus); {stats.summary()}")
         if splits["train"]["tokens"] == 0:
             raise UserError(f"all {stats.documents:,} documents went to the validation split; lower --valid-fraction")
+    except BrokenProcessPool:
+        for w in writers.values():
+            w.remove()
+        raise UserError("the tokenizer worker processes died; if you call prepare() from a script, put the call "
+                        "under `if __name__ == '__main__':` (worker processes import the script), or use workers=1"
+                        ) from None
     except BaseException:
         for w in writers.values():
             w.remove()
         raise
     finally:
         if pool:
-            pool.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     meta = {
         "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer_dir), "vocab_size": vocab_size,

@@ -6,7 +6,9 @@ how much came out. Invalid UTF-8 bytes are skipped (and counted), never guessed 
 
 Memory is bounded by the longest *piece*, not the longest line: .txt lines are read in pieces of
 READ_BYTES, and a document longer than MAX_DOC_CHARS (a 50 MB line with no newline, a book in one
-JSON string) is cut at a space into consecutive documents of at most that size, with a warning.
+JSON string) is cut, at a sentence end where there is one, into consecutive documents of at most
+that size, with a warning. (A bounded document also bounds the tokenizer: byte-level BPE on one
+space-free run of n characters takes time and memory growing faster than n.)
 A .jsonl line must be parsed whole, so one over MAX_JSONL_LINE_BYTES is skipped (and reported).
 """
 
@@ -24,12 +26,13 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 MAX_WARNINGS = 3  # per kind of problem; the summary has the full counts
 READ_BYTES = 1 << 20
-MAX_DOC_CHARS = 1_000_000
+MAX_DOC_CHARS = 100_000  # ~25K tokens; BPE time and memory grow faster than linearly in a space-free run
 MAX_JSONL_LINE_BYTES = 64 << 20
 PARQUET_BATCH_ROWS = 1024
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -118,10 +121,14 @@ def normalize(text: str) -> str:
 
 
 def cut_long(text: str, limit: int = MAX_DOC_CHARS) -> list[str]:
-    """Cut text into pieces of <= limit characters, each at the last whitespace if there is one."""
+    """Cut text into pieces of <= limit characters: at the last sentence end in the last tenth of
+    the window, else at the last whitespace in its second half, else (a run with no space at all)
+    exactly at limit."""
     pieces = []
     while len(text) > limit:
-        cut = max(text.rfind(c, limit // 2, limit) for c in " \n\t")
+        lo = limit - limit // 10
+        ends = sentence_cuts(text[lo:limit])
+        cut = lo + ends[-1] if ends else max(text.rfind(c, limit // 2, limit) for c in " \n\t")
         cut = cut if cut > 0 else limit
         pieces.append(text[:cut])
         text = text[cut:]
