@@ -51,7 +51,8 @@ def quickstart(out: str | Path, steps: int = 0) -> dict:
 
     cfg = tiny()
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, max_steps=steps or QUICKSTART_STEPS, eval_interval=300, checkpoint_interval=300))
+        cfg.train, max_steps=steps or QUICKSTART_STEPS, eval_interval=250, checkpoint_interval=250,
+        threads=1))  # one thread: the same matmul peak on 2 vCPUs, and no collapse when the machine is busy
     run = out / "run"
     print(f"[4/5] pretraining tiny ({cfg.model.layers} x {cfg.model.hidden}) for {cfg.train.max_steps} steps "
           f"of {cfg.train.batch_size} x {SEQ_LEN} tokens -> {run}")
