@@ -240,7 +240,16 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
     log(f"{task.name}: {n_train:,} train inputs -> {len(s.train.ids):,} sequences, {n_dev:,} dev examples "
         f"-> {len(s.dev.ids):,} sequences (max {s.max_len} tokens, {cfg.long}); mean train length "
         f"{s.train.lengths.mean():.1f} tokens; {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
-    runs = [train_seed(s, cfg, lr, seed, log) for lr in cfg.lrs for seed in range(cfg.seeds)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    with open(out / "runs.jsonl", "w") as f:  # one line per finished run, so a long grid shows progress
+        for lr in cfg.lrs:
+            for seed in range(cfg.seeds):
+                r = train_seed(s, cfg, lr, seed, log)
+                runs.append(r)
+                f.write(json.dumps({k: r[k] for k in ("lr", "seed", "value", "best_epoch", "history")}) + "\n")
+                f.flush()
     medians = {lr: float(np.median([r["value"] for r in runs if r["lr"] == lr])) for lr in cfg.lrs}
     best_lr = max(cfg.lrs, key=lambda lr: medians[lr])
     chosen = [r for r in runs if r["lr"] == best_lr]
@@ -253,13 +262,8 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
         "train_examples": n_train, "dev_examples": n_dev, "labels": list(task.labels),
         "config": dataclasses.asdict(cfg),
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "labels.json").write_text(json.dumps({"labels": list(task.labels), "regression": task.regression}))
-    with open(out / "runs.jsonl", "w") as f:
-        for r in runs:
-            f.write(json.dumps({k: r[k] for k in ("lr", "seed", "value", "best_epoch", "history")}) + "\n")
     return summary
 
 
