@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from roberta.ablate import arms_for, load_custom_arms, make_report, run_ablation, verdict
+from roberta.ablate import arms_for, finetune_run, load_custom_arms, make_report, run_ablation, verdict
 from roberta.errors import UserError
 from roberta.presets import tiny
 
@@ -84,3 +84,16 @@ def test_masking_ablation_runs_is_fair_and_resumable(tmp_path, data_dir, capsys)
     run_ablation("masking", str(data_dir), 1500, str(out), preset="tiny", sets=SMALL, progress=False)
     assert capsys.readouterr().out.count("already finished") == 2
     assert (out / "static" / "seed0" / "summary.json").stat().st_mtime_ns == mtime
+
+    # arms are fine-tuned on GLUE tasks (median over seeds) and the report gains the task's column
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = [f"{'good fine great' if i % 2 else 'bad awful poor'} movie {i}\t{i % 2}" for i in range(24)]
+    for split in ("train", "dev"):
+        (glue / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    finetune_run(out / "dynamic" / "seed0", str(tmp_path / "glue"), ["sst2"], {"epochs": 1, "seeds": 2, "batch_size": 8})
+    summary = json.loads((out / "dynamic" / "seed0" / "glue" / "sst2" / "metrics.json").read_text())
+    assert summary["task"] == "sst2" and len(summary["per_seed"]) == 2
+    result = make_report([out / "static" / "seed0", out / "dynamic" / "seed0"], tmp_path / "rep")
+    assert result["arms"]["dynamic"]["tasks"]["sst2"] == [summary["value"]]
+    assert "sst2" in (tmp_path / "rep" / "report.md").read_text()

@@ -123,14 +123,17 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
 
 
 def finetune_run(run_dir: Path, glue_dir: str, tasks: list[str], args: dict) -> None:
-    """Fine-tune a finished arm on each task (skipping tasks already done): run_dir/glue/TASK/metrics.json."""
-    from roberta.finetune import finetune_glue
+    """Fine-tune a finished arm on each task (skipping tasks already done): run_dir/glue/TASK/metrics.json
+    holds the median over fine-tuning seeds, as the paper reports."""
+    from roberta.finetune import FinetuneConfig, finetune
+    from roberta.tasks import glue_task
 
+    cfg = FinetuneConfig(**args)
     for task in tasks:
         target = run_dir / "glue" / task
         if (target / "metrics.json").is_file():
             continue
-        finetune_glue(checkpoint=str(run_dir), task=task, glue_dir=glue_dir, out=str(target), **args)
+        finetune(glue_task(task, glue_dir), str(run_dir), str(target), cfg)
 
 
 # ---------------------------------------------------------------- report

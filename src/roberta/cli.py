@@ -52,6 +52,10 @@ def cmd_pretrain(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
+    if (a.data is None) == (a.glue_dir is None):
+        raise UserError("evaluate: pass --data DIR (held-out MLM perplexity) or --glue-dir DIR (fine-tune on GLUE)")
+    if a.glue_dir is not None:
+        return _evaluate_glue(a)
     from roberta.api import load_model
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, mlm_loss
@@ -66,6 +70,78 @@ def cmd_evaluate(a) -> None:
     seq_len = a.seq_len or max_seq_len(model.cfg)
     result = mlm_loss(model, eval_batches(split, seq_len, model.cfg.vocab_size, a.max_sequences))
     print(json.dumps(result))
+
+
+def _evaluate_glue(a) -> None:
+    import tempfile
+
+    from roberta.finetune import evaluate_glue, glue_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = evaluate_glue(a.checkpoint, a.glue_dir, a.out or tmp, _finetune_config(a))
+    table, average = glue_table(results)
+    print(table)
+    print(json.dumps({**{name: r["value"] for name, r in results.items()}, "average": average / 100}))
+
+
+def _finetune_config(a):
+    from roberta.finetune import PAPER_LR_GRID, FinetuneConfig
+
+    if a.lr_grid is not None and a.lr is not None:
+        raise UserError("pass --lr or --lr-grid, not both")
+    try:
+        lrs = tuple(float(x) for x in a.lr_grid.split(",")) if a.lr_grid is not None else (a.lr or 2e-5,)
+    except ValueError:
+        raise UserError(f"--lr-grid {a.lr_grid}: expected comma-separated numbers, e.g. "
+                        f"{','.join(f'{x:g}' for x in PAPER_LR_GRID)}") from None
+    for name in ("batch_size", "epochs", "seeds"):
+        if getattr(a, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
+                          warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
+                          max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
+                          from_scratch=a.from_scratch, threads=a.threads)
+
+
+def cmd_finetune(a) -> None:
+    from roberta.finetune import finetune
+    from roberta.tasks import file_task, glue_task
+
+    if a.glue:
+        if a.train or a.dev or not a.glue_dir:
+            raise UserError("--glue TASK needs --glue-dir DIR (and no --train/--dev)")
+        task = glue_task(a.glue, a.glue_dir)
+    elif a.train and a.dev:
+        task = file_task(a.train, a.dev, a.text_column, a.text_pair_column, a.label_column,
+                         regression=a.task == "regression", metric=None)
+    else:
+        raise UserError("finetune: pass --glue TASK --glue-dir DIR, or --train FILE --dev FILE")
+    if a.metric:
+        task.metric = a.metric
+    cfg = _finetune_config(a)
+    r = finetune(task, a.checkpoint, a.out, cfg)
+    print(f"{r['task']}: {r['metric']} {100 * r['value']:.2f} (median of {cfg.seeds} seed(s) at lr {r['lr']:g}; "
+          f"per seed {', '.join(f'{100 * v:.2f}' for v in r['per_seed'])}; best epochs {r['best_epoch']}) -> {a.out}/metrics.json")
+    print(json.dumps({k: r[k] for k in ("task", "metric", "value", "per_seed", "best_epoch")}))
+
+
+def _add_finetune_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
+    s.add_argument("--lr-grid", nargs="?", const="1e-5,2e-5,3e-5", default=None, metavar="LR,LR,...",
+                   help="try each lr, report the best median (alone: the paper's 1e-5,2e-5,3e-5)")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--epochs", type=int, default=10, help="the best dev epoch is reported")
+    s.add_argument("--seeds", type=int, default=1, help="runs per lr; the median is reported")
+    s.add_argument("--warmup", type=float, default=0.06, help="warmup fraction of all steps")
+    s.add_argument("--weight-decay", type=float, default=0.1)
+    s.add_argument("--dropout", type=float, default=0.1)
+    s.add_argument("--max-len", type=int, default=0, help="tokens per input (default: the model's maximum)")
+    s.add_argument("--long", choices=["truncate", "chunk"], default="truncate",
+                   help="inputs longer than --max-len: truncate, or average predictions over chunks")
+    s.add_argument("--max-train", type=int, default=0, help="fine-tune on a fixed random subsample of N examples")
+    s.add_argument("--max-dev", type=int, default=0, help="evaluate on a fixed random subsample of N examples")
+    s.add_argument("--from-scratch", action="store_true", help="same architecture, random init: the baseline")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
 
 
 def cmd_fill_mask(a) -> None:
@@ -127,7 +203,9 @@ def cmd_ablate(a) -> None:
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
     result = run_ablation(a.kind, a.data, int(float(a.budget_tokens)), a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
-                          lr_rule=a.lr_rule, progress=not a.quiet)
+                          lr_rule=a.lr_rule, progress=not a.quiet,
+                          finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
+                                         "threads": 1})
     print(Path(a.out, "report.md").read_text())
     print(json.dumps(result))
 
@@ -173,12 +251,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_pretrain)
 
-    s = sub.add_parser("evaluate", help="held-out MLM loss and perplexity")
+    s = sub.add_parser("finetune", help="fine-tune on a GLUE task or any labelled data")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--glue", choices=["sst2", "cola", "mrpc", "rte", "stsb", "mnli", "qnli", "qqp"])
+    s.add_argument("--glue-dir")
+    s.add_argument("--train", help=".tsv / .csv / .jsonl / .jsonl.gz with a header or fields")
+    s.add_argument("--dev")
+    s.add_argument("--text-column", default="text")
+    s.add_argument("--text-pair-column", default=None)
+    s.add_argument("--label-column", default="label")
+    s.add_argument("--task", choices=["classification", "regression"], default="classification")
+    s.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
+                   help="the dev metric that selects epoch and lr (default: the task's)")
+    _add_finetune_options(s)
+    s.set_defaults(fn=cmd_finetune)
+
+    s = sub.add_parser("evaluate", help="held-out MLM perplexity (--data) or GLUE fine-tuning (--glue-dir)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", default=None, help="prepared data: held-out MLM loss and perplexity")
+    s.add_argument("--glue-dir", default=None, help="fine-tune on every GLUE task found here; prints a table")
+    s.add_argument("--out", default=None, help="with --glue-dir: keep each task's metrics.json here")
     s.add_argument("--split", default="valid", choices=["valid", "train"])
     s.add_argument("--seq-len", type=int, default=0)
     s.add_argument("--max-sequences", type=int, default=1024)
+    _add_finetune_options(s)
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("fill-mask", help="predict the <mask> token in TEXT")
@@ -229,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--glue-dir", default=None)
     s.add_argument("--glue-tasks", default="", help="comma-separated, e.g. sst2,rte")
     s.add_argument("--arms", default=None, help="custom: a .toml or .json file of named arms")
+    s.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs per task (best dev epoch kept)")
+    s.add_argument("--ft-max-train", type=int, default=0, help="fine-tuning examples per task (0 = all)")
+    s.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds per task (median reported)")
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
     s.add_argument("--quiet", action="store_true")

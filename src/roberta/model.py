@@ -178,6 +178,20 @@ class RobertaMLM(nn.Module):
         return out
 
 
+class RobertaClassifier(nn.Module):
+    """Encoder + RoBERTa's sentence head, for fine-tuning: (B, T) ids -> (B, n_out) logits
+    (n_out = 1 for regression). Encoder parameter names match RobertaMLM's `roberta.*`."""
+
+    def __init__(self, cfg: ModelConfig, n_out: int):
+        super().__init__()
+        self.cfg = cfg
+        self.roberta = Encoder(cfg)
+        self.classifier = ClassificationHead(cfg.hidden, n_out, cfg.dropout)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.roberta(input_ids, attention_mask))
+
+
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """RoBERTa's init: normal(0, 0.02) weights, zero biases, LayerNorm 1/0, zero padding rows."""
     for m in module.modules():
@@ -201,6 +215,18 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int 
     """Build on the meta device (no memory, no init cost), then materialise on `device` and init."""
     with torch.device("meta"):
         model = RobertaMLM(cfg)
+    return _materialise(model, device, seed)
+
+
+def build_classifier(cfg: ModelConfig, n_out: int, device: str | torch.device = "cpu",
+                     seed: int | None = None) -> RobertaClassifier:
+    """A randomly initialised classifier; fine-tuning then loads pretrained `roberta.*` weights."""
+    with torch.device("meta"):
+        model = RobertaClassifier(cfg, n_out)
+    return _materialise(model, device, seed)
+
+
+def _materialise(model: nn.Module, device: str | torch.device, seed: int | None) -> nn.Module:
     model = model.to_empty(device=device)
     if seed is not None:
         torch.manual_seed(seed)
@@ -234,5 +260,6 @@ def training_flops(cfg: ModelConfig, tokens: int, predicted: int, seq_len: int) 
     return 6.0 * (body * tokens + head * head_tokens) + 12.0 * cfg.layers * cfg.hidden * seq_len * tokens
 
 
-__all__ = ["RobertaMLM", "Encoder", "ClassificationHead", "build_model", "init_weights", "max_seq_len",
+__all__ = ["RobertaMLM", "RobertaClassifier", "Encoder", "ClassificationHead", "build_model", "build_classifier",
+           "init_weights", "max_seq_len",
            "count_parameters", "training_flops", "matmul_params"]

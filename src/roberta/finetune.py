@@ -1,0 +1,285 @@
+"""`roberta finetune`: the paper's fine-tuning protocol, on GLUE or any labelled data.
+
+    checkpoint -> RobertaClassifier (<s> -> dense -> tanh -> dropout -> projection)
+    for lr in the grid, for each seed:
+        AdamW (weight decay 0.1, betas 0.9/0.98, eps 1e-6), 6% warmup then linear decay,
+        evaluate on dev after every epoch, keep the best epoch
+    report the median over seeds at the best lr (Liu et al. 2019 report medians over runs)
+
+`from_scratch` trains the same architecture from random initialisation: the baseline that shows
+what pretraining bought. Inputs longer than the model are truncated, or with long="chunk" split
+into chunks whose predictions (class probabilities or regression values) are averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from roberta import checkpoint as ckpt
+from roberta.config import OptimConfig
+from roberta.errors import UserError
+from roberta.metrics import REGRESSION_METRICS, all_metrics
+from roberta.model import RobertaClassifier, build_classifier, max_seq_len
+from roberta.optim import build_optimizer, lr_at, set_lr
+from roberta.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
+from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
+
+PAPER_LR_GRID = (1e-5, 2e-5, 3e-5)
+SUBSAMPLE_SEED = 0  # one fixed subset, so pretrained and from-scratch runs see the same examples
+
+
+@dataclass
+class FinetuneConfig:
+    lrs: tuple[float, ...] = (2e-5,)
+    batch_size: int = 32
+    epochs: int = 10
+    seeds: int = 1
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.1
+    dropout: float = 0.1  # the paper's; replaces whatever the checkpoint was pretrained with
+    max_len: int = 0  # tokens per input incl. <s> </s>; 0 = all the checkpoint's positions
+    long: str = "truncate"  # "truncate" | "chunk"
+    max_train: int = 0  # 0 = all; else a fixed random subsample
+    max_dev: int = 0
+    from_scratch: bool = False
+    eval_batch_size: int = 64
+    threads: int = 0  # torch intra-op threads; 0 = torch's default. On a shared CPU 1 can be several
+    #                   times faster than 2: small fine-tuning matmuls wait on a descheduled thread
+
+
+@dataclass
+class Encoded:
+    """Model inputs; with long="chunk" several inputs belong to one example (`owner`)."""
+    ids: list[list[int]]  # one token-id list per input, framed <s> ... </s>
+    owner: np.ndarray  # (n_inputs,) example index of each input
+    y: np.ndarray  # (n_examples,) class indices or regression targets
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(i) for i in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def encode(tokenizer, examples: list[Example], y: np.ndarray, max_len: int, long: str) -> Encoded:
+    if long == "truncate":
+        # the tokenizer's post-processor frames `<s> A </s>` / `<s> A </s></s> B </s>`, and its
+        # truncation budgets for those special tokens (longest_first for pairs)
+        tokenizer.enable_truncation(max_length=max_len)
+        inputs = [(e.text, e.pair) if e.pair is not None else e.text for e in examples]
+        ids = [enc.ids for enc in tokenizer.encode_batch(inputs)]
+        return Encoded(ids, np.arange(len(ids)), y)
+    if examples[0].pair is not None:
+        raise UserError("--long chunk applies to single-text tasks; sentence pairs are truncated (--long truncate)")
+    tokenizer.no_truncation()
+    body = max_len - 2
+    ids, owner = [], []
+    for i, enc in enumerate(tokenizer.encode_batch([e.text for e in examples], add_special_tokens=False)):
+        for start in range(0, max(len(enc.ids), 1), body):
+            ids.append([BOS_ID, *enc.ids[start : start + body], EOS_ID])
+            owner.append(i)
+    return Encoded(ids, np.asarray(owner), y)
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None,
+                   pool: int = 50) -> list[np.ndarray]:
+    """Index batches of similar length, so that little compute goes into padding.
+
+    Training (rng given): shuffle, sort by length within pools of `pool` batches, shuffle the
+    batches — random order, little padding, exactly ceil(n / batch_size) batches.
+    Evaluation (rng None): sorted by length throughout."""
+    if rng is None:
+        pools = [np.argsort(lengths, kind="stable")]
+    else:
+        perm, size = rng.permutation(len(lengths)), batch_size * pool
+        pools = [p[np.argsort(lengths[p], kind="stable")] for p in (perm[i : i + size] for i in range(0, len(perm), size))]
+    batches = [p[i : i + batch_size] for p in pools for i in range(0, len(p), batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def collate(ids: list[list[int]], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (B, T) input ids padded with <pad>, (B, T) attention mask (1 = real token)."""
+    rows = [ids[i] for i in idx]
+    T = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, row in enumerate(rows):
+        input_ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    return input_ids, mask
+
+
+@torch.no_grad()
+def predict(model: RobertaClassifier, data: Encoded, batch_size: int) -> np.ndarray:
+    """(n_examples, n_out): class probabilities, or regression values (n_out = 1), averaged over
+    each example's chunks."""
+    model.eval()
+    n_out = model.classifier.out_proj.out_features
+    per_input = np.zeros((len(data.ids), n_out))
+    for idx in length_batches(data.lengths, batch_size, None):
+        logits = model(*collate(data.ids, idx)).float()
+        per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).numpy()
+    sums = np.zeros((len(data.y), n_out))
+    np.add.at(sums, data.owner, per_input)
+    return sums / np.bincount(data.owner, minlength=len(data.y))[:, None]
+
+
+def score(model: RobertaClassifier, data: Encoded, batch_size: int) -> dict[str, float]:
+    out = predict(model, data, batch_size)
+    regression = out.shape[1] == 1
+    pred = out[:, 0] if regression else out.argmax(1)
+    return all_metrics(pred, data.y, regression, out.shape[1])
+
+
+def best_epoch(values: list[float]) -> int:
+    """1-based epoch of the highest dev score (the first, on ties; NaN never wins)."""
+    return int(np.argmax(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-np.inf))) + 1
+
+
+def subsample(examples: list[Example], n: int) -> list[Example]:
+    if not n or n >= len(examples):
+        return examples
+    keep = np.sort(np.random.default_rng(SUBSAMPLE_SEED).choice(len(examples), n, replace=False))
+    return [examples[i] for i in keep]
+
+
+@dataclass
+class Setup:
+    """Everything a fine-tuning run needs, built once for all learning rates and seeds."""
+    task: TaskData
+    train: Encoded
+    dev: Encoded
+    new_model: Callable[[int], RobertaClassifier]
+    checkpoint: Path
+    max_len: int
+
+
+def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
+    ck = ckpt.resolve_checkpoint(checkpoint)
+    model_cfg = ckpt.load_config(ck).model
+    model_max = max_seq_len(model_cfg)
+    if cfg.max_len > model_max:
+        raise UserError(f"--max-len {cfg.max_len}: {ck} was built for at most {model_max} tokens")
+    if cfg.long not in ("truncate", "chunk"):
+        raise UserError(f"--long {cfg.long}: choose truncate or chunk")
+    if task.regression != (task.metric in REGRESSION_METRICS) or (task.metric == "f1" and len(task.labels) != 2):
+        raise UserError(f"metric {task.metric} does not fit a {'regression' if task.regression else f'{len(task.labels)}-class'} task")
+    max_len = cfg.max_len or model_max
+    tok = load_tokenizer(ck)
+    if tok.get_vocab_size() > model_cfg.vocab_size:
+        raise UserError(f"{ck}: tokenizer has {tok.get_vocab_size()} tokens but the model only {model_cfg.vocab_size}")
+    train_ex, dev_ex = subsample(task.train, cfg.max_train), subsample(task.dev, cfg.max_dev)
+    train = encode(tok, train_ex, targets(train_ex, task.labels, task.label_source), max_len, cfg.long)
+    dev = encode(tok, dev_ex, targets(dev_ex, task.labels, task.label_source), max_len, cfg.long)
+
+    model_cfg = dataclasses.replace(model_cfg, dropout=cfg.dropout, attention_dropout=cfg.dropout)
+    encoder = None
+    if not cfg.from_scratch:
+        encoder = {k.removeprefix("roberta."): v for k, v in ckpt.load_weights(ck).items() if k.startswith("roberta.")}
+
+    def new_model(seed: int) -> RobertaClassifier:
+        model = build_classifier(model_cfg, max(len(task.labels), 1), seed=seed)
+        if encoder is not None:
+            try:
+                model.roberta.load_state_dict(encoder)
+            except RuntimeError as e:
+                raise UserError(f"{ck / 'model.safetensors'}: encoder weights do not fit config.json ({e})") from None
+        return model
+
+    return Setup(task, train, dev, new_model, ck, max_len)
+
+
+def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callable[[str], None]) -> dict:
+    """Fine-tune one model; evaluate on dev after every epoch. -> per-epoch metrics + the best."""
+    model = s.new_model(seed)
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=cfg.weight_decay), lr)
+    rng = np.random.default_rng(seed)
+    total_steps = cfg.epochs * math.ceil(len(s.train.ids) / cfg.batch_size)
+    lengths, step, history = s.train.lengths, 0, []
+    for epoch in range(1, cfg.epochs + 1):
+        t0, loss_sum = time.perf_counter(), 0.0
+        model.train()
+        batches = length_batches(lengths, cfg.batch_size, rng)
+        for idx in batches:
+            set_lr(optimizer, lr_at(step / total_steps, cfg.warmup_fraction, lr))
+            logits = model(*collate(s.train.ids, idx))
+            y = torch.from_numpy(s.train.y[s.train.owner[idx]])
+            loss = F.mse_loss(logits[:, 0], y) if s.task.regression else F.cross_entropy(logits, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += float(loss.detach())
+            step += 1
+        scores = score(model, s.dev, cfg.eval_batch_size)
+        history.append({"epoch": epoch, "train_loss": loss_sum / len(batches), **scores,
+                        "seconds": time.perf_counter() - t0})
+        log(f"lr {lr:g} seed {seed} epoch {epoch}/{cfg.epochs}: train loss {loss_sum / len(batches):.4f}, "
+            f"dev {' '.join(f'{k} {100 * v:.2f}' for k, v in scores.items())} ({time.perf_counter() - t0:.0f}s)")
+    best = best_epoch([h[s.task.metric] for h in history])
+    return {"lr": lr, "seed": seed, "value": history[best - 1][s.task.metric], "best_epoch": best,
+            "metrics": history[best - 1], "history": history}
+
+
+def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: FinetuneConfig,
+             log: Callable[[str], None] = print) -> dict:
+    """Run the grid x seeds, write OUT/metrics.json (+ labels.json, runs.jsonl) and return the summary."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    s = setup(task, checkpoint, cfg)
+    n_train, n_dev = len(s.train.y), len(s.dev.y)
+    log(f"{task.name}: {n_train:,} train inputs -> {len(s.train.ids):,} sequences, {n_dev:,} dev examples "
+        f"-> {len(s.dev.ids):,} sequences (max {s.max_len} tokens, {cfg.long}); mean train length "
+        f"{s.train.lengths.mean():.1f} tokens; {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    with open(out / "runs.jsonl", "w") as f:  # one line per finished run, so a long grid shows progress
+        for lr in cfg.lrs:
+            for seed in range(cfg.seeds):
+                r = train_seed(s, cfg, lr, seed, log)
+                runs.append(r)
+                f.write(json.dumps({k: r[k] for k in ("lr", "seed", "value", "best_epoch", "history")}) + "\n")
+                f.flush()
+    medians = {lr: float(np.median([r["value"] for r in runs if r["lr"] == lr])) for lr in cfg.lrs}
+    best_lr = max(cfg.lrs, key=lambda lr: medians[lr])
+    chosen = [r for r in runs if r["lr"] == best_lr]
+    summary = {
+        "task": task.name, "metric": task.metric, "value": medians[best_lr],
+        "per_seed": [r["value"] for r in chosen], "best_epoch": [r["best_epoch"] for r in chosen],
+        "lr": best_lr, "lr_grid": {f"{lr:g}": medians[lr] for lr in cfg.lrs},
+        "per_seed_metrics": [{k: v for k, v in r["metrics"].items() if k not in ("epoch", "seconds")} for r in chosen],
+        "checkpoint": str(s.checkpoint), "from_scratch": cfg.from_scratch,
+        "train_examples": n_train, "dev_examples": n_dev, "labels": list(task.labels),
+        "config": dataclasses.asdict(cfg),
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "labels.json").write_text(json.dumps({"labels": list(task.labels), "regression": task.regression}))
+    return summary
+
+
+def evaluate_glue(checkpoint: str | Path, glue_dir: str | Path, out: str | Path, cfg: FinetuneConfig,
+                  log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Fine-tune on every GLUE task present under glue_dir; -> {task: summary}."""
+    return {name: finetune(glue_task(name, glue_dir), checkpoint, Path(out) / name, cfg, log)
+            for name in find_glue_tasks(glue_dir)}
+
+
+def glue_table(results: dict[str, dict]) -> tuple[str, float]:
+    """The paper's layout: one column per task, then the average (values x 100)."""
+    names = list(results)
+    values = [100 * results[n]["value"] for n in names]
+    average = float(np.mean(values))
+    cols = [(n, results[n]["metric"], f"{v:.1f}") for n, v in zip(names, values)] + [("avg", "", f"{average:.1f}")]
+    width = max(8, *(len(c) + 2 for col in cols for c in col))
+    rows = ["".join(c[i].rjust(width) for c in cols) for i in range(3)]
+    return "\n".join(rows), average

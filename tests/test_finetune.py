@@ -1,0 +1,264 @@
+"""Fine-tuning: GLUE layouts, the generic loader, metrics, labels, row errors, best-epoch selection,
+and a short end-to-end `roberta finetune` that must learn a separable task."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, tiny_config
+from roberta.errors import UserError
+from roberta.finetune import best_epoch, encode, length_batches
+from roberta.metrics import accuracy, average_ranks, f1, matthews, pearson, spearman
+from roberta.tasks import GLUE_TASKS, Columns, file_task, find_glue_tasks, glue_task, label_order, read_examples, targets
+from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
+
+
+def write(path, text: str, encoding: str = "utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+# Two rows per file, laid out exactly as the GLUE distribution ships them.
+GLUE_FILES = {
+    "SST-2": "sentence\tlabel\nit 's a charming journey . \t1\nunflinchingly bleak \t0\n",
+    "CoLA": "gj04\t1\t\tThe sailors rode the breeze.\ngj04\t0\t*\tThe more we study verbs.\n",
+    "MRPC": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+            "1\t1355540\t1355592\tHe said the pie business doesn 't fit .\t\" The pie business does not fit .\n"
+            "0\t2029631\t2029565\tMagnarelli said Racicot hated it .\tHis wife said he was \" 100 percent .\n",
+    "RTE": "index\tsentence1\tsentence2\tlabel\n0\tDana Reeve has died.\tReeve had an accident.\tnot_entailment\n"
+           "1\tA is B.\tB is A.\tentailment\n",
+    "STS-B": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+             "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man is dancing.\tA man dances.\t5.000\n"
+             "1\tmain-captions\tMSRvid\t2012test\t0002\tnone\tnone\tA child rides.\tA cat sleeps.\t0.250\n",
+    "MNLI": "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label\n"
+            "0\t1\t1e\tgov\t(\t(\t(\t(\tCats purr.\tCats make sounds.\tentailment\tentailment\n"
+            "1\t2\t2c\tgov\t(\t(\t(\t(\tDogs bark.\tDogs are silent.\tcontradiction\tcontradiction\n",
+    "QNLI": "index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tentailment\n1\tWhy?\tNo.\tnot_entailment\n",
+    "QQP": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n0\t1\t2\tHow to cook?\tHow do I cook?\t1\n"
+           "1\t3\t4\tWhat is 2+2?\tWho won?\t0\n",
+}
+
+# (task, first row's text, pair, label)
+FIRST_ROWS = {
+    "sst2": ("it 's a charming journey .", None, "1"),
+    "cola": ("The sailors rode the breeze.", None, "1"),
+    "mrpc": ("He said the pie business doesn 't fit .", "\" The pie business does not fit .", "1"),
+    "rte": ("Dana Reeve has died.", "Reeve had an accident.", "not_entailment"),
+    "stsb": ("A man is dancing.", "A man dances.", "5.000"),
+    "mnli": ("Cats purr.", "Cats make sounds.", "entailment"),
+    "qnli": ("Who?", "Him.", "entailment"),
+    "qqp": ("How to cook?", "How do I cook?", "1"),
+}
+
+
+@pytest.fixture
+def glue_dir(tmp_path):
+    for folder, text in GLUE_FILES.items():
+        dev = "dev_matched.tsv" if folder == "MNLI" else "dev.tsv"
+        write(tmp_path / folder / "train.tsv", text)
+        write(tmp_path / folder / dev, text)
+    return tmp_path
+
+
+def test_each_glue_layout_is_parsed(glue_dir):
+    assert find_glue_tasks(glue_dir) == list(GLUE_TASKS)
+    for name, (text, pair, label) in FIRST_ROWS.items():
+        task = glue_task(name, glue_dir)
+        assert len(task.train) == len(task.dev) == 2, name
+        e = task.train[0]
+        assert (e.text, e.pair, e.label) == (text, pair, label), name
+        assert e.where.endswith(":1" if name == "cola" else ":2"), (name, e.where)  # CoLA has no header
+        y = targets(task.train, task.labels, task.label_source)
+        if name == "stsb":
+            assert task.regression and y.tolist() == [5.0, 0.25]
+        else:
+            assert not task.regression and task.labels[y[0]] == label
+    # a quote must not swallow the rest of the file (tab-split, not CSV)
+    assert glue_task("mrpc", glue_dir).train[1].pair == "His wife said he was \" 100 percent ."
+
+
+def test_generic_loader_reads_tsv_csv_jsonl_and_gz(tmp_path):
+    rows = [("A film, \"great\" fun.", "yes", "pos"), ("Dull <br /><br />and long.", "no", "neg"), ("Fine.", "ok", "pos")]
+    write(tmp_path / "d.tsv", "review\tother\tlabel\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
+    csv_lines = ["review,other,label"] + [",".join(['"' + a.replace('"', '""') + '"', b, c]) for a, b, c in rows]
+    write(tmp_path / "d.csv", "\r\n".join(csv_lines) + "\r\n")
+    jsonl = "".join(json.dumps({"review": a, "other": b, "label": c}) + "\n" for a, b, c in rows)
+    write(tmp_path / "d.jsonl", jsonl)
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write(jsonl)
+    columns = Columns("review", "other", "label")
+    expected = [("A film, \"great\" fun.", "yes", "pos"), ("Dull \n\nand long.", "no", "neg"), ("Fine.", "ok", "pos")]
+    for name in ("d.tsv", "d.csv", "d.jsonl", "d.jsonl.gz"):
+        got = [(e.text, e.pair, e.label) for e in read_examples(tmp_path / name, columns)]
+        assert got == expected, name
+    with pytest.raises(UserError, match="unsupported file type"):
+        read_examples(write(tmp_path / "d.txt", "x"), columns)
+    with pytest.raises(UserError, match=r"d\.jsonl:1: no column 'text'.*--text-column"):
+        read_examples(tmp_path / "d.jsonl", Columns("text", None, "label"))
+
+
+def test_metrics_match_hand_computed_values():
+    pred, gold = np.array([1, 1, 0, 0, 1, 0]), np.array([1, 1, 0, 0, 0, 1])
+    assert accuracy(pred, gold) == pytest.approx(4 / 6)
+    assert f1(pred, gold) == pytest.approx(2 / 3)  # tp 2, fp 1, fn 1
+    assert matthews(pred, gold) == pytest.approx(1 / 3)  # (2*2 - 1*1) / sqrt(3*3*3*3)
+    assert f1(np.array([1, 0, 1, 1]), np.array([1, 1, 1, 0])) == pytest.approx(2 / 3)
+    assert matthews(np.array([0, 2, 2, 0]), np.array([0, 1, 2, 0])) == pytest.approx(6 / math.sqrt(80))  # 3 classes
+    assert matthews(np.array([1, 1, 1]), np.array([1, 0, 1])) == 0.0  # constant prediction: defined as 0
+    assert matthews(gold, gold) == pytest.approx(1.0) and matthews(1 - gold, gold) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3, 4], [2, 4, 5, 9]) == pytest.approx(11 / math.sqrt(130))
+    assert average_ranks(np.array([10, 20, 20, 5])).tolist() == [2.0, 3.5, 3.5, 1.0]
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+    assert spearman([1, 2, 3], [1, 10, 100]) == pytest.approx(1.0)
+
+
+def test_string_labels_keep_a_stable_order_and_unseen_dev_labels_are_errors(tmp_path):
+    train = write(tmp_path / "train.tsv", "text\tlabel\na\tpos\nb\tneg\nc\tpos\n")
+    dev = write(tmp_path / "dev.tsv", "text\tlabel\nd\tneg\ne\tpos\n")
+    task = file_task(train, dev)
+    assert task.labels == ("neg", "pos")
+    assert targets(task.train, task.labels, task.label_source).tolist() == [1, 0, 1]
+    assert targets(task.dev, task.labels, task.label_source).tolist() == [0, 1]
+    numeric = read_examples(write(tmp_path / "n.tsv", "text\tlabel\na\t10\nb\t2\nc\t-1\n"), Columns("text", None, "label"))
+    assert label_order(numeric) == ("-1", "2", "10")
+    bad = write(tmp_path / "bad.tsv", "text\tlabel\nd\tneg\ne\tneutral\n")
+    task = file_task(train, bad)
+    with pytest.raises(UserError, match=rf"{bad}:3: label 'neutral' does not occur in the training data.*neg, pos"):
+        targets(task.dev, task.labels, task.label_source)
+    with pytest.raises(UserError, match="only one label"):
+        file_task(write(tmp_path / "one.tsv", "text\tlabel\na\tpos\n"), dev)
+
+
+@pytest.mark.parametrize("name, content, line, message", [
+    ("ragged.tsv", "text\tlabel\na\t1\nb\t1\textra\n", 3, "3 columns where the header has 2"),
+    ("blank.tsv", "text\tlabel\na\t1\n\nb\t0\n", 3, "empty row"),
+    ("notext.tsv", "text\tlabel\na\t1\n \t0\n", 3, "empty text"),
+    ("nolabel.tsv", "text\tlabel\na\t1\nb\t\n", 3, "empty label"),
+    ("ragged.csv", "text,label\na,1\nb,1,2\n", 3, "3 columns where the header has 2"),
+    ("blank.jsonl", '{"text": "a", "label": 1}\n\n', 2, "empty row"),
+    ("broken.jsonl", '{"text": "a", "label": 1}\n{"text": \n', 2, "not valid JSON"),
+])
+def test_ragged_and_empty_rows_name_file_and_line(tmp_path, name, content, line, message):
+    path = write(tmp_path / name, content)
+    with pytest.raises(UserError, match=rf"{path}:{line}: .*{message}"):
+        read_examples(path, Columns("text", None, "label"))
+
+
+def test_regression_labels_must_be_numbers(tmp_path):
+    train = write(tmp_path / "t.jsonl", '{"s": "a", "y": 1.5}\n{"s": "b", "y": "high"}\n')
+    task = file_task(train, train, text_column="s", label_column="y", regression=True)
+    with pytest.raises(UserError, match=rf"{train}:2: label 'high' is not a number"):
+        targets(task.train, task.labels, task.label_source)
+
+
+def test_best_epoch_selection_picks_the_maximum():
+    assert best_epoch([0.50, 0.71, 0.64]) == 2
+    assert best_epoch([0.2, 0.1, 0.3]) == 3
+    assert best_epoch([0.7, 0.7, 0.6]) == 1  # the first on ties
+    assert best_epoch([float("nan"), -0.2, -0.5]) == 2  # NaN never wins (MCC/Pearson can be negative)
+
+
+def test_length_batches_cover_every_input_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 120, size=1000)
+    batches = length_batches(lengths, 32, np.random.default_rng(1), pool=10)
+    assert len(batches) == math.ceil(1000 / 32)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    shuffled = np.random.default_rng(2).permutation(1000)
+    padded_random = sum(len(b) * lengths[b].max() for b in np.array_split(shuffled, len(batches)))
+    assert padded < 0.75 * padded_random
+    ordered = np.concatenate(length_batches(lengths, 64, None))
+    assert (np.diff(lengths[ordered]) >= 0).all()
+
+
+def test_truncation_frames_pairs_and_chunking_covers_long_texts(tokenizer_dir, tmp_path):
+    from roberta.tasks import Example
+
+    tok = load_tokenizer(tokenizer_dir)
+    long_text = " ".join(["the value of the attribute is returned"] * 40)
+    ex = [Example(long_text, None, "1", "x:1"), Example("short", None, "0", "x:2")]
+    y = np.array([1, 0])
+    enc = encode(tok, ex, y, 32, "truncate")
+    assert [len(i) for i in enc.ids][0] == 32 and enc.ids[0][0] == BOS_ID and enc.ids[0][-1] == EOS_ID
+    pair = encode(tok, [Example(long_text, long_text, "1", "x:1")], y[:1], 32, "truncate").ids[0]
+    assert len(pair) == 32 and pair.count(EOS_ID) == 3  # <s> A </s></s> B </s>
+    chunks = encode(tok, ex, y, 32, "chunk")
+    n_body = len(tok.encode(long_text, add_special_tokens=False).ids)
+    assert chunks.owner.tolist() == [0] * math.ceil(n_body / 30) + [1]
+    assert all(len(c) <= 32 and c[0] == BOS_ID and c[-1] == EOS_ID for c in chunks.ids)
+    assert sum(len(c) - 2 for c in chunks.ids[:-1]) == n_body  # every token lands in exactly one chunk
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tokenizer_dir):
+    import dataclasses
+
+    from roberta.checkpoint import save_checkpoint
+    from roberta.model import build_model
+
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1000, max_positions=66))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt"), 0, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
+
+
+def _separable(n: int, seed: int) -> list[dict]:
+    """Sentiment by keyword: 'good'/'great' vs 'bad'/'awful' among neutral filler words."""
+    rng = np.random.default_rng(seed)
+    filler = "the value of a list is returned when this function and module file object".split()
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = list(rng.choice(filler, size=rng.integers(4, 12)))
+        words.insert(int(rng.integers(0, len(words))), rng.choice(["good", "great"] if label == "pos" else ["bad", "awful"]))
+        rows.append({"review": " ".join(words), "sentiment": label})
+    return rows
+
+
+def test_finetune_learns_a_separable_task_end_to_end(tmp_path, tiny_checkpoint):
+    train = tmp_path / "train.jsonl.gz"
+    with gzip.open(train, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in _separable(400, 0))
+    dev = write(tmp_path / "dev.csv", "review,sentiment\n" + "".join(f"{r['review']},{r['sentiment']}\n" for r in _separable(100, 1)))
+    out = tmp_path / "out"
+    r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", train, "--dev", dev, "--out", out,
+                "--text-column", "review", "--label-column", "sentiment", "--lr", "1e-3", "--batch-size", "16",
+                "--epochs", "3", "--seeds", "2", "--max-train", "320")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {k: metrics[k] for k in ("task", "metric", "value", "per_seed", "best_epoch")}
+    assert metrics["metric"] == "accuracy" and metrics["train_examples"] == 320 and metrics["dev_examples"] == 100
+    assert len(metrics["per_seed"]) == 2 and metrics["value"] == pytest.approx(np.median(metrics["per_seed"]))
+    assert metrics["value"] >= 0.9, metrics  # chance is 0.5
+    assert json.loads((out / "labels.json").read_text())["labels"] == ["neg", "pos"]
+    for run in map(json.loads, (out / "runs.jsonl").read_text().splitlines()):
+        scores = [h["accuracy"] for h in run["history"]]
+        assert run["value"] == max(scores) and scores[run["best_epoch"] - 1] == max(scores)
+
+
+def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_checkpoint):
+    write(tmp_path / "t.tsv", "text\tlabel\na\tpos\nb\tneg\n")
+    write(tmp_path / "d.tsv", "text\tlabel\na\tpos\nb\tmaybe\n")
+    r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", tmp_path / "t.tsv", "--dev", tmp_path / "d.tsv",
+                "--out", tmp_path / "o")
+    assert r.returncode == 2 and f"{tmp_path / 'd.tsv'}:3: label 'maybe'" in r.stderr and "Traceback" not in r.stderr
+    glue = tmp_path / "glue"
+    for folder in ("SST-2", "STS-B", "RTE"):
+        write(glue / folder / "train.tsv", GLUE_FILES[folder])
+        write(glue / folder / "dev.tsv", GLUE_FILES[folder])
+    r = run_cli("evaluate", "--checkpoint", tiny_checkpoint, "--glue-dir", glue, "--epochs", "1", "--out", tmp_path / "g")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert set(result) == {"sst2", "rte", "stsb", "average"}
+    assert result["average"] == pytest.approx(np.mean([result["sst2"], result["rte"], result["stsb"]]), abs=1e-3)
+    assert lines[-4].split() == ["sst2", "rte", "stsb", "avg"] and lines[-3].split() == ["accuracy", "accuracy", "pearson"]
+    assert (tmp_path / "g" / "stsb" / "metrics.json").is_file()
+    r = run_cli("evaluate", "--checkpoint", tiny_checkpoint)
+    assert r.returncode == 2 and "--data DIR" in r.stderr
