@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +25,13 @@ from roberta.train import pretrain
 
 QUICKSTART_STEPS = 1000
 SEQ_LEN = 128
+
+
+def quickstart_threads() -> int:
+    """torch's default (all cores) on an idle machine; one thread on a busy one, where two threads
+    on two vCPUs wait on each other and a step can get 10x slower (measured here)."""
+    busy = os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
+    return 1 if busy else 0
 
 
 def quickstart(out: str | Path, steps: int = 0) -> dict:
@@ -52,7 +60,7 @@ def quickstart(out: str | Path, steps: int = 0) -> dict:
     cfg = tiny()
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, max_steps=steps or QUICKSTART_STEPS, eval_interval=250, checkpoint_interval=250,
-        threads=1))  # one thread: the same matmul peak on 2 vCPUs, and no collapse when the machine is busy
+        threads=quickstart_threads()))
     run = out / "run"
     print(f"[4/5] pretraining tiny ({cfg.model.layers} x {cfg.model.hidden}) for {cfg.train.max_steps} steps "
           f"of {cfg.train.batch_size} x {SEQ_LEN} tokens -> {run}")
