@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_cli, tiny_config
 from roberta.errors import UserError
@@ -94,3 +95,47 @@ def test_malicious_pickles_are_never_executed(tmp_path, data_dir):
     r = run_cli("fill-mask", "--checkpoint", only, "a <mask>")
     assert r.returncode == 2 and "never unpickles" in r.stderr
     assert not MARKER.exists(), "a pickle was executed"
+
+
+_KILL_MID_WRITE = """
+import os, signal, sys
+import roberta.checkpoint as ck
+real = ck.save_file
+def dying_save_file(tensors, path, *a, **k):
+    if "checkpoint-000006" in path and path.endswith("model.safetensors"):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies in the middle of writing checkpoint 6
+    return real(tensors, path, *a, **k)
+ck.save_file = dying_save_file
+from roberta.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, data_dir):
+    import subprocess
+    import sys
+
+    from roberta.checkpoint import latest_checkpoint
+
+    sets = ["--set", "model.layers=1", "--set", "model.hidden=32", "--set", "model.heads=2", "--set", "model.ffn=64",
+            "--set", "train.batch_size=4", "--set", "train.max_steps=8", "--set", "train.checkpoint_interval=3",
+            "--set", "train.peak_flops=1e11", "--set", "train.eval_sequences=8", "--set", "train.keep_checkpoints=0"]
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(data_dir), "--out", str(run), "--quiet", *sets]
+    r = subprocess.run([sys.executable, "-c", _KILL_MID_WRITE, *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr
+    # the half-written checkpoint is invisible; the latest complete one is step 3 and loads
+    assert latest_checkpoint(run).name == "checkpoint-000003"
+    assert any(p.name.startswith(".tmp-checkpoint-000006") for p in run.iterdir())
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert latest_checkpoint(run).name == "checkpoint-000008"
+    assert not any(p.name.startswith(".tmp-") for p in run.iterdir())  # leftovers cleaned up
+    whole = tmp_path / "whole"
+    assert run_cli("pretrain", "--data", str(data_dir), "--out", str(whole), "--quiet", *sets).returncode == 0
+    from safetensors.torch import load_file
+    a = load_file(str(run / "checkpoint-000008" / "model.safetensors"))
+    b = load_file(str(whole / "checkpoint-000008" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # resume is exact
