@@ -49,6 +49,15 @@ class _Builder:
         self.ends.append(end)
         self.cur += SEP_LEN[start] if start < 0 else end - start
 
+    def pair(self, a: list[tuple[int, int]], b: list[tuple[int, int]], doc: int, label: int) -> None:
+        """One `<s> A </s></s> B </s>` sequence with its NSP label."""
+        for s, e in a:
+            self.piece(s, e)
+        self.piece(SEP_PAIR, SEP_PAIR)
+        for s, e in b:
+            self.piece(s, e)
+        self.close(doc, label)
+
     def close(self, doc: int, label: int = -1) -> None:
         if self.cur == 0:
             return
@@ -177,12 +186,7 @@ def segment_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
             a, nxt = _truncate_pair(a, nxt, budget)
             if not a or not nxt:
                 continue
-            for s, e in a:
-                b.piece(s, e)
-            b.piece(SEP_PAIR, SEP_PAIR)
-            for s, e in nxt:
-                b.piece(s, e)
-            b.close(doc, int(is_next))
+            b.pair(a, nxt, doc, int(is_next))
     return b.plan(nsp=True)
 
 
@@ -204,12 +208,7 @@ def sentence_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
                     continue
                 nxt = [other[int(rng.integers(len(other)))]]
             a, nxt = _truncate_pair(a, nxt, budget)
-            for s, e in a:
-                b.piece(s, e)
-            b.piece(SEP_PAIR, SEP_PAIR)
-            for s, e in nxt:
-                b.piece(s, e)
-            b.close(doc, int(is_next))
+            b.pair(a, nxt, doc, int(is_next))
     return b.plan(nsp=True)
 
 
