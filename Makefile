@@ -28,6 +28,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/masking_bench.py
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/prepare_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
