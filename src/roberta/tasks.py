@@ -85,6 +85,7 @@ class TaskData:
 
 def _tabular_rows(path: Path, delimiter: str, header: bool) -> Iterator[tuple[int, dict]]:
     """(line number, {column: value}) for a .tsv (tabs only) or .csv (CSV quoting) file."""
+    stray = "tab" if delimiter == "\t" else "comma or quote"
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: MRPC begins with a BOM
             if delimiter == "\t":
@@ -103,8 +104,7 @@ def _tabular_rows(path: Path, delimiter: str, header: bool) -> Iterator[tuple[in
                     names = list(range(len(row)))
                 if len(row) != len(names):
                     raise UserError(f"{path}:{n}: {len(row)} columns where the {'header' if header else 'first row'} "
-                                    f"has {len(names)}; fix the row (a stray {'tab' if delimiter == chr(9) else 'comma or quote'}"
-                                    " or line break inside a field?)")
+                                    f"has {len(names)}; fix the row (a stray {stray} or line break inside a field?)")
                 yield n, dict(zip(names, row))
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e})") from None
