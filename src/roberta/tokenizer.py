@@ -88,14 +88,3 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 def tokenizer_hash(directory: str | Path) -> str:
     """Content hash of tokenizer.json: prepared data records it to detect a swapped tokenizer."""
     return hashlib.sha256((Path(directory) / "tokenizer.json").read_bytes()).hexdigest()[:16]
-
-
-def iter_batches(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
