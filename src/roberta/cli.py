@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, required=True)
     s.add_argument("--vocab-size", type=int, default=50265)
     s.add_argument("--gpus", type=int, default=1)
-    s.add_argument("--gpu", default="", help="h100, h200, a100, l4, a10, v100, 4090")
+    s.add_argument("--gpu", default="", help="h100, h200, a100, l40s, l4, a10, v100, 4090, 3090")
     s.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak instead of --gpu")
     s.add_argument("--memory-gb", type=float, default=0.0, help="per-device memory (default: from --gpu, else 80)")
     s.add_argument("--mfu", type=float, default=0.45)

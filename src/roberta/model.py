@@ -239,6 +239,11 @@ def max_seq_len(cfg: ModelConfig) -> int:
     return cfg.max_positions - cfg.pad_token_id - 1
 
 
+def positions_for(seq_len: int, pad_token_id: int = 1) -> int:
+    """Position rows a seq_len input needs: RoBERTa's offset makes 512 tokens need 514."""
+    return seq_len + pad_token_id + 1
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -261,5 +266,5 @@ def training_flops(cfg: ModelConfig, tokens: int, predicted: int, seq_len: int) 
 
 
 __all__ = ["RobertaMLM", "RobertaClassifier", "Encoder", "ClassificationHead", "build_model", "build_classifier",
-           "init_weights", "max_seq_len",
+           "init_weights", "max_seq_len", "positions_for",
            "count_parameters", "training_flops", "matmul_params"]

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 from roberta.config import ModelConfig
 from roberta.errors import UserError
-from roberta.model import RobertaMLM, count_parameters, training_flops
+from roberta.model import RobertaMLM, count_parameters, positions_for, training_flops
 from roberta.optim import paper_lr, scaled_lr
+from roberta.perf import GPU_PEAK_BF16
 from roberta.presets import get_preset
 
-# bf16 dense peak FLOP/s per device (vendor datasheets, SXM parts, no sparsity).
-GPU_PEAK = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12, "v100": 125e12,
-            "4090": 165e12}
-GPU_MEMORY = {"h100": 80e9, "h200": 141e9, "a100": 80e9, "l4": 24e9, "a10": 24e9, "v100": 32e9, "4090": 24e9}
+GPU_PEAK = {name.lower(): peak for name, peak in GPU_PEAK_BF16.items()}  # the trainer's MFU table
+GPU_MEMORY = {"h100": 80e9, "h200": 141e9, "a100": 80e9, "l40s": 48e9, "l4": 24e9, "a10": 24e9, "v100": 32e9,
+              "4090": 24e9, "3090": 24e9}
 BERT_BATCH, BERT_LR = 256, 1e-4  # the reference point of the lr scaling rules
 MASK_PROB = 0.15
 
@@ -48,7 +48,7 @@ class Plan:
 
 def model_config(preset: str, vocab_size: int, seq_len: int) -> ModelConfig:
     cfg = get_preset(preset).model
-    return dataclasses.replace(cfg, vocab_size=vocab_size, max_positions=max(cfg.max_positions, seq_len + 2))
+    return dataclasses.replace(cfg, vocab_size=vocab_size, max_positions=max(cfg.max_positions, positions_for(seq_len, cfg.pad_token_id)))
 
 
 def parameters(cfg: ModelConfig) -> int:

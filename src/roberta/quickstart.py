@@ -71,8 +71,8 @@ def quickstart(out: str | Path, steps: int = 0) -> dict:
     valid = load_split(data, "valid")
     vocab = tok.get_vocab_size()
     batches = eval_batches(valid, SEQ_LEN, vocab, n_sequences=10_000)
-    untrained = build_model(dataclasses.replace(cfg.model, vocab_size=vocab, max_positions=SEQ_LEN + 2), seed=cfg.train.seed)
     trained = load(run)
+    untrained = build_model(trained.model.cfg, seed=cfg.train.seed)  # the same network at its initialisation
     results = {
         "untrained": mlm_loss(untrained, batches),
         "unigram": unigram_loss(load_split(data, "train").tokens, vocab, batches),

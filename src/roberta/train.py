@@ -31,7 +31,7 @@ from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, broadc
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
 from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
-from roberta.model import build_model, count_parameters, max_seq_len, training_flops
+from roberta.model import build_model, count_parameters, max_seq_len, positions_for, training_flops
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from roberta.perf import peak_flops
 from roberta.runlog import RunLog, truncate_metrics
@@ -107,7 +107,7 @@ def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> C
     elif m.vocab_size < meta["vocab_size"]:
         raise UserError(f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary "
                         f"({meta['vocab_size']}); leave it unset to take the tokenizer's size")
-    need = cfg.data.seq_len + m.pad_token_id + 1
+    need = positions_for(cfg.data.seq_len, m.pad_token_id)
     if "model.max_positions" in explicit:
         if m.max_positions < need:
             raise UserError(f"data.seq_len={cfg.data.seq_len} needs model.max_positions >= {need} "
