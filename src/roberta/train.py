@@ -27,7 +27,7 @@ from roberta.data.loader import BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, broadcast_object, full_state,
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks,
-                                 no_sync, shutdown, wrap_model)
+                                 barrier, no_sync, shutdown, wrap_model)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
 from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
@@ -257,7 +257,9 @@ def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = N
              resume: bool = False, progress: bool = True, init_from: str | None = None) -> dict:
     dist = init_distributed(cfg.train.device, parse_duration(cfg.train.dist_timeout))
     try:
-        return _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from)
+        summary = _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from)
+        barrier(dist)  # no rank tears gloo/NCCL down while another still talks to it
+        return summary
     except RuntimeError as e:
         if dist.active and is_collective_failure(e):
             raise UserError(f"rank {dist.rank}: lost contact with another rank ({str(e).splitlines()[0][-160:]}); "
