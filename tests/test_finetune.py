@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_cli, tiny_config
 from roberta.errors import UserError
@@ -262,3 +263,7 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
     assert (tmp_path / "g" / "stsb" / "metrics.json").is_file()
     r = run_cli("evaluate", "--checkpoint", tiny_checkpoint)
     assert r.returncode == 2 and "--data DIR" in r.stderr
+    if not torch.cuda.is_available():  # asking for a GPU that is not there is a user error, not a traceback
+        r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", tmp_path / "t.tsv", "--dev",
+                    tmp_path / "t.tsv", "--out", tmp_path / "o", "--device", "cuda")
+        assert r.returncode == 2 and "--device cuda: no CUDA GPU" in r.stderr and "Traceback" not in r.stderr

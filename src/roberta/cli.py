@@ -100,7 +100,7 @@ def _finetune_config(a):
     return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
                           max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
-                          from_scratch=a.from_scratch, threads=a.threads)
+                          from_scratch=a.from_scratch, threads=a.threads, device=a.device)
 
 
 def cmd_finetune(a) -> None:
@@ -142,6 +142,8 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-dev", type=int, default=0, help="evaluate on a fixed random subsample of N examples")
     s.add_argument("--from-scratch", action="store_true", help="same architecture, random init: the baseline")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: a GPU when there is one (bf16 autocast there), else the CPU")
 
 
 def cmd_fill_mask(a) -> None:

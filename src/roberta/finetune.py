@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from roberta import checkpoint as ckpt
 from roberta.config import OptimConfig
+from roberta.distributed import pick_device
 from roberta.errors import UserError
 from roberta.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
@@ -55,6 +56,7 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     threads: int = 0  # torch intra-op threads; 0 = torch's default. On a shared CPU 1 can be several
     #                   times faster than 2: small fine-tuning matmuls wait on a descheduled thread
+    device: str = "auto"  # "auto" (a GPU when there is one) | "cpu" | "cuda"; bf16 autocast on a GPU
 
 
 @dataclass
@@ -119,6 +121,14 @@ def collate(ids: list[list[int]], idx: np.ndarray) -> tuple[torch.Tensor, torch.
     return input_ids, mask
 
 
+def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray) -> torch.Tensor:
+    """Logits (fp32) for the inputs idx, on the model's device; bf16 autocast on a GPU."""
+    device = next(model.parameters()).device
+    input_ids, mask = (t.to(device, non_blocking=True) for t in collate(ids, idx))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(input_ids, mask).float()
+
+
 @torch.no_grad()
 def predict(model: RobertaClassifier, data: Encoded, batch_size: int) -> np.ndarray:
     """(n_examples, n_out): class probabilities, or regression values (n_out = 1), averaged over
@@ -127,8 +137,8 @@ def predict(model: RobertaClassifier, data: Encoded, batch_size: int) -> np.ndar
     n_out = model.classifier.out_proj.out_features
     per_input = np.zeros((len(data.ids), n_out))
     for idx in length_batches(data.lengths, batch_size, None):
-        logits = model(*collate(data.ids, idx)).float()
-        per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).numpy()
+        logits = forward(model, data.ids, idx)
+        per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).cpu().numpy()
     sums = np.zeros((len(data.y), n_out))
     np.add.at(sums, data.owner, per_input)
     return sums / np.bincount(data.owner, minlength=len(data.y))[:, None]
@@ -162,6 +172,7 @@ class Setup:
     new_model: Callable[[int], RobertaClassifier]
     checkpoint: Path
     max_len: int
+    device: torch.device
 
 
 def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
@@ -175,6 +186,11 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
     if task.regression != (task.metric in REGRESSION_METRICS) or (task.metric == "f1" and len(task.labels) != 2):
         raise UserError(f"metric {task.metric} does not fit a {'regression' if task.regression else f'{len(task.labels)}-class'} task")
     max_len = cfg.max_len or model_max
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {cfg.device}: choose auto, cpu or cuda")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu (or auto)")
+    device = pick_device(cfg.device)
     tok = load_tokenizer(ck)
     if tok.get_vocab_size() > model_cfg.vocab_size:
         raise UserError(f"{ck}: tokenizer has {tok.get_vocab_size()} tokens but the model only {model_cfg.vocab_size}")
@@ -188,7 +204,7 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
         encoder = {k.removeprefix("roberta."): v for k, v in ckpt.load_weights(ck).items() if k.startswith("roberta.")}
 
     def new_model(seed: int) -> RobertaClassifier:
-        model = build_classifier(model_cfg, max(len(task.labels), 1), seed=seed)
+        model = build_classifier(model_cfg, max(len(task.labels), 1), device, seed=seed)
         if encoder is not None:
             try:
                 model.roberta.load_state_dict(encoder)
@@ -196,7 +212,7 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
                 raise UserError(f"{ck / 'model.safetensors'}: encoder weights do not fit config.json ({e})") from None
         return model
 
-    return Setup(task, train, dev, new_model, ck, max_len)
+    return Setup(task, train, dev, new_model, ck, max_len, device)
 
 
 def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callable[[str], None]) -> dict:
@@ -212,15 +228,16 @@ def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callabl
         batches = length_batches(lengths, cfg.batch_size, rng)
         for idx in batches:
             set_lr(optimizer, lr_at(step / total_steps, cfg.warmup_fraction, lr))
-            logits = model(*collate(s.train.ids, idx))
-            y = torch.from_numpy(s.train.y[s.train.owner[idx]])
+            logits = forward(model, s.train.ids, idx)
+            y = torch.from_numpy(s.train.y[s.train.owner[idx]]).to(s.device)
             loss = F.mse_loss(logits[:, 0], y) if s.task.regression else F.cross_entropy(logits, y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()
             step += 1
         scores = score(model, s.dev, cfg.eval_batch_size)
+        loss_sum = float(loss_sum)  # one host sync per epoch, not per step
         history.append({"epoch": epoch, "train_loss": loss_sum / len(batches), **scores,
                         "seconds": time.perf_counter() - t0})
         log(f"lr {lr:g} seed {seed} epoch {epoch}/{cfg.epochs}: train loss {loss_sum / len(batches):.4f}, "
@@ -239,7 +256,7 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
     n_train, n_dev = len(s.train.y), len(s.dev.y)
     log(f"{task.name}: {n_train:,} train inputs -> {len(s.train.ids):,} sequences, {n_dev:,} dev examples "
         f"-> {len(s.dev.ids):,} sequences (max {s.max_len} tokens, {cfg.long}); mean train length "
-        f"{s.train.lengths.mean():.1f} tokens; {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
+        f"{s.train.lengths.mean():.1f} tokens; {s.device}; {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
