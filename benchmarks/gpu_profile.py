@@ -1,0 +1,94 @@
+"""Where a GPU training step goes: step time and MFU for eager / compiled / compiled without
+dropout, then a kernel-time breakdown (GEMM, attention, fused Triton elementwise, other) of the
+compiled step and the top kernels. Ours only (train_bench.py compares against HF).
+
+    python benchmarks/gpu_profile.py                     # base, seq 128, batch 256, bf16
+    python benchmarks/gpu_profile.py --preset base --seq-len 512 --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import statistics
+import time
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from roberta.model import training_flops
+from roberta.perf import datasheet_peak, sync
+
+import train_bench as tb
+
+
+def kernel_group(name: str) -> str:
+    n = name.lower()
+    if "triton" in n:
+        return "fused elementwise (Triton)"
+    if any(s in n for s in ("flash", "fmha", "sdpa", "attention")):
+        return "attention"
+    if any(s in n for s in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")):
+        return "GEMM"
+    if "adam" in n:
+        return "AdamW"
+    return "other (eager elementwise, reductions, copies)"
+
+
+def run(name: str, args, compile_: bool, dropout: float, device: torch.device, breakdown: bool) -> None:
+    cfg = tb.make_config(args.preset, args.seq_len, args.batch, args.batch, compile_, dropout)
+    data = [d.to(device) for d in tb.random_batches(3, args.batch, args.seq_len, cfg.model.vocab_size)]
+    r = tb.Ours(cfg, device)
+    for i in range(3):  # warm-up and compilation
+        r.step(data[i % 3])
+    sync(device)
+    times, masked = [], []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        masked.append(r.step(data[i % 3]))
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    flops = training_flops(dataclasses.replace(cfg.model, sparse_head=True), args.batch * args.seq_len,
+                           statistics.mean(masked), args.seq_len)
+    peak = datasheet_peak(device) or 0.0
+    mfu = f"  MFU {flops / t / peak:5.1%}" if peak else ""
+    print(f"{name:<26} step {t * 1e3:7.1f} ms  {flops / t / 1e12:6.1f} TFLOP/s{mfu}", flush=True)
+    if breakdown and device.type == "cuda":
+        n = 3
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            for i in range(n):
+                r.step(data[i % 3])
+            sync(device)
+        groups: collections.Counter = collections.Counter()
+        kernels = [e for e in p.key_averages() if e.device_type == DeviceType.CUDA]  # kernels, not the ops above them
+        for e in kernels:
+            groups[kernel_group(e.key)] += e.self_device_time_total
+        busy = sum(groups.values()) / n / 1e3
+        print(f"  GPU busy {busy:.1f} ms of the {t * 1e3:.1f} ms step (idle {max(0.0, t * 1e3 - busy):.1f} ms): "
+              + ", ".join(f"{g} {v / n / 1e3:.1f} ms" for g, v in groups.most_common()), flush=True)
+        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]:
+            print(f"    {e.self_device_time_total / n / 1e3:6.2f} ms  {e.key[:100]}", flush=True)
+    del r, data
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--preset", default="base")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=6)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    run("eager, dropout 0.1", args, False, 0.1, device, False)
+    run("compiled, dropout 0.1", args, True, 0.1, device, True)
+    run("compiled, dropout 0", args, True, 0.0, device, True)
+
+
+if __name__ == "__main__":
+    main()
