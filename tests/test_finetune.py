@@ -267,3 +267,34 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
         r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", tmp_path / "t.tsv", "--dev",
                     tmp_path / "t.tsv", "--out", tmp_path / "o", "--device", "cuda")
         assert r.returncode == 2 and "--device cuda: no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_from_scratch_starts_from_random_weights_and_warns_about_a_single_lr(tmp_path, tokenizer_dir):
+    import dataclasses
+
+    from roberta.checkpoint import load_weights, save_checkpoint
+    from roberta.finetune import FinetuneConfig, setup
+    from roberta.model import build_model
+    from roberta.tasks import file_task
+
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1000, max_positions=66))
+    # "pretrained" weights that no fine-tuning seed's init reproduces
+    tiny_checkpoint = save_checkpoint(tmp_path / "ck", 0, build_model(cfg.model, seed=12345), cfg, tokenizer_dir)
+
+    write(tmp_path / "t.tsv", "text\tlabel\n" + "".join(f"{r['review']}\t{r['sentiment']}\n" for r in _separable(40, 0)))
+    task = file_task(tmp_path / "t.tsv", tmp_path / "t.tsv", "text", None, "label")
+    saved = load_weights(tiny_checkpoint)["roberta.embeddings.word_embeddings.weight"]
+    pretrained = setup(task, tiny_checkpoint, FinetuneConfig(device="cpu")).new_model(0)
+    scratch = setup(task, tiny_checkpoint, FinetuneConfig(device="cpu", from_scratch=True)).new_model(0)
+    assert torch.equal(pretrained.roberta.embeddings.word_embeddings.weight, saved)
+    assert not torch.allclose(scratch.roberta.embeddings.word_embeddings.weight, saved)
+    # same architecture either way
+    assert [p.shape for p in scratch.parameters()] == [p.shape for p in pretrained.parameters()]
+    r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", tmp_path / "t.tsv", "--dev", tmp_path / "t.tsv",
+                "--out", tmp_path / "o", "--epochs", "1", "--lr", "1e-3", "--from-scratch", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "note: one lr (0.001) for a from-scratch baseline" in r.stdout
+    r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", tmp_path / "t.tsv", "--dev", tmp_path / "t.tsv",
+                "--out", tmp_path / "o2", "--epochs", "1", "--lr-grid", "1e-3,3e-3", "--from-scratch", "--device", "cpu")
+    assert r.returncode == 0 and "note: one lr" not in r.stdout
