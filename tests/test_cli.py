@@ -91,7 +91,7 @@ def test_train_tokenizer_and_prepare_cli(tmp_path, corpus_file):
     assert meta["vocab_size"] == 600 and meta["dtype"] == "uint16"
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "not-checkpoint", "unknown-key", "seq-len", "bad-type"])
+@pytest.mark.parametrize("case", ["missing", "empty", "not-checkpoint", "unknown-key", "seq-len", "bad-type", "no-gpu"])
 def test_bad_input_is_one_line_error(tmp_path, data_dir, tokenizer_dir, case):
     if case == "missing":
         r = run_cli("prepare", tmp_path / "nope.txt", "--tokenizer", tokenizer_dir, "--out", tmp_path / "d")
@@ -114,6 +114,11 @@ def test_bad_input_is_one_line_error(tmp_path, data_dir, tokenizer_dir, case):
     elif case == "bad-type":
         r = run_cli("pretrain", "--data", data_dir, "--out", tmp_path / "r", "--set", "train.lr=fast")
         _one_line_error(r, "train.lr=fast", "float")
+    elif case == "no-gpu":
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible")
+        r = run_cli("pretrain", "--data", data_dir, "--out", tmp_path / "r", "--set", "train.device=cuda")
+        _one_line_error(r, "train.device=cuda", "no CUDA GPU is visible")
 
 
 def test_non_utf8_bytes_are_skipped_and_counted(tmp_path, tokenizer_dir):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from roberta.errors import UserError
+
 DEFAULT_TIMEOUT_S = 600.0  # train.dist_timeout's default: a dead rank stops the others within this
 
 
@@ -30,7 +32,14 @@ class Dist:
         return self.world > 1
 
 
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
+def pick_device(pref: str, local_rank: int = 0, option: str = "") -> torch.device:
+    """"auto" | "cpu" | "cuda" -> a device; asking for a GPU that is not there is a user error
+    named after the option that asked (default `train.device=cuda`)."""
+    option = option or f"train.device={pref}"
+    if pref not in ("auto", "cpu", "cuda"):
+        raise UserError(f"{option}: choose auto, cpu or cuda")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option}: no CUDA GPU is visible here; use cpu (or auto)")
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)

@@ -186,11 +186,7 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
     if task.regression != (task.metric in REGRESSION_METRICS) or (task.metric == "f1" and len(task.labels) != 2):
         raise UserError(f"metric {task.metric} does not fit a {'regression' if task.regression else f'{len(task.labels)}-class'} task")
     max_len = cfg.max_len or model_max
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {cfg.device}: choose auto, cpu or cuda")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu (or auto)")
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, option=f"--device {cfg.device}")
     tok = load_tokenizer(ck)
     if tok.get_vocab_size() > model_cfg.vocab_size:
         raise UserError(f"{ck}: tokenizer has {tok.get_vocab_size()} tokens but the model only {model_cfg.vocab_size}")
