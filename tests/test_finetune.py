@@ -197,8 +197,8 @@ def test_truncation_frames_pairs_and_chunking_covers_long_texts(tokenizer_dir, t
     assert sum(len(c) - 2 for c in chunks.ids[:-1]) == n_body  # every token lands in exactly one chunk
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tokenizer_dir):
+def save_tiny_checkpoint(path, tokenizer_dir, seed: int = 0):
+    """An untrained tiny model (weights from `seed`) saved as a checkpoint with the test tokenizer."""
     import dataclasses
 
     from roberta.checkpoint import save_checkpoint
@@ -206,7 +206,12 @@ def tiny_checkpoint(tmp_path_factory, tokenizer_dir):
 
     cfg = tiny_config()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1000, max_positions=66))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt"), 0, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
+    return save_checkpoint(path, 0, build_model(cfg.model, seed=seed), cfg, tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tokenizer_dir):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), tokenizer_dir)
 
 
 def _separable(n: int, seed: int) -> list[dict]:
@@ -270,17 +275,12 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
 
 
 def test_from_scratch_starts_from_random_weights_and_warns_about_a_single_lr(tmp_path, tokenizer_dir):
-    import dataclasses
-
-    from roberta.checkpoint import load_weights, save_checkpoint
+    from roberta.checkpoint import load_weights
     from roberta.finetune import FinetuneConfig, setup
-    from roberta.model import build_model
     from roberta.tasks import file_task
 
-    cfg = tiny_config()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1000, max_positions=66))
     # "pretrained" weights that no fine-tuning seed's init reproduces
-    tiny_checkpoint = save_checkpoint(tmp_path / "ck", 0, build_model(cfg.model, seed=12345), cfg, tokenizer_dir)
+    tiny_checkpoint = save_tiny_checkpoint(tmp_path / "ck", tokenizer_dir, seed=12345)
 
     write(tmp_path / "t.tsv", "text\tlabel\n" + "".join(f"{r['review']}\t{r['sentiment']}\n" for r in _separable(40, 0)))
     task = file_task(tmp_path / "t.tsv", tmp_path / "t.tsv", "text", None, "label")

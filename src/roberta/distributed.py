@@ -45,6 +45,11 @@ def pick_device(pref: str, local_rank: int = 0, option: str = "") -> torch.devic
     return torch.device("cuda", local_rank)
 
 
+def autocast(device: torch.device):
+    """The precision policy, one place: bf16 autocast on a GPU, plain fp32 on a CPU (no bf16 path there)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def init_distributed(device_pref: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:
     """Rank and world size from torchrun's environment; without it, rank 0 of 1 and no process
     group. A collective that waits longer than timeout_s (a rank died or hangs) raises on every

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from roberta import checkpoint as ckpt
 from roberta.config import OptimConfig
-from roberta.distributed import pick_device
+from roberta.distributed import autocast, pick_device
 from roberta.errors import UserError
 from roberta.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
@@ -125,7 +125,7 @@ def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray) -> 
     """Logits (fp32) for the inputs idx, on the model's device; bf16 autocast on a GPU."""
     device = next(model.parameters()).device
     input_ids, mask = (t.to(device, non_blocking=True) for t in collate(ids, idx))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         return model(input_ids, mask).float()
 
 

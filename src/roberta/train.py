@@ -25,7 +25,7 @@ from roberta.config import Config, parse_duration
 from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
 from roberta.data.loader import BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
-from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, broadcast_object, full_state,
+from roberta.distributed import (Dist, autocast, all_gather_object, all_reduce_sum, broadcast_object, full_state,
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks,
                                  barrier, no_sync, shutdown, wrap_model)
 from roberta.errors import UserError
@@ -186,10 +186,9 @@ def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg:
     mlm_scale = dist.world / local[0].clamp(min=1)
     nsp_scale = dist.world / local[1].clamp(min=1)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # MLM and NSP loss sums
-    bf16 = device.type == "cuda"
     for i, (_, inputs, labels, attn, nsp) in enumerate(prepared):
         with no_sync(model, skip=i < len(prepared) - 1):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with autocast(device):
                 out = model(inputs, labels, attn, nsp)
                 loss = out["mlm_loss_sum"] * mlm_scale
                 if "nsp_loss_sum" in out:
@@ -358,7 +357,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     log = RunLog(out, dist.is_main, progress, budget.steps_estimate, state.step)
 
     def evaluate() -> dict:
-        with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=dist.device.type == "cuda"):
+        with autocast(dist.device):
             r = mlm_loss(model, evals, dist.device)
         log.write({"step": state.step, "tokens": state.tokens, "eval_loss": r["mlm_loss"],
                    "eval_perplexity": r["perplexity"], "eval_tokens": r["tokens"]})
