@@ -39,15 +39,15 @@ def kernel_group(name: str) -> str:
 
 def run(name: str, args, compile_: bool, dropout: float, device: torch.device, breakdown: bool) -> None:
     cfg = tb.make_config(args.preset, args.seq_len, args.batch, args.batch, compile_, dropout)
-    data = [d.to(device) for d in tb.random_batches(3, args.batch, args.seq_len, cfg.model.vocab_size)]
-    r = tb.Ours(cfg, device)
+    data = tb.random_batches(3, args.batch, args.seq_len, tb.VOCAB[args.preset])  # host, as the loader gives them
+    r = tb.Ours(cfg, device, tb.VOCAB[args.preset], args.compile_mode or None)
     for i in range(3):  # warm-up and compilation
-        r.step(data[i % 3])
+        r.step(data[i % 3], data[(i + 1) % 3])
     sync(device)
     times, masked = [], []
     for i in range(args.steps):
         t0 = time.perf_counter()
-        masked.append(r.step(data[i % 3]))
+        masked.append(r.step(data[i % 3], data[(i + 1) % 3]))
         sync(device)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
@@ -60,7 +60,7 @@ def run(name: str, args, compile_: bool, dropout: float, device: torch.device, b
         n = 3
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
             for i in range(n):
-                r.step(data[i % 3])
+                r.step(data[i % 3], data[(i + 1) % 3])
             sync(device)
         groups: collections.Counter = collections.Counter()
         kernels = [e for e in p.key_averages() if e.device_type == DeviceType.CUDA]  # kernels, not the ops above them
@@ -83,11 +83,20 @@ def main(argv=None) -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--compile-mode", default="", help="torch.compile mode for the blocks (e.g. max-autotune-no-cudagraphs)")
+    p.add_argument("--coordinate-descent", action="store_true", help="inductor's coordinate-descent tuning of Triton kernels")
+    p.add_argument("--runs", default="eager,compiled,compiled-nodropout",
+                   help="which of eager, compiled, compiled-nodropout (kernel breakdowns for the compiled ones)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    run("eager, dropout 0.1", args, False, 0.1, device, False)
-    run("compiled, dropout 0.1", args, True, 0.1, device, True)
-    run("compiled, dropout 0", args, True, 0.0, device, True)
+    if args.coordinate_descent:
+        import torch._inductor.config as inductor_config
+        inductor_config.coordinate_descent_tuning = True
+    runs = {"eager": ("eager, dropout 0.1", False, 0.1, False), "compiled": ("compiled, dropout 0.1", True, 0.1, True),
+            "compiled-nodropout": ("compiled, dropout 0", True, 0.0, True)}
+    for key in args.runs.split(","):
+        name, compile_, dropout, breakdown = runs[key]
+        run(name, args, compile_, dropout, device, breakdown)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU session, one script (about 6 minutes on an H100): train_bench.py for `base` at seq 128 and
-# 512 in bf16, ours (eager, then compiled) against HF; then the trainer's CUDA path end to end.
+# One GPU session, one script (about 6 minutes on an H100): the GPU-only tests; train_bench.py for
+# `base` at seq 128 and 512 in bf16, ours (eager and compiled) against HF; the trainer's CUDA path end
+# to end; then gpu_profile.py's kernel breakdown of the compiled step.
 #   OUT=/tmp/out bash benchmarks/gpu_train_check.sh
 # Each stage has its own time limit and writes its log to $OUT, so a slow stage costs only itself.
 set -u
@@ -19,13 +20,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
 torch.cuda.is_available() and torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
-echo "== 1. benchmark, eager: ours vs HF"
-timeout 130 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
-  --batch $BATCH --impls ours,HF --warmup 2 --rounds 3 --steps 3 2>&1 | tee "$OUT/bench_eager.log" | tail -n 12
+echo "== 1. the GPU-only tests (a training step queued without a host sync; masks equal CPU's)"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_masking.py -k "gpu or queued" \
+  2>&1 | tee "$OUT/gpu_tests.log" | tail -n 5
 
-echo "== 2. benchmark, compiled: ours+compile (HF: stage 1)"
-timeout 170 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
-  --batch $BATCH --impls ours+compile --warmup 3 --rounds 3 --steps 3 2>&1 | tee "$OUT/bench_compiled.log" | tail -n 12
+echo "== 2. benchmark: ours eager, ours compiled, HF, one run"
+timeout 240 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
+  --batch $BATCH --impls ours,ours+compile,HF --warmup 3 --rounds 3 --steps 3 2>&1 | tee "$OUT/bench.log" | tail -n 12
+
 echo "== 3. the trainer on the GPU: prepare, 20 steps eager, resume to 30 compiled" | tee "$OUT/e2e.log"
 timeout 80 bash -c "
 $PY -c \"
@@ -55,5 +57,9 @@ print('summary', json.load(open('$W/run/summary.json')))
 EOF
 " >>"$OUT/e2e.log" 2>&1
 tail -n 25 "$OUT/e2e.log"
+
+echo "== 4. where the compiled step's time goes (first size only)"
+timeout 120 $PY benchmarks/gpu_profile.py --device $DEVICE --preset $PRESET --seq-len ${SEQS%%,*} \
+  --batch ${BATCH%%,*} --runs compiled 2>&1 | tee "$OUT/profile.log" | tail -n 16
 
 echo "== done"

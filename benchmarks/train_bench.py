@@ -1,6 +1,7 @@
 """Training-step throughput: ours vs the standard Hugging Face path, same model size, same batch.
 
-    ours: roberta.train.train_step (hash masking, sparse LM head, AdamW from roberta.optim)
+    ours: roberta.train's step as its loop runs it (hash masking on the host, one batch ahead; sparse
+          LM head; AdamW from roberta.optim; one host sync per step)
     HF:   transformers RobertaForMaskedLM + DataCollatorForLanguageModeling + torch.optim.AdamW
 
 Both see the same random token sequences (full length, no padding) with dropout 0.1 (--dropout),
@@ -34,20 +35,23 @@ import torch
 from roberta.config import Config
 from roberta.data.loader import Batch
 from roberta.distributed import Dist
-from roberta.model import build_model, training_flops
+from roberta.model import build_model, padded_vocab_size, training_flops
 from roberta.optim import build_optimizer
 from roberta.perf import datasheet_peak, matmul_peak, sync
 from roberta.presets import get_preset
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from roberta.train import Masker, compile_model, train_step
+from roberta.train import Masker, PreparedStep, compile_model, launch_step, prepare_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
 VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
 
 
 def make_config(preset: str, seq_len: int, batch: int, micro: int, compile_: bool, dropout: float) -> Config:
+    """What `roberta pretrain` builds for this preset and a VOCAB[preset]-token tokenizer (the
+    vocabulary padded to model.vocab_multiple: base's 50,265 -> 50,304)."""
     cfg = get_preset(preset)
-    model = dataclasses.replace(cfg.model, vocab_size=VOCAB[preset], max_positions=seq_len + 2,
+    vocab = padded_vocab_size(VOCAB[preset], cfg.model.vocab_multiple)
+    model = dataclasses.replace(cfg.model, vocab_size=vocab, max_positions=seq_len + 2,
                                 dropout=dropout, attention_dropout=dropout)
     train = dataclasses.replace(cfg.train, batch_size=batch, micro_batch_size=micro, compile=compile_)
     return dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, seq_len=seq_len), train=train)
@@ -65,35 +69,46 @@ def random_batches(n: int, batch: int, seq_len: int, vocab: int, seed: int = 0) 
 
 
 class Ours:
-    def __init__(self, cfg: Config, device: torch.device):
+    """The trainer's step as its loop runs it: launch this batch, prepare (collate-free here: mask
+    on the host) the next one while the device works, then the step's one host sync."""
+
+    def __init__(self, cfg: Config, device: torch.device, vocab: int, compile_mode: str | None = None):
         self.name = "ours+compile" if cfg.train.compile else "ours"
         self.cfg, self.dist = cfg, Dist(device=device)
         self.model = build_model(cfg.model, device, seed=0)
         if cfg.train.compile:
-            compile_model(self.model)
+            compile_model(self.model, compile_mode)
         self.opt = build_optimizer(self.model, cfg.optim, cfg.train.lr)
-        self.masker = Masker(cfg, {}, device)
+        self.masker = Masker(cfg, {f"t{i}": i for i in range(vocab)})  # random tokens: the tokenizer's ids
         self.step_i = 0
+        self.upcoming: tuple[torch.Tensor, PreparedStep] | None = None
 
-    def step(self, ids: torch.Tensor) -> int:
-        """One optimizer step of roberta.train.train_step on (B, T) ids; -> masked tokens."""
+    def prepare(self, ids: torch.Tensor) -> PreparedStep:
         B, micro = ids.shape[0], self.cfg.train.micro_batch_size
         mbs = [Batch(ids[a:a + micro], torch.ones_like(ids[a:a + micro]), torch.full((micro,), self.step_i),
                      torch.arange(a, a + micro), None) for a in range(0, B, micro)]
         self.step_i += 1
-        return train_step(self.model, self.opt, mbs, self.masker, self.dist, self.cfg)["masked"]
+        return prepare_step(mbs, self.masker, self.cfg)
+
+    def step(self, ids: torch.Tensor, next_ids: torch.Tensor | None = None) -> int:
+        """One optimizer step on (B, T) host ids (prepared during the last step if it was told);
+        -> masked tokens."""
+        prep = self.upcoming[1] if self.upcoming and self.upcoming[0] is ids else self.prepare(ids)
+        pending = launch_step(self.model, self.opt, prep, self.dist, self.cfg)
+        self.upcoming = None if next_ids is None else (next_ids, self.prepare(next_ids))
+        return pending.result()["masked"]
 
 
 class HF:
     name = "HF"
 
-    def __init__(self, cfg: Config, device: torch.device):
+    def __init__(self, cfg: Config, device: torch.device, vocab: int):
         from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
         from transformers import PreTrainedTokenizerFast
         from tokenizers import Tokenizer, models
 
         m, o = cfg.model, cfg.optim
-        hf_cfg = RobertaConfig(vocab_size=m.vocab_size, hidden_size=m.hidden, num_hidden_layers=m.layers,
+        hf_cfg = RobertaConfig(vocab_size=vocab, hidden_size=m.hidden, num_hidden_layers=m.layers,
                                num_attention_heads=m.heads, intermediate_size=m.ffn,
                                max_position_embeddings=m.max_positions, type_vocab_size=1,
                                hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
@@ -101,7 +116,7 @@ class HF:
         torch.manual_seed(0)
         self.model = RobertaForMaskedLM(hf_cfg).to(device).train()
         # The collator needs a tokenizer for its special-token ids and vocabulary size only.
-        vocab = {f"t{i}": i for i in range(m.vocab_size)}
+        vocab = {f"t{i}": i for i in range(vocab)}
         tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
                                       bos_token="t0", pad_token="t1", eos_token="t2", unk_token="t3", mask_token="t4")
         self.collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=cfg.masking.mask_prob)
@@ -109,7 +124,7 @@ class HF:
                                      eps=o.eps, weight_decay=o.weight_decay)
         self.device, self.micro = device, cfg.train.micro_batch_size
 
-    def step(self, ids: torch.Tensor) -> int:
+    def step(self, ids: torch.Tensor, next_ids: torch.Tensor | None = None) -> int:
         """The usual HF loop: collator -> model(**batch).loss (mean per micro-batch) -> AdamW."""
         masked = torch.zeros((), dtype=torch.long, device=self.device)
         n_mb = ids.shape[0] // self.micro
@@ -125,9 +140,9 @@ class HF:
         return int(masked)
 
 
-IMPLS = {"ours": lambda cfg, dev: Ours(cfg, dev), "HF": lambda cfg, dev: HF(cfg, dev),
-         "ours+compile": lambda cfg, dev: Ours(dataclasses.replace(cfg, train=dataclasses.replace(
-             cfg.train, compile=True)), dev)}
+IMPLS = {"ours": lambda cfg, dev, vocab: Ours(cfg, dev, vocab), "HF": lambda cfg, dev, vocab: HF(cfg, dev, vocab),
+         "ours+compile": lambda cfg, dev, vocab: Ours(dataclasses.replace(cfg, train=dataclasses.replace(
+             cfg.train, compile=True)), dev, vocab)}
 
 
 def bench(args) -> list[dict]:
@@ -142,13 +157,14 @@ def bench(args) -> list[dict]:
         for seq_len, batch in zip(seq_lens, batches * len(seq_lens) if len(batches) == 1 else batches):
             micro = args.micro_batch or batch
             cfg = make_config(preset, seq_len, batch, micro, False, args.dropout)
-            data = [d.to(device) for d in random_batches(4, batch, seq_len, cfg.model.vocab_size)]
+            vocab = VOCAB[preset]  # the tokenizer's: HF's model has exactly these rows, ours pads past them
+            data = random_batches(4, batch, seq_len, vocab)  # on the host, as the data loader gives them
             runners = []
             for name in args.impls.split(","):
                 t0 = time.perf_counter()
-                r = IMPLS[name](cfg, device)
+                r = IMPLS[name](cfg, device, vocab)
                 for i in range(args.warmup):  # warm-up (and compilation)
-                    r.step(data[i % len(data)])
+                    r.step(data[i % len(data)], data[(i + 1) % len(data)])
                 sync(device)
                 print(f"# {preset}@{seq_len} {name}: built and warmed up in {time.perf_counter() - t0:.1f}s",
                       file=sys.stderr, flush=True)
@@ -162,7 +178,7 @@ def bench(args) -> list[dict]:
                 for r in runners:
                     for i in range(args.steps):
                         t0 = time.perf_counter()
-                        masked[r.name].append(r.step(data[(rnd + i) % len(data)]))
+                        masked[r.name].append(r.step(data[(rnd + i) % len(data)], data[(rnd + i + 1) % len(data)]))
                         sync(device)
                         times[r.name].append(time.perf_counter() - t0)
                         at_load[r.name].append((times[r.name][-1], round_peak))

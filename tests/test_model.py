@@ -111,6 +111,44 @@ def test_sparse_and_dense_heads_give_equal_loss_and_gradients():
     assert g_dense["lm_head.dense.weight"].abs().sum() > 0
 
 
+def test_host_known_masked_positions_give_the_same_loss_and_gradients():
+    """The trainer passes the masked positions it computed on the host (no device sync); the
+    result must be bit-identical to the model finding them itself."""
+    model = build_model(small_model(), seed=0)
+    ids, attn = padded_batch([40, 33, 17], 1000)
+    labels = torch.where((torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.15) & attn.bool(),
+                         ids, -100)
+    positions = labels.view(-1).ne(-100).nonzero().squeeze(1)
+
+    def run(**kw):
+        model.zero_grad()
+        loss = model(ids, labels, attn, **kw)["mlm_loss_sum"]
+        loss.backward()
+        return loss, [p.grad.clone() for p in model.parameters()]
+
+    (a, ga), (b, gb) = run(), run(masked_positions=positions)
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+    # and they are used: a position left out changes the loss
+    assert not torch.equal(a, run(masked_positions=positions[1:])[0])
+
+
+def test_bf16_autocast_keeps_the_residual_stream_in_bf16_and_the_loss_close():
+    """Under autocast, LayerNorm computes in fp32 but hands bf16 on (half the elementwise
+    traffic on a GPU); in fp32 nothing changes. The loss stays within bf16's precision."""
+    model = build_model(small_model(), seed=0)
+    ids, attn = padded_batch([40, 33, 17], 1000)
+    labels = torch.where(attn.bool(), ids, -100)
+    with torch.no_grad():
+        assert model.roberta(ids, attn).dtype == torch.float32
+        ref = model(ids, labels, attn)["mlm_loss_sum"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model.roberta(ids, attn)
+            low = model(ids, labels, attn)["mlm_loss_sum"]
+    assert hidden.dtype == torch.bfloat16
+    assert low.dtype == torch.float32  # the softmax and the loss stay fp32
+    torch.testing.assert_close(low, ref, rtol=2e-2, atol=0.0)
+
+
 def test_padding_does_not_change_real_positions():
     model = build_model(small_model(), seed=0).eval()
     ids, attn = padded_batch([30, 11], 1000)

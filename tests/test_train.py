@@ -174,8 +174,9 @@ def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_
         n_mask = int(masker(b.input_ids, b.epochs, b.indices)[1].ne(-100).sum())
         tokens, masked = tokens + n_tok, masked + n_mask
         # 2 layers x (4 * 64^2 attention projections + 2 * 64 * 128 FFN) = 65,536 weights per token;
-        # LM head 64^2 + 64 * 1000 = 68,096 at each masked token; attention 12 * 2 * 64 * 64 per token
-        flops += 6 * (65_536 * n_tok + 68_096 * n_mask) + 12 * 2 * 64 * 64 * n_tok
+        # LM head 64^2 + 64 * 1024 (the 1000-token vocabulary padded to a multiple of 64) = 69,632
+        # at each masked token; attention 12 * 2 * 64 * 64 per token
+        flops += 6 * (65_536 * n_tok + 69_632 * n_mask) + 12 * 2 * 64 * 64 * n_tok
         r = recs[step]
         assert r["sequences"] == 8 * step
         assert r["tokens"] == tokens and r["masked_tokens"] == masked
@@ -333,6 +334,90 @@ def test_non_finite_loss_skips_the_step_and_stops_after_m_in_a_row(data_dir, tmp
     # a skipped step leaves the weights untouched; a good step changes them
     assert max_diff(weights(tmp_path / "run", 1), weights(tmp_path / "run", 2)) == 0.0
     assert max_diff(weights(tmp_path / "run", 2), weights(tmp_path / "run", 3)) > 0.0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_if_finite_skips_the_update_and_the_step_count(fused):
+    """The fused AdamW decides on the device (found_inf, as GradScaler does); the other path on
+    the host. Either way a non-finite step changes nothing, weight decay included."""
+    from roberta.optim import step_if_finite
+
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.AdamW([w], lr=0.1, weight_decay=0.01, fused=fused or None, foreach=False)
+    w.grad = torch.full((4,), 0.5)
+    step_if_finite(opt, torch.tensor(False))
+    assert torch.equal(w.detach(), torch.ones(4))
+    state = opt.state[w]
+    assert not state or float(state["step"]) == 0.0
+    step_if_finite(opt, torch.tensor(True))
+    assert float(opt.state[w]["step"]) == 1.0 and (w.detach() < 1.0).all()
+    assert not hasattr(opt, "found_inf")  # not left behind for the next step
+
+
+def test_compiled_training_matches_eager():
+    """train.compile=true (compiled blocks, embeddings and head loss, any masked count) trains
+    the same network as eager: same losses over three steps, within fp32 reordering."""
+    import dataclasses
+
+    from roberta.data.loader import Batch
+    from roberta.distributed import Dist
+    from roberta.model import build_model
+    from roberta.optim import build_optimizer
+    from roberta.train import Masker, compile_model, train_step
+
+    cfg = apply_overrides(tiny(), ["model.layers=1", "model.hidden=64", "model.heads=2", "model.ffn=128",
+                                   "model.dropout=0", "model.attention_dropout=0"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+
+    def losses(compiled: bool) -> list[float]:
+        model = build_model(cfg.model, "cpu", seed=0)
+        if compiled:
+            compile_model(model)
+        opt, out = build_optimizer(model, cfg.optim, 1e-3), []
+        for step in range(3):
+            ids = torch.randint(5, 1000, (8, 64), generator=torch.Generator().manual_seed(step))
+            ids[:, 0], ids[:, -1] = 0, 2
+            mbs = [Batch(ids, torch.ones_like(ids), torch.full((8,), step), torch.arange(8), None)]
+            out.append(train_step(model, opt, mbs, Masker(cfg, {}), Dist(), cfg)["loss"])
+        return out
+
+    eager, compiled = losses(False), losses(True)
+    assert eager[0] != eager[1]  # the steps see different masks and weights
+    assert compiled == pytest.approx(eager, rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
+    """Everything the host needs (shapes, masked counts) is known before the step; the one sync
+    is PendingStep.result(). CUDA's sync debug mode raises on any other."""
+    import dataclasses
+
+    from roberta.data.loader import Batch
+    from roberta.distributed import Dist
+    from roberta.model import build_model
+    from roberta.optim import build_optimizer
+    from roberta.train import Masker, launch_step, prepare_step
+
+    cfg = apply_overrides(tiny(), ["model.layers=1", "model.hidden=64", "model.heads=2", "model.ffn=128"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+    dev = torch.device("cuda")
+    model = build_model(cfg.model, dev, seed=0)
+    opt = build_optimizer(model, cfg.optim, 1e-3)
+    ids = torch.randint(5, 1000, (8, 64))
+    ids[:, 0], ids[:, -1] = 0, 2
+    mbs = [Batch(ids[:4], torch.ones_like(ids[:4]), torch.zeros(4, dtype=torch.long), torch.arange(4), None),
+           Batch(ids[4:], torch.ones_like(ids[4:]), torch.zeros(4, dtype=torch.long), torch.arange(4, 8), None)]
+    dist = Dist(device=dev)
+    launch_step(model, opt, prepare_step(mbs, Masker(cfg, {}), cfg), dist, cfg).result()  # warm-up
+    prep = prepare_step(mbs, Masker(cfg, {}), cfg, with_stats=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = launch_step(model, opt, prep, dist, cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    r = pending.result()
+    assert r["finite"] and r["sequences"] == 8 and r["masked"] == int(sum(p.numel() for _, _, p, _, _ in prep.micro))
 
 
 def test_keep_checkpoints_keeps_the_newest(data_dir, tmp_path):

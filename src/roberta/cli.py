@@ -60,15 +60,18 @@ def cmd_evaluate(a) -> None:
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, mlm_loss
     from roberta.model import max_seq_len
+    from roberta.tokenizer import tokenizer_hash
 
     model, ck = load_model(a.checkpoint)
     meta = read_meta(a.data)
-    if meta["vocab_size"] != model.cfg.vocab_size:
-        raise UserError(f"{a.data}: prepared with a {meta['vocab_size']}-token vocabulary but {ck} has "
-                        f"{model.cfg.vocab_size}; evaluate on data prepared with the checkpoint's tokenizer")
+    # the model's vocabulary may be padded past the tokenizer's (model.vocab_multiple)
+    swapped = (ck / "tokenizer.json").is_file() and tokenizer_hash(ck) != meta["tokenizer_hash"]
+    if meta["vocab_size"] > model.cfg.vocab_size or swapped:
+        raise UserError(f"{a.data}: prepared with a different tokenizer ({meta['vocab_size']} tokens) than {ck} "
+                        f"was trained with; evaluate on data prepared with the checkpoint's tokenizer")
     split = load_split(a.data, a.split)
     seq_len = a.seq_len or max_seq_len(model.cfg)
-    result = mlm_loss(model, eval_batches(split, seq_len, model.cfg.vocab_size, a.max_sequences))
+    result = mlm_loss(model, eval_batches(split, seq_len, meta["vocab_size"], a.max_sequences))
     print(json.dumps(result))
 
 

@@ -20,7 +20,8 @@ FORMATS = ("full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 8000  # taken from the tokenizer at pretraining time
+    vocab_size: int = 8000  # taken from the tokenizer at pretraining time, rounded up to vocab_multiple
+    vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (tensor-core GEMM shapes); 1 = exact
     layers: int = 4
     hidden: int = 256
     heads: int = 4
@@ -175,6 +176,8 @@ def validate(cfg: Config) -> None:
         raise UserError(f"model.norm={cfg.model.norm}: choose post or pre")
     if cfg.model.hidden % cfg.model.heads:
         raise UserError(f"model.hidden={cfg.model.hidden} is not divisible by model.heads={cfg.model.heads}")
+    if cfg.model.vocab_multiple < 1:
+        raise UserError(f"model.vocab_multiple={cfg.model.vocab_multiple}: must be >= 1 (1 = no padding)")
     if cfg.data.seq_len < 8:
         raise UserError(f"data.seq_len={cfg.data.seq_len}: must be at least 8")
     if cfg.train.lr_scaling not in ("none", "sqrt", "linear"):

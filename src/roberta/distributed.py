@@ -50,6 +50,14 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`, without making the host wait: a copy from pageable memory
+    first waits for the device's queue, one from pinned memory does not. On a CPU, `t` itself."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def init_distributed(device_pref: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:
     """Rank and world size from torchrun's environment; without it, rank 0 of 1 and no process
     group. A collective that waits longer than timeout_s (a rank died or hangs) raises on every

@@ -15,6 +15,18 @@ import torch.nn.functional as F
 
 from roberta.config import ModelConfig
 
+IGNORE = -100  # label of a position the MLM loss skips (roberta.masking.IGNORE)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that returns its input's dtype. Under bf16 autocast LayerNorm computes in
+    fp32 and would return fp32, which makes the whole residual stream fp32 and doubles the bytes
+    every fused elementwise kernel moves; cast back, the stream stays bf16 (Megatron's default).
+    In fp32 (the CPU path) the cast is a no-op. Same parameters and names as nn.LayerNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).to(x.dtype)
+
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -52,9 +64,9 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.attention = SelfAttention(cfg)
-        self.attention_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.attention_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(cfg)
-        self.ffn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.ffn_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
@@ -72,7 +84,7 @@ class Embeddings(nn.Module):
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden, padding_idx=cfg.pad_token_id)
         self.token_type_embeddings = nn.Embedding(1, cfg.hidden)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.LayerNorm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -94,17 +106,20 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
-        self.final_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.final_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token."""
-        # Without padding, SDPA runs mask-free (CPU flash kernel). The check is a host sync, which
-        # costs nothing measurable eagerly but is a graph break under torch.compile: there the
-        # mask is always passed.
+        # Without padding, SDPA runs mask-free (CPU flash kernel). The check is a host sync: free
+        # on a CPU, but on a GPU it would stall the queue (the trainer drops all-ones masks itself)
+        # and under torch.compile it is a graph break; there the mask is always passed.
         attn_mask = None
-        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+        if attention_mask is not None and (torch.compiler.is_compiling() or attention_mask.device.type != "cpu"
+                                           or not bool(attention_mask.all())):
             attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys to attend to
         x = self.embeddings(input_ids)
+        if torch.is_autocast_enabled(x.device.type):  # the residual stream in autocast's dtype (see LayerNorm)
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         for layer in self.layers:
             x = layer(x, attn_mask)
         return self.final_norm(x) if self.final_norm is not None else x
@@ -116,11 +131,18 @@ class LMHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden, cfg.hidden)
-        self.layer_norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.layer_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, h: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
         return F.linear(self.layer_norm(F.gelu(self.dense(h))), decoder_weight, self.bias)
+
+    def loss_sum(self, h: torch.Tensor, targets: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of the logits at h (n, C) against targets (n,), IGNORE skipped.
+        The softmax is fp32 (.float() is a no-op in fp32, autocast's own choice under bf16);
+        compiled (roberta.train.compile_model), the cast and the log-softmax fuse into the
+        vocabulary GEMM's consumer and the fp32 logits are never written out."""
+        return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
 
 
 class ClassificationHead(nn.Module):
@@ -152,25 +174,27 @@ class RobertaMLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, nsp_labels: torch.Tensor | None = None,
-                sparse: bool | None = None) -> dict:
+                sparse: bool | None = None, masked_positions: torch.Tensor | None = None) -> dict:
         """Summed (not averaged) losses, so the caller can normalise over a whole global batch.
 
         Returns {"mlm_loss_sum", "mlm_count", "nsp_loss_sum"?, "nsp_count"?}. The sparse head
         gathers the labelled positions first, so the vocabulary projection runs only there.
+        masked_positions: the flat indices (into B * T) of labels != IGNORE, in order, when the
+        caller knows them (the trainer computes them with the masks, on the host); without them
+        they are found here, a host sync on a GPU (a data-dependent shape).
         """
         h = self.roberta(input_ids, attention_mask)  # (B, T, C)
         decoder = self.roberta.embeddings.word_embeddings.weight
         sparse = self.cfg.sparse_head if sparse is None else sparse
+        flat_labels = labels.reshape(-1)
         if sparse:
-            where = labels.ne(-100)
-            logits = self.lm_head(h[where], decoder)  # (n_masked, V)
-            # .float() is a no-op in fp32; under bf16 autocast it is the fp32 softmax autocast does anyway
-            loss = F.cross_entropy(logits.float(), labels[where], reduction="sum")
+            if masked_positions is None:
+                masked_positions = flat_labels.ne(IGNORE).nonzero().squeeze(1)
+            loss = self.lm_head.loss_sum(h.flatten(0, 1).index_select(0, masked_positions),
+                                         flat_labels.index_select(0, masked_positions), decoder)  # (n_masked, V) logits
         else:
-            logits = self.lm_head(h, decoder)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1),
-                                   ignore_index=-100, reduction="sum")
-        out = {"mlm_loss_sum": loss, "mlm_count": labels.ne(-100).sum()}
+            loss = self.lm_head.loss_sum(h.flatten(0, 1), flat_labels, decoder)
+        out = {"mlm_loss_sum": loss, "mlm_count": labels.ne(IGNORE).sum()}
         if self.nsp_head is not None and nsp_labels is not None:
             nsp_logits = self.nsp_head(h)
             out["nsp_loss_sum"] = F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum")
@@ -239,6 +263,13 @@ def max_seq_len(cfg: ModelConfig) -> int:
     return cfg.max_positions - cfg.pad_token_id - 1
 
 
+def padded_vocab_size(tokenizer_size: int, multiple: int) -> int:
+    """The model's vocabulary rows for a tokenizer: rounded up to model.vocab_multiple, so the
+    vocabulary GEMMs get tensor-core-friendly shapes (50,265 -> 50,304). The extra rows are never
+    an input or a target; the softmax learns to give them nothing."""
+    return -(-tokenizer_size // multiple) * multiple
+
+
 def positions_for(seq_len: int, pad_token_id: int = 1) -> int:
     """Position rows a seq_len input needs: RoBERTa's offset makes 512 tokens need 514."""
     return seq_len + pad_token_id + 1
@@ -266,5 +297,5 @@ def training_flops(cfg: ModelConfig, tokens: int, predicted: int, seq_len: int) 
 
 
 __all__ = ["RobertaMLM", "RobertaClassifier", "Encoder", "ClassificationHead", "build_model", "build_classifier",
-           "init_weights", "max_seq_len", "positions_for",
+           "init_weights", "max_seq_len", "padded_vocab_size", "positions_for",
            "count_parameters", "training_flops", "matmul_params"]

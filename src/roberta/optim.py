@@ -59,6 +59,20 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torc
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None)
 
 
+def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """optimizer.step() unless `finite` (a 0-d bool tensor) is False. With the fused AdamW the
+    decision stays on the device, as torch.amp.GradScaler's does: the kernel skips the update
+    (and the step count) when found_inf is set, and the host never waits. Otherwise it is read."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):
+        optimizer.step()
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

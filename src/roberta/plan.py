@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from roberta.config import ModelConfig
 from roberta.errors import UserError
-from roberta.model import RobertaMLM, count_parameters, positions_for, training_flops
+from roberta.model import RobertaMLM, count_parameters, padded_vocab_size, positions_for, training_flops
 from roberta.optim import paper_lr, scaled_lr
 from roberta.perf import GPU_PEAK_BF16
 from roberta.presets import get_preset
@@ -47,8 +47,9 @@ class Plan:
 
 
 def model_config(preset: str, vocab_size: int, seq_len: int) -> ModelConfig:
+    """The model `roberta pretrain` builds for a tokenizer of vocab_size tokens (padded as it pads)."""
     cfg = get_preset(preset).model
-    return dataclasses.replace(cfg, vocab_size=vocab_size, max_positions=max(cfg.max_positions, positions_for(seq_len, cfg.pad_token_id)))
+    return dataclasses.replace(cfg, vocab_size=padded_vocab_size(vocab_size, cfg.vocab_multiple), max_positions=max(cfg.max_positions, positions_for(seq_len, cfg.pad_token_id)))
 
 
 def parameters(cfg: ModelConfig) -> int:

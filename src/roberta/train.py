@@ -23,16 +23,17 @@ import torch
 from roberta import checkpoint as ckpt
 from roberta.config import Config, parse_duration
 from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
-from roberta.data.loader import BatchStream, collate, shard
+from roberta.data.loader import Batch, BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import (Dist, autocast, all_gather_object, all_reduce_sum, broadcast_object, full_state,
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks,
-                                 barrier, no_sync, shutdown, wrap_model)
+                                 barrier, no_sync, shutdown, to_device, wrap_model)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss
 from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
-from roberta.model import build_model, count_parameters, max_seq_len, positions_for, training_flops
-from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from roberta.model import (build_model, count_parameters, max_seq_len, padded_vocab_size, positions_for,
+                           training_flops)
+from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_if_finite
 from roberta.perf import peak_flops
 from roberta.runlog import RunLog, truncate_metrics
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS, load_tokenizer, tokenizer_hash
@@ -54,17 +55,18 @@ class TrainState:
 class Masker:
     """Masks a batch as the config says: dynamic (fresh per epoch) or static (epoch % dupe_factor)."""
 
-    def __init__(self, cfg: Config, vocab: dict[str, int], device: torch.device | str = "cpu"):
+    def __init__(self, cfg: Config, vocab: dict[str, int]):
         self.m, self.seed = cfg.masking, cfg.train.seed
         # random replacements come from the tokenizer's ids, even if model.vocab_size pads beyond them
         self.vocab_size = min(cfg.model.vocab_size, max(vocab.values()) + 1) if vocab else cfg.model.vocab_size
-        self.word_start = word_start_table(vocab, self.vocab_size).to(device) if self.m.whole_word else None
+        self.word_start = word_start_table(vocab, self.vocab_size) if self.m.whole_word else None
 
     def __call__(self, input_ids: torch.Tensor, epochs: torch.Tensor, indices: torch.Tensor):
-        """(B, T) ids on any device, (B,) epochs and sequence indices -> (inputs, labels) there."""
+        """(B, T) ids, (B,) epochs and sequence indices -> (inputs, labels), on the host: the trainer
+        masks while the device runs the previous step, and knows the masked count without a sync."""
         if self.m.kind == "static":
             epochs = epochs % self.m.dupe_factor
-        keys = sequence_keys(self.seed, epochs, indices).to(input_ids.device)
+        keys = sequence_keys(self.seed, epochs, indices)
         return mask_tokens(input_ids, vocab_size=self.vocab_size, mask_token_id=MASK_ID,
                            special_token_ids=SPECIAL_IDS, mask_prob=self.m.mask_prob,
                            mask_token_prob=self.m.mask_token_prob, random_token_prob=self.m.random_token_prob,
@@ -102,8 +104,8 @@ class Budget:
 def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> Config:
     """Fill in what comes from the data and the hardware; reject impossible combinations."""
     m, t = cfg.model, cfg.train
-    if "model.vocab_size" not in explicit:
-        m = dataclasses.replace(m, vocab_size=meta["vocab_size"])
+    if "model.vocab_size" not in explicit:  # rows past the tokenizer's are never an input or a target
+        m = dataclasses.replace(m, vocab_size=padded_vocab_size(meta["vocab_size"], m.vocab_multiple))
     elif m.vocab_size < meta["vocab_size"]:
         raise UserError(f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary "
                         f"({meta['vocab_size']}); leave it unset to take the tokenizer's size")
@@ -129,14 +131,16 @@ def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> C
     return dataclasses.replace(cfg, model=m, train=t)
 
 
-def compile_model(model: torch.nn.Module) -> None:
-    """torch.compile each transformer block and the LM head in place (parameter names, hence
-    checkpoints, unchanged). The blocks share one compiled graph (compiling 1 layer costs what 24
-    do); the embeddings, the padding-mask test and the sparse head's gather of the masked
-    positions (a data-dependent shape) stay eager between them."""
+def compile_model(model: torch.nn.Module, mode: str | None = None) -> None:
+    """torch.compile each transformer block and the LM head's loss in place (parameter names,
+    hence checkpoints, unchanged). The blocks share one compiled graph (compiling 1 layer costs
+    what 24 do); the head's graph (dense, GELU, LayerNorm, vocabulary projection, fp32
+    cross-entropy) takes any number of masked positions; the embeddings (three lookups, sum,
+    LayerNorm, dropout) fuse into one kernel. The gather of the masked positions stays eager."""
+    model.roberta.embeddings.compile(mode=mode)
     for layer in model.roberta.layers:
-        layer.compile()
-    model.lm_head.compile(dynamic=True)
+        layer.compile(mode=mode)
+    model.lm_head.loss_sum = torch.compile(model.lm_head.loss_sum, dynamic=True)
 
 
 def seed_dropout(seed: int, rank: int) -> None:
@@ -161,35 +165,67 @@ def set_rng_state(state: dict[str, torch.Tensor], dist: Dist, seed: int) -> None
         torch.cuda.set_rng_state(state[f"cuda.{dist.rank}"], dist.device)
 
 
-def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg: Config,
-               with_stats: bool = False) -> dict:
-    """One optimizer step over this rank's micro-batches. The loss is the sum over the global
-    batch's masked tokens divided by their count (not an average of micro-batch means). Counts
-    stay on the device until the one host sync at the end of the step."""
-    device = dist.device
-    prepared = []
-    local = torch.zeros(4, dtype=torch.float64, device=device)  # masked, sequences, tokens, FLOPs
+@dataclass
+class PreparedStep:
+    """This rank's share of one global batch, masked on the host, so that every shape and count
+    is known without asking the device: per micro-batch (inputs, labels, flat indices of the
+    masked positions, attention mask or None, NSP labels or None)."""
+    micro: list[tuple]
+    counts: list[float]  # masked tokens, sequences, real tokens, training FLOPs (this rank)
+    mask_counts: torch.Tensor | None = None  # summed masking.mask_counts, on logging steps
+    data_state: dict = field(default_factory=dict)  # the BatchStream position after this batch
+
+
+def prepare_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_stats: bool = False) -> PreparedStep:
+    micro, counts, stats = [], [0.0, 0.0, 0.0, 0.0], None
     for mb in micro_batches:
-        ids = mb.input_ids.to(device, non_blocking=True)
-        inputs, labels = masker(ids, mb.epochs, mb.indices)
+        inputs, labels = masker(mb.input_ids, mb.epochs, mb.indices)
+        positions = labels.view(-1).ne(IGNORE).nonzero().squeeze(1)
         # no mask when nothing is padded: SDPA then takes its fastest (flash) kernels
-        attn = mb.attention_mask.to(device, non_blocking=True) if mb.tokens < ids.numel() else None
-        nsp = None if mb.nsp_labels is None else mb.nsp_labels.to(device, non_blocking=True)
-        n_masked = labels.ne(IGNORE).sum().double()
-        local[0] += n_masked
-        local[1] += len(mb.indices)
-        local[2] += mb.tokens
-        local[3] += training_flops(cfg.model, mb.tokens, n_masked, cfg.data.seq_len)  # as roberta plan counts
-        prepared.append((ids, inputs, labels, attn, nsp))
-    all_reduce_sum(local, dist)
+        attn = mb.attention_mask if mb.tokens < mb.input_ids.numel() else None
+        n, tokens = len(positions), mb.tokens
+        flops = training_flops(cfg.model, tokens, n, cfg.data.seq_len)  # as roberta plan counts
+        counts = [counts[0] + n, counts[1] + len(mb.indices), counts[2] + tokens, counts[3] + flops]
+        micro.append((inputs, labels, positions, attn, mb.nsp_labels))
+        if with_stats:  # realised masking, reported on logging steps
+            c = mask_counts(mb.input_ids, inputs, labels, MASK_ID, SPECIAL_IDS)
+            stats = c if stats is None else stats + c
+    return PreparedStep(micro, counts, stats)
+
+
+class PendingStep:
+    """A launched step's numbers, still on the device; `result()` is the step's one host sync."""
+
+    def __init__(self, values: torch.Tensor, nsp: bool, mask_counts: torch.Tensor | None):
+        self.values, self.nsp, self.mask_counts = values, nsp, mask_counts
+
+    def result(self) -> dict:
+        (mlm_sum, nsp_sum, n_masked, n_seqs, tokens, flops, norm, finite) = self.values.tolist()
+        r = {"loss": mlm_sum / max(n_masked, 1), "nsp_loss": nsp_sum / max(n_seqs, 1) if self.nsp else None,
+             "grad_norm": norm, "finite": bool(finite), "masked": int(n_masked), "sequences": int(n_seqs),
+             "tokens": int(tokens), "flops": flops}
+        if self.mask_counts is not None:
+            r.update(masking_stats(self.mask_counts.tolist()))
+        return r
+
+
+def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config) -> PendingStep:
+    """One optimizer step over this rank's micro-batches, queued on the device without waiting
+    for it: inputs go up pinned and non-blocking, the sparse head gathers at host-known
+    positions, and a non-finite loss or gradient norm skips the update on the device (fused
+    AdamW's found_inf). The loss is the sum over the global batch's masked tokens divided by
+    their count (not an average of micro-batch means)."""
+    device = dist.device
+    local = all_reduce_sum(to_device(torch.tensor(prep.counts, dtype=torch.float64), device), dist)
     # DDP/FSDP average gradients over ranks; scaling by world makes that the global-batch sum
     mlm_scale = dist.world / local[0].clamp(min=1)
     nsp_scale = dist.world / local[1].clamp(min=1)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # MLM and NSP loss sums
-    for i, (_, inputs, labels, attn, nsp) in enumerate(prepared):
-        with no_sync(model, skip=i < len(prepared) - 1):
+    for i, mb in enumerate(prep.micro):
+        inputs, labels, positions, attn, nsp = (None if x is None else to_device(x, device) for x in mb)
+        with no_sync(model, skip=i < len(prep.micro) - 1):
             with autocast(device):
-                out = model(inputs, labels, attn, nsp)
+                out = model(inputs, labels, attn, nsp, masked_positions=positions)
                 loss = out["mlm_loss_sum"] * mlm_scale
                 if "nsp_loss_sum" in out:
                     loss = loss + out["nsp_loss_sum"] * nsp_scale
@@ -201,20 +237,20 @@ def train_step(model, optimizer, micro_batches, masker: Masker, dist: Dist, cfg:
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
         grad_norm = grad_norm.full_tensor()
-    host = torch.cat([sums, local, grad_norm.detach().reshape(1).double()]).tolist()  # the host sync
-    (mlm_sum, nsp_sum, n_masked, n_seqs, tokens, flops, norm) = host
-    mlm = mlm_sum / max(n_masked, 1)
-    nsp_loss = nsp_sum / max(n_seqs, 1) if cfg.model.nsp_head else None
-    finite = math.isfinite(mlm) and math.isfinite(norm) and (nsp_loss is None or math.isfinite(nsp_loss))
-    if finite:
-        optimizer.step()
+    values = torch.cat([sums, local, grad_norm.detach().reshape(1).double()])
+    finite = values.isfinite().all()
+    step_if_finite(optimizer, finite)
     optimizer.zero_grad(set_to_none=True)
-    r = {"loss": mlm, "nsp_loss": nsp_loss, "grad_norm": norm, "finite": finite, "masked": int(n_masked),
-         "sequences": int(n_seqs), "tokens": int(tokens), "flops": flops}
-    if with_stats:  # realised masking over the global batch (host syncs: on logging steps only)
-        counts = sum(mask_counts(ids, inputs, labels, MASK_ID, SPECIAL_IDS) for ids, inputs, labels, _, _ in prepared)
-        r.update(masking_stats(all_reduce_sum(counts.to(device, torch.float64), dist).tolist()))
-    return r
+    stats = None
+    if prep.mask_counts is not None:
+        stats = all_reduce_sum(to_device(prep.mask_counts.double(), device), dist)
+    return PendingStep(torch.cat([values, finite.reshape(1).double()]), cfg.model.nsp_head, stats)
+
+
+def train_step(model, optimizer, micro_batches: list[Batch], masker: Masker, dist: Dist, cfg: Config,
+               with_stats: bool = False) -> dict:
+    """prepare -> launch -> wait: one step, for callers without a loop to overlap (benchmarks)."""
+    return launch_step(model, optimizer, prepare_step(micro_batches, masker, cfg, with_stats), dist, cfg).result()
 
 
 def check_data(data_dir: str, meta: dict) -> None:
@@ -316,7 +352,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     stream = BatchStream(plan, t.batch_size, t.seed, token_budget=token_budget, min_draws=accum * dist.world,
                          multiple_of=dist.world)
     evals = eval_batches(valid_split if valid_split.n_docs else train_split, cfg.data.seq_len,
-                         cfg.model.vocab_size, t.eval_sequences)
+                         meta["vocab_size"], t.eval_sequences)
 
     latest = _start_run_dir(out, cfg, resume, dist)
     model = build_model(cfg.model, dist.device, seed=t.seed)
@@ -345,7 +381,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         set_rng_state(rng, dist, t.seed)
         if dist.is_main:
             truncate_metrics(out / "metrics.jsonl", state.step)
-    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab(), dist.device)
+    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab())
     budget = Budget(cfg)
     peak = peak_flops(dist.device, t.peak_flops)
     n_params = count_parameters(model)
@@ -380,21 +416,34 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         elapsed = elapsed0 + time.perf_counter() - t_start
         return max_over_ranks(elapsed, dist) if budget.max_time else elapsed
 
+    def prepare(step: int) -> PreparedStep:
+        """Global batch number step + 1, collated and masked on the host (called while the device
+        still runs the step before it)."""
+        draws = stream.next_batch()
+        micro = [collate(train_split, plan, d) for d in shard(draws, dist.rank, dist.world, accum)]
+        prep = prepare_step(micro, masker, cfg, with_stats=log_step(step))
+        prep.data_state = stream.state_dict()
+        return prep
+
+    def log_step(step: int) -> bool:  # step: the steps done before this one
+        return step == 0 or (step + 1) % t.log_interval == 0
+
     model.train()
+    upcoming = prepare(state.step)
     while not budget.done(state):
         t0 = time.perf_counter()
         lr = lr_at(budget.progress(state), budget.warmup, t.lr)
         set_lr(optimizer, lr)
-        draws = stream.next_batch()
-        micro = [collate(train_split, plan, d) for d in shard(draws, dist.rank, dist.world, accum)]
-        log_now = state.step == 0 or (state.step + 1) % t.log_interval == 0
-        r = train_step(ddp_model, optimizer, micro, masker, dist, cfg, with_stats=log_now)
+        log_now = log_step(state.step)
+        pending = launch_step(ddp_model, optimizer, upcoming, dist, cfg)
+        state.data = upcoming.data_state
+        upcoming = prepare(state.step + 1)  # on the host, overlapping the device's work
+        r = pending.result()
         state.step += 1
         state.sequences += r["sequences"]
         state.tokens += r["tokens"]
         state.masked_tokens += r["masked"]
         state.flops += r["flops"]
-        state.data = stream.state_dict()
         window_time += time.perf_counter() - t0
         window_tokens += r["tokens"]
         window_flops += r["flops"]
