@@ -19,7 +19,7 @@ import roberta
 from roberta import checkpoint as ckpt
 from roberta.errors import UserError
 from roberta.hf import export_hf, import_hf, renumber_tokenizer
-from roberta.model import RobertaMLM, build_model, count_parameters, max_seq_len
+from roberta.model import RobertaMLM, build_model, count_parameters, max_seq_len, padded_vocab_size
 from roberta.presets import base, large, tiny
 from roberta.tokenizer import load_tokenizer, save_tokenizer
 from roberta.train import pretrain
@@ -67,8 +67,10 @@ def texts(corpus_docs) -> list[str]:
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_export_gives_transformers_the_same_logits(tmp_path, tokenizer_dir, texts, shape):
-    cfg = dataclasses.replace(tiny(), model=dataclasses.replace(tiny().model, **dict(
-        SHAPES[shape], vocab_size=load_tokenizer(tokenizer_dir).get_vocab_size())))
+    # the vocabulary padded as `roberta pretrain` pads it: 1,000 tokens, 1,024 rows
+    rows = padded_vocab_size(load_tokenizer(tokenizer_dir).get_vocab_size(), tiny().model.vocab_multiple)
+    assert rows == 1024
+    cfg = dataclasses.replace(tiny(), model=dataclasses.replace(tiny().model, **dict(SHAPES[shape], vocab_size=rows)))
     model = build_model(cfg.model, seed=0)
     randomise(model)
     ck = ckpt.save_checkpoint(tmp_path / "run", 1, model, cfg, tokenizer_dir)
