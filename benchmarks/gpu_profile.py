@@ -4,6 +4,7 @@ compiled step and the top kernels. Ours only (train_bench.py compares against HF
 
     python benchmarks/gpu_profile.py                     # base, seq 128, batch 256, bf16
     python benchmarks/gpu_profile.py --preset base --seq-len 512 --batch 64
+    python benchmarks/gpu_profile.py --runs compiled --compile-mode max-autotune-no-cudagraphs   # or --coordinate-descent
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig
-
-IGNORE = -100  # label of a position the MLM loss skips (roberta.masking.IGNORE)
+from roberta.masking import IGNORE  # the label of a position the MLM loss skips
 
 
 class LayerNorm(nn.LayerNorm):
