@@ -336,6 +336,20 @@ def test_non_finite_loss_skips_the_step_and_stops_after_m_in_a_row(data_dir, tmp
     assert max_diff(weights(tmp_path / "run", 2), weights(tmp_path / "run", 3)) > 0.0
 
 
+def test_a_run_from_before_vocabulary_padding_resumes_with_its_own_rows(data_dir, tmp_path):
+    """Checkpoints written before model.vocab_multiple existed hold exactly the tokenizer's rows
+    and no such key; --resume keeps their row count instead of refusing the run."""
+    run = tmp_path / "run"
+    run_inprocess(data_dir, run, "train.max_steps=2", "train.checkpoint_interval=1", "model.vocab_multiple=1")
+    for config in [run / "config.json", *run.glob("checkpoint-*/config.json")]:  # as an older version wrote them
+        d = json.loads(config.read_text())
+        del d["model"]["vocab_multiple"]
+        config.write_text(json.dumps(d))
+    s = run_inprocess(data_dir, run, "train.max_steps=4", "train.checkpoint_interval=1", resume=True)
+    assert s["step"] == 4
+    assert weights(run, 4)["roberta.embeddings.word_embeddings.weight"].shape[0] == 1000  # not padded to 1024
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_step_if_finite_skips_the_update_and_the_step_count(fused):
     """The fused AdamW decides on the device (found_inf, as GradScaler does); the other path on

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from roberta import checkpoint as ckpt
-from roberta.config import Config, parse_duration
+from roberta.config import Config, ModelConfig, parse_duration
 from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
 from roberta.data.loader import Batch, BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
@@ -253,6 +253,16 @@ def train_step(model, optimizer, micro_batches: list[Batch], masker: Masker, dis
     return launch_step(model, optimizer, prepare_step(micro_batches, masker, cfg, with_stats), dist, cfg).result()
 
 
+def keep_saved_vocabulary(cfg: Config, saved: ModelConfig, explicit: set[str]) -> Config:
+    """A resumed run keeps the vocabulary rows it was built with, when that is its only
+    difference: one started before model.vocab_multiple existed (its rows = the tokenizer's)
+    or with another multiple. Any other difference is left for the model-config check."""
+    if {"model.vocab_size", "model.vocab_multiple"} & explicit:
+        return cfg
+    m = dataclasses.replace(cfg.model, vocab_size=saved.vocab_size, vocab_multiple=saved.vocab_multiple)
+    return dataclasses.replace(cfg, model=m) if m == saved else cfg
+
+
 def check_data(data_dir: str, meta: dict) -> None:
     tok_dir = Path(data_dir) / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
@@ -355,6 +365,8 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
                          meta["vocab_size"], t.eval_sequences)
 
     latest = _start_run_dir(out, cfg, resume, dist)
+    if latest is not None:
+        cfg = keep_saved_vocabulary(cfg, ckpt.load_config(latest).model, explicit)
     model = build_model(cfg.model, dist.device, seed=t.seed)
     if latest is None and init_from:
         init_ck = ckpt.resolve_checkpoint(init_from)
