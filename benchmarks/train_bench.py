@@ -116,8 +116,8 @@ class HF:
         torch.manual_seed(0)
         self.model = RobertaForMaskedLM(hf_cfg).to(device).train()
         # The collator needs a tokenizer for its special-token ids and vocabulary size only.
-        vocab = {f"t{i}": i for i in range(vocab)}
-        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+        words = {f"t{i}": i for i in range(vocab)}
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="t3")),
                                       bos_token="t0", pad_token="t1", eos_token="t2", unk_token="t3", mask_token="t4")
         self.collator = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=cfg.masking.mask_prob)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=(o.beta1, o.beta2),

@@ -368,20 +368,33 @@ def test_step_if_finite_skips_the_update_and_the_step_count(fused):
     assert not hasattr(opt, "found_inf")  # not left behind for the next step
 
 
+def one_layer_config(*sets: str):
+    """A 1 x 64 model whose 1,000-token vocabulary is padded to 1,024 rows: a step takes milliseconds."""
+    import dataclasses
+
+    cfg = apply_overrides(tiny(), ["model.layers=1", "model.hidden=64", "model.heads=2", "model.ffn=128", *sets])
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+
+
+def random_micro_batches(step: int, micro_batches: int = 1, rows: int = 8, seq_len: int = 64) -> list:
+    """`rows` framed random sequences (seeded by `step`, drawn in epoch `step`), cut into micro-batches."""
+    from roberta.data.loader import Batch
+
+    ids = torch.randint(5, 1000, (rows, seq_len), generator=torch.Generator().manual_seed(step))
+    ids[:, 0], ids[:, -1] = 0, 2
+    cuts = torch.arange(rows).chunk(micro_batches)
+    return [Batch(ids[c], torch.ones_like(ids[c]), torch.full((len(c),), step), c, None) for c in cuts]
+
+
 def test_compiled_training_matches_eager():
     """train.compile=true (compiled blocks, embeddings and head loss, any masked count) trains
     the same network as eager: same losses over three steps, within fp32 reordering."""
-    import dataclasses
-
-    from roberta.data.loader import Batch
     from roberta.distributed import Dist
     from roberta.model import build_model
     from roberta.optim import build_optimizer
     from roberta.train import Masker, compile_model, train_step
 
-    cfg = apply_overrides(tiny(), ["model.layers=1", "model.hidden=64", "model.heads=2", "model.ffn=128",
-                                   "model.dropout=0", "model.attention_dropout=0"])
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+    cfg = one_layer_config("model.dropout=0", "model.attention_dropout=0")
 
     def losses(compiled: bool) -> list[float]:
         model = build_model(cfg.model, "cpu", seed=0)
@@ -389,10 +402,7 @@ def test_compiled_training_matches_eager():
             compile_model(model)
         opt, out = build_optimizer(model, cfg.optim, 1e-3), []
         for step in range(3):
-            ids = torch.randint(5, 1000, (8, 64), generator=torch.Generator().manual_seed(step))
-            ids[:, 0], ids[:, -1] = 0, 2
-            mbs = [Batch(ids, torch.ones_like(ids), torch.full((8,), step), torch.arange(8), None)]
-            out.append(train_step(model, opt, mbs, Masker(cfg, {}), Dist(), cfg)["loss"])
+            out.append(train_step(model, opt, random_micro_batches(step), Masker(cfg, {}), Dist(), cfg)["loss"])
         return out
 
     eager, compiled = losses(False), losses(True)
@@ -404,23 +414,16 @@ def test_compiled_training_matches_eager():
 def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     """Everything the host needs (shapes, masked counts) is known before the step; the one sync
     is PendingStep.result(). CUDA's sync debug mode raises on any other."""
-    import dataclasses
-
-    from roberta.data.loader import Batch
     from roberta.distributed import Dist
     from roberta.model import build_model
     from roberta.optim import build_optimizer
     from roberta.train import Masker, launch_step, prepare_step
 
-    cfg = apply_overrides(tiny(), ["model.layers=1", "model.hidden=64", "model.heads=2", "model.ffn=128"])
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+    cfg = one_layer_config()
     dev = torch.device("cuda")
     model = build_model(cfg.model, dev, seed=0)
     opt = build_optimizer(model, cfg.optim, 1e-3)
-    ids = torch.randint(5, 1000, (8, 64))
-    ids[:, 0], ids[:, -1] = 0, 2
-    mbs = [Batch(ids[:4], torch.ones_like(ids[:4]), torch.zeros(4, dtype=torch.long), torch.arange(4), None),
-           Batch(ids[4:], torch.ones_like(ids[4:]), torch.zeros(4, dtype=torch.long), torch.arange(4, 8), None)]
+    mbs = random_micro_batches(0, micro_batches=2)
     dist = Dist(device=dev)
     launch_step(model, opt, prepare_step(mbs, Masker(cfg, {}), cfg), dist, cfg).result()  # warm-up
     prep = prepare_step(mbs, Masker(cfg, {}), cfg, with_stats=True)

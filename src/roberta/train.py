@@ -136,7 +136,8 @@ def compile_model(model: torch.nn.Module, mode: str | None = None) -> None:
     hence checkpoints, unchanged). The blocks share one compiled graph (compiling 1 layer costs
     what 24 do); the head's graph (dense, GELU, LayerNorm, vocabulary projection, fp32
     cross-entropy) takes any number of masked positions; the embeddings (three lookups, sum,
-    LayerNorm, dropout) fuse into one kernel. The gather of the masked positions stays eager."""
+    LayerNorm, dropout) fuse into one kernel. The gather of the masked positions stays eager.
+    `mode` is torch.compile's, for the embeddings and blocks (benchmarks/gpu_profile.py tries them)."""
     model.roberta.embeddings.compile(mode=mode)
     for layer in model.roberta.layers:
         layer.compile(mode=mode)
