@@ -513,9 +513,3 @@ def test_impossible_combinations_fail_before_training(data_dir, tmp_path, sets, 
 def test_bad_settings_are_refused(sets, message):
     with pytest.raises(UserError, match=message):
         apply_overrides(tiny(), sets)
-
-
-def test_tensorboard_event_files_when_installed(data_dir, tmp_path):
-    pytest.importorskip("tensorboard")
-    run_inprocess(data_dir, tmp_path / "run", "train.max_steps=2")
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

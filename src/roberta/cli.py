@@ -216,11 +216,24 @@ def cmd_ablate(a) -> None:
 
 
 def cmd_report(a) -> None:
+    if len(a.runs) == 1 and a.out is None:
+        return _report_run(Path(a.runs[0]))
+    if a.out is None:
+        raise UserError("report: comparing several runs writes report.md; give it a directory with --out DIR")
     from roberta.ablate import make_report
 
     result = make_report([Path(r) for r in a.runs], Path(a.out))
     print(Path(a.out, "report.md").read_text())
     print(json.dumps(result))
+
+
+def _report_run(run: Path) -> None:
+    from roberta.runreport import format_summary, run_summary, write_loss_plot
+
+    summary = run_summary(run)
+    print(format_summary(summary))
+    print(f"plot: {write_loss_plot(run)}")
+    print(json.dumps(summary))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export_hf)
 
     s = sub.add_parser("import-hf", help="turn a local Hugging Face RoBERTa directory into a checkpoint")
-    s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer)")
+    s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer), or a hub cache directory models--org--name (its refs/main snapshot)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_import_hf)
 
@@ -339,9 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_ablate)
 
-    s = sub.add_parser("report", help="table and plots for finished runs")
+    s = sub.add_parser("report", help="one run: its numbers and loss.png; several: a comparison table and plots")
     s.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", default=None, help="where the comparison's report.md goes (needed for several runs)")
     s.set_defaults(fn=cmd_report)
     return p
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from roberta.errors import UserError
 
 FORMATS = ("full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp")
+REPORTERS = ("tensorboard", "wandb")  # train.report_to: where metrics.jsonl's records also go
 
 
 @dataclass
@@ -90,6 +91,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     dist_timeout: str = "10m"  # a collective waiting longer (a rank died) stops every rank with an error
+    report_to: str = "none"  # "none" | comma-separated "tensorboard", "wandb" (metrics.jsonl is always written)
 
 
 @dataclass
@@ -206,6 +208,20 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.lr={t.lr}: must be > 0")
     if t.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"train.device={t.device}: choose auto, cpu or cuda")
+    report_targets(t.report_to)
+
+
+def report_targets(report_to: str) -> tuple[str, ...]:
+    """train.report_to -> the integrations it names: "tensorboard,wandb" -> ("tensorboard", "wandb");
+    "none" or "" -> ()."""
+    names = tuple(dict.fromkeys(n.strip().lower() for n in report_to.split(",") if n.strip()))
+    if names in ((), ("none",)):
+        return ()
+    unknown = [n for n in names if n not in REPORTERS]
+    if unknown:
+        raise UserError(f"train.report_to={report_to}: unknown '{unknown[0]}'; choose none or a comma-separated "
+                        f"list of {', '.join(REPORTERS)}")
+    return names
 
 
 def parse_duration(text: str) -> float:

@@ -27,6 +27,7 @@ from tokenizers import Tokenizer, processors
 from roberta import checkpoint as ckpt
 from roberta.config import ModelConfig
 from roberta.errors import UserError
+from roberta.hubcache import hub_snapshot, is_hub_repo
 from roberta.model import build_model, max_seq_len
 from roberta.presets import base
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer, save_tokenizer
@@ -223,9 +224,18 @@ def _import_tokenizer(src: Path, state: dict[str, torch.Tensor], vocab_size: int
     return renumber_tokenizer(tok, order)
 
 
+def _model_dir(path: Path) -> tuple[Path, list[str]]:
+    """A hub cache directory (models--org--name) -> its snapshot, and a note saying which."""
+    if not is_hub_repo(path):
+        return path, []
+    snapshot, note = hub_snapshot(path)
+    return snapshot, [note]
+
+
 def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
-    """Write OUT as our checkpoint dir from a local HF RobertaForMaskedLM dir. -> notes."""
-    src = Path(model_dir)
+    """Write OUT as our checkpoint dir from a local HF RobertaForMaskedLM dir (or a hub cache
+    directory models--org--name: its snapshot). -> notes."""
+    src, notes = _model_dir(Path(model_dir))
     if not (src / "config.json").is_file():
         raise UserError(f"{src}: not a Hugging Face model directory (no config.json)")
     try:
@@ -239,7 +249,6 @@ def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
             src, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise UserError(f"{src}: transformers could not load it ({e})") from None
-    notes = []
     if any(k.startswith("lm_head.") for k in info.get("missing_keys", ())):
         notes.append("the checkpoint has no masked-LM head; it starts freshly initialised (continue pretraining first)")
     hf_state = hf_model.state_dict()

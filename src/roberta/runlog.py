@@ -1,23 +1,68 @@
-"""Where a run's numbers go: `metrics.jsonl` (always), TensorBoard event files (when the optional
-`tensorboard` package is installed) and a tqdm progress bar -- on rank 0 only; the other ranks get
-a RunLog that does nothing, so the loop never asks which rank it is on."""
+"""Where a run's numbers go: `metrics.jsonl` (always), the integrations train.report_to names
+(TensorBoard, Weights & Biases: the same records, keyed by step), a tqdm progress bar, and at
+the end `loss.png` -- on rank 0 only; the other ranks get a RunLog that does nothing, so the loop
+never asks which rank it is on."""
 
 from __future__ import annotations
 
+import importlib
 import json
-import math
+import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from roberta.config import report_targets
+from roberta.errors import UserError
+from roberta.runreport import write_loss_plot
 
-def _summary_writer(log_dir: Path):
+# train.report_to name -> (the module it needs, the extra that installs it)
+_NEEDS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def _require(name: str):
+    module, extra = _NEEDS[name]
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional; metrics.jsonl has everything
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"train.report_to={name} needs the {extra} package: "
+                        f"pip install 'roberta[{extra}]'") from None
+
+
+class TensorBoardSink:
+    def __init__(self, out: Path, initial_step: int):
+        writer = _require("tensorboard").SummaryWriter
+        # on resume, purge_step hides what the interrupted run logged after its checkpoint
+        self.writer = writer(log_dir=str(out / "tensorboard"), purge_step=initial_step + 1 if initial_step else None)
+
+    def write(self, step: int, scalars: dict) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """One W&B run per process: project $WANDB_PROJECT (else "roberta"), named after the run
+    directory, with the full config; its files go under $WANDB_DIR, else the run directory.
+    WANDB_MODE=offline keeps everything local (`wandb sync` uploads it later)."""
+
+    def __init__(self, out: Path, config: dict | None):
+        wandb = _require("wandb")
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "roberta", name=out.name,
+                                  config=config, dir=None if os.environ.get("WANDB_DIR") else str(out))
+        except wandb.errors.Error as e:
+            raise UserError(f"train.report_to=wandb: W&B did not start ({str(e).splitlines()[0]}); run "
+                            "`wandb login`, or set WANDB_MODE=offline to log locally") from None
+
+    def write(self, step: int, scalars: dict) -> None:
+        self.run.log(scalars, step=step)  # a train and an eval record of one step become one row
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -29,23 +74,31 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 class RunLog:
-    def __init__(self, out: Path, enabled: bool, progress: bool, total: int | None, initial: int):
+    def __init__(self, out: Path, enabled: bool, progress: bool, total: int | None, initial: int,
+                 report_to: str = "none", config: dict | None = None):
+        targets = report_targets(report_to)
+        for name in targets:  # every rank: a missing package stops all of them, not rank 0 alone
+            _require(name)
         self.enabled = enabled
+        self.out = out
         self.path = out / "metrics.jsonl"
-        self.tb = _summary_writer(out / "tensorboard") if enabled else None
+        self.sinks = []
+        if enabled:
+            self.sinks += [TensorBoardSink(out, initial)] if "tensorboard" in targets else []
+            self.sinks += [WandbSink(out, config)] if "wandb" in targets else []
         self.bar = tqdm(total=total, initial=initial, desc="pretrain", disable=not (enabled and progress),
                         dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
 
     def write(self, record: dict) -> None:
-        """Append one record (train or eval) to metrics.jsonl and to TensorBoard, keyed by step."""
+        """Append one record (train or eval) to metrics.jsonl and to each integration, keyed by step."""
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, record["step"])
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for sink in self.sinks:
+            sink.write(record["step"], scalars)
 
     def progress(self, steps: int = 1, **postfix) -> None:
         self.bar.update(steps)
@@ -53,6 +106,9 @@ class RunLog:
             self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
+        """End of the run: close the integrations and draw loss.png from metrics.jsonl."""
         self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        for sink in self.sinks:
+            sink.close()
+        if self.enabled and self.path.is_file():
+            write_loss_plot(self.out)

@@ -403,7 +403,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
               f"{len(plan):,} training sequences ({cfg.data.format}, seq_len {cfg.data.seq_len}); "
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
               f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
-    log = RunLog(out, dist.is_main, progress, budget.steps_estimate, state.step)
+    log = RunLog(out, dist.is_main, progress, budget.steps_estimate, state.step, t.report_to, cfg.to_dict())
 
     def evaluate() -> dict:
         with autocast(dist.device):

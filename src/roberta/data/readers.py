@@ -1,4 +1,5 @@
-"""Stream documents out of .txt / directories / .jsonl(.gz) / .parquet inputs.
+"""Stream documents out of .txt / directories / .jsonl(.gz) / .parquet / .arrow inputs, and
+Hugging Face dataset directories (save_to_disk, load_dataset's cache, the hub cache: hf_datasets.py).
 
 Nothing is dropped silently: every skipped line, row, file or byte is counted in `ReadStats`, the
 first few of each kind are reported with file:line, and the summary says how much went in and
@@ -26,10 +27,11 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from roberta.data.hf_datasets import hf_dataset_files
 from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
 
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
 MAX_WARNINGS = 3  # per kind of problem; the summary has the full counts
 READ_BYTES = 1 << 20
 MAX_DOC_CHARS = 100_000  # ~25K tokens; BPE time and memory grow faster than linearly in a space-free run
@@ -101,8 +103,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = _directory_files(p)
             if not found:
                 raise UserError(f"{p}: directory has no {', '.join(SUFFIXES)} files")
             files.extend(found)
@@ -112,6 +113,24 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or directory")
+    return files
+
+
+def _directory_files(directory: Path) -> list[Path]:
+    """The supported files under `directory` (hidden ones aside), depth first in name order; a
+    Hugging Face dataset met on the way gives the files of its own layout (one split, not the
+    `datasets` cache's intermediate files)."""
+    hf_files = hf_dataset_files(directory, SUFFIXES)
+    if hf_files is not None:
+        return hf_files
+    files = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files.extend(_directory_files(entry))
+        elif entry.is_file() and entry.name.endswith(SUFFIXES):
+            files.append(entry)
     return files
 
 
@@ -228,29 +247,72 @@ def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple
         raise UserError(f"{path}:{lineno + 1}: cannot read ({e})") from None
 
 
-def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
+def _pyarrow(path: Path, what: str):
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow
     except ImportError:
-        raise UserError(f"{path}: reading parquet needs pyarrow (pip install 'roberta[parquet]')") from None
+        raise UserError(f"{path}: reading {what} needs pyarrow (pip install 'roberta[parquet]')") from None
+    return pyarrow
+
+
+def _is_binary_text(path: Path, schema, text_field: str) -> bool:
+    """Check that `text_field` is a text column of `schema`: True for bytes, False for strings."""
+    pa = _pyarrow(path, "Arrow data")
+    if text_field not in schema.names:
+        raise UserError(f"{path}: no column '{text_field}' (columns: {', '.join(schema.names)}); "
+                        "choose one with --text-field")
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)):
+        raise UserError(f"{path}: column '{text_field}' holds {kind}, not text; choose one with --text-field")
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
+    pa = _pyarrow(path, "parquet")
+    import pyarrow.parquet as pq
+
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"{path}: not a readable parquet file ({e})") from None
-    names = pf.schema_arrow.names
-    if text_field not in names:
-        raise UserError(f"{path}: no column '{text_field}' (columns: {', '.join(names)}); "
-                        "choose one with --text-field")
-    kind = pf.schema_arrow.field(text_field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
-            or pa.types.is_large_binary(kind)):
-        raise UserError(f"{path}: column '{text_field}' holds {kind}, not text; choose one with --text-field")
-    binary = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
-    row = yielded = 0
+    binary = _is_binary_text(path, pf.schema_arrow, text_field)
     # iter_batches reads one row group at a time and hands it out in small batches
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
-        for value in batch.column(0).to_pylist():
+    batches = (b.column(0) for b in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]))
+    yield from _column_rows(path, batches, binary, stats)
+
+
+def _read_arrow(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
+    """An Arrow IPC file: the stream format `datasets` writes (save_to_disk, its cache), or the
+    random-access file format (Feather v2), one record batch at a time. The file is memory-mapped,
+    as `datasets` does: a batch (which can be a whole shard) is read in place, not copied to the
+    heap, and turned into Python strings PARQUET_BATCH_ROWS rows at a time."""
+    pa = _pyarrow(path, "Arrow files")
+    with pa.memory_map(str(path)) as f:
+        try:
+            file_format = f.read(6) == b"ARROW1"
+            f.seek(0)
+            reader = pa.ipc.open_file(f) if file_format else pa.ipc.open_stream(f)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path}: not a readable Arrow file ({e})") from None
+        binary = _is_binary_text(path, reader.schema, text_field)
+        if file_format:
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            batches = iter(reader)
+        try:
+            yield from _column_rows(path, (b.column(text_field) for b in batches), binary, stats)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path}: cannot read further ({e}); is the file complete?") from None
+
+
+def _column_rows(path: Path, batches: Iterator, binary: bool, stats: ReadStats) -> Iterator[tuple[str, str]]:
+    """(where, text) for each row of a text column handed out in Arrow arrays; nulls are skipped."""
+    row = yielded = 0
+    # Python strings for at most PARQUET_BATCH_ROWS rows at a time, however large a batch is
+    pieces = (c.slice(i, PARQUET_BATCH_ROWS) for c in batches for i in range(0, len(c), PARQUET_BATCH_ROWS))
+    for column in pieces:
+        for value in column.to_pylist():
             row += 1
             if value is None:
                 stats.skip("null text", f"{path} row {row}")
@@ -282,6 +344,8 @@ def _documents(files: list[Path], text_field: str, stats: ReadStats) -> Iterator
             raw_docs = _read_txt(path, stats)
         elif path.name.endswith(".parquet"):
             raw_docs = _read_parquet(path, text_field, stats)
+        elif path.name.endswith(".arrow"):
+            raw_docs = _read_arrow(path, text_field, stats)
         else:
             raw_docs = _read_jsonl(path, text_field, stats)
         for where, raw in raw_docs:
