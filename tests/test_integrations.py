@@ -400,3 +400,22 @@ def test_import_hf_reads_a_hub_cache_directory(tmp_path, tokenizer_dir):
     assert notes == [f"{repo}: reading snapshot {old_rev[:12]}, the latest of 2 (no refs/main)"]
     got = ckpt.load_weights(tmp_path / "latest")
     assert all(torch.equal(got[k], other[k]) for k in other)
+
+
+def test_tensorboard_after_resume_holds_one_value_per_step(data_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = apply_overrides(tiny_config(**dict(RUN, checkpoint_interval=3)), ["train.report_to=tensorboard"])
+    run = tmp_path / "run"
+    pretrain(str(data_dir), str(run), cfg, progress=False)
+    shutil.rmtree(run / "checkpoint-000006")  # as if interrupted after logging steps 4-6, before saving them
+    pretrain(str(data_dir), str(run), cfg, resume=True, progress=False)
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    expected = scalars_by_step(read_metrics(run))
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    for tag in ("loss", "elapsed", "eval_loss"):
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in got] == sorted(s for s, v in expected.items() if tag in v), tag  # no step twice
+        assert [v for _, v in got] == pytest.approx([v[tag] for s, v in sorted(expected.items()) if tag in v])
