@@ -150,6 +150,20 @@ def test_report_to_without_the_package_is_one_line_naming_the_extra(name, module
     assert rc == 2 and err == f"error: train.report_to={name} needs the {name} package: pip install 'roberta[{name}]'\n"
 
 
+def test_wandb_online_without_a_login_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for key in ("HOME", "WANDB_CONFIG_DIR", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(key, str(tmp_path / "home"))  # no ~/.netrc, no saved key
+    rc = main(["pretrain", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--quiet",
+               "--set", "model.layers=1", "--set", "model.hidden=32", "--set", "model.heads=2",
+               "--set", "model.ffn=64", "--set", "train.max_steps=1", "--set", "train.report_to=wandb"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: train.report_to=wandb: W&B did not start (") and err.count("\n") == 1
+    assert "`wandb login`, or set WANDB_MODE=offline" in err
+
+
 def test_an_unknown_integration_is_refused():
     with pytest.raises(UserError, match="train.report_to=tensorboard,mlflow: unknown 'mlflow'; choose none or"):
         apply_overrides(tiny(), ["train.report_to=tensorboard,mlflow"])

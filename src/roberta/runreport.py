@@ -90,6 +90,6 @@ def format_summary(s: dict) -> str:
         f"steps: {s['step']:,}; tokens: {s['tokens']:,}",
         f"train loss: {num(s['train_loss'], '.4f')} (perplexity {num(s['train_perplexity'], '.2f')}, last batch)",
         f"held-out loss: {num(s['eval_loss'], '.4f')} (perplexity {num(s['eval_perplexity'], '.2f')}){eval_at}",
-        f"tokens/s: {num(s['tokens_per_s'], ',.0f')} over {num(s['elapsed'], '.0f')} s "
+        f"tokens/s: {num(s['tokens_per_s'], ',.0f')} over {num(s['elapsed'], ',.1f')} s "
         "(evaluation and checkpoints included)",
     ])
