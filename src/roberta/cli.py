@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export_hf)
 
     s = sub.add_parser("import-hf", help="turn a local Hugging Face RoBERTa directory into a checkpoint")
-    s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer), or a hub cache directory models--org--name (its refs/main snapshot)")
+    s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer), "
+                   "or a hub cache directory models--org--name (its refs/main snapshot)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_import_hf)
 

@@ -128,7 +128,8 @@ def _directory_files(directory: Path) -> list[Path]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            files.extend(_directory_files(entry))
+            if not entry.is_symlink():  # as rglob: a linked directory is not entered (no cycles)
+                files.extend(_directory_files(entry))
         elif entry.is_file() and entry.name.endswith(SUFFIXES):
             files.append(entry)
     return files
