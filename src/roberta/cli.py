@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from roberta.errors import UserError
+from roberta.outdir import claim_out
 
 
 def _config(preset: str, sets: list[str]):
@@ -24,6 +25,7 @@ def cmd_train_tokenizer(a) -> None:
     from roberta.data.readers import ReadStats, iter_documents
     from roberta.tokenizer import save_tokenizer, train_tokenizer
 
+    claim_out(a.out, a.overwrite, "train-tokenizer")
     stats = ReadStats()
     docs = iter_documents(a.inputs, a.text_field, stats)
     tok = train_tokenizer(docs, vocab_size=a.vocab_size, min_frequency=a.min_frequency)
@@ -36,6 +38,7 @@ def cmd_train_tokenizer(a) -> None:
 def cmd_prepare(a) -> None:
     from roberta.data.prepare import prepare
 
+    claim_out(a.out, a.overwrite, "prepare")
     r = prepare(a.inputs, a.tokenizer, a.out, seq_len=a.seq_len, valid_fraction=a.valid_fraction,
                 text_field=a.text_field, workers=a.workers, progress=not a.quiet)
     print(r.summary())
@@ -60,13 +63,14 @@ def cmd_evaluate(a) -> None:
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, mlm_loss
     from roberta.model import max_seq_len
-    from roberta.tokenizer import tokenizer_hash
+    from roberta.tokenizer import check_same_tokenizer
 
     model, ck = load_model(a.checkpoint)
     meta = read_meta(a.data)
     # the model's vocabulary may be padded past the tokenizer's (model.vocab_multiple)
-    swapped = (ck / "tokenizer.json").is_file() and tokenizer_hash(ck) != meta["tokenizer_hash"]
-    if meta["vocab_size"] > model.cfg.vocab_size or swapped:
+    if (ck / "tokenizer.json").is_file():
+        check_same_tokenizer(ck, a.data, meta, "the checkpoint")
+    if meta["vocab_size"] > model.cfg.vocab_size:
         raise UserError(f"{a.data}: prepared with a different tokenizer ({meta['vocab_size']} tokens) than {ck} "
                         f"was trained with; evaluate on data prepared with the checkpoint's tokenizer")
     split = load_split(a.data, a.split)
@@ -122,6 +126,7 @@ def cmd_finetune(a) -> None:
     if a.metric:
         task.metric = a.metric
     cfg = _finetune_config(a)
+    claim_out(a.out, a.overwrite, "finetune")
     r = finetune(task, a.checkpoint, a.out, cfg)
     print(f"{r['task']}: {r['metric']} {100 * r['value']:.2f} (median of {cfg.seeds} seed(s) at lr {r['lr']:g}; "
           f"per seed {', '.join(f'{100 * v:.2f}' for v in r['per_seed'])}; best epochs {r['best_epoch']}) -> {a.out}/metrics.json")
@@ -152,14 +157,22 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
 def cmd_fill_mask(a) -> None:
     import roberta
 
+    if a.top_k < 1:
+        raise UserError(f"--top-k {a.top_k}: must be >= 1")
     m = roberta.load(a.checkpoint)
-    for r in m.fill_mask(a.text, top_k=a.top_k):
-        print(f"{r['score']:.4f}  {r['token']!r:>16}  {r['sequence']}")
+    results = m.fill_mask(a.text, top_k=a.top_k)
+    several = bool(results) and isinstance(results[0], list)  # one list per <mask>
+    for n, per_mask in enumerate(results if several else [results], start=1):
+        if several:
+            print(f"<mask> {n} of {len(results)}:")
+        for r in per_mask:
+            print(f"{r['score']:.4f}  {r['token']!r:>16}  {r['sequence']}")
 
 
 def cmd_export_hf(a) -> None:
     from roberta.hf import export_hf
 
+    claim_out(a.out, a.overwrite, "export-hf")
     for note in export_hf(a.checkpoint, a.out):
         print(f"note: {note}")
     print(f"exported -> {a.out} (transformers.AutoModelForMaskedLM / AutoTokenizer.from_pretrained load it)")
@@ -168,6 +181,7 @@ def cmd_export_hf(a) -> None:
 def cmd_import_hf(a) -> None:
     from roberta.hf import import_hf
 
+    claim_out(a.out, a.overwrite, "import-hf")
     for note in import_hf(a.model, a.out):
         print(f"note: {note}")
     print(f"imported -> {a.out} (continue pretraining with `roberta pretrain --init-from {a.out}`)")
@@ -233,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=50265)
     s.add_argument("--min-frequency", type=int, default=2)
     s.add_argument("--text-field", default="text")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_train_tokenizer)
 
     s = sub.add_parser("prepare", help="tokenize a corpus into token shards")
@@ -244,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text-field", default="text")
     s.add_argument("--workers", type=int, default=0, help="tokenizer processes (default: all cores)")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("pretrain", help="pretrain a masked language model")
@@ -270,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
                    help="the dev metric that selects epoch and lr (default: the task's)")
     _add_finetune_options(s)
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_finetune)
 
     s = sub.add_parser("evaluate", help="held-out MLM perplexity (--data) or GLUE fine-tuning (--glue-dir)")
@@ -283,20 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_options(s)
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("fill-mask", help="predict the <mask> token in TEXT")
+    s = sub.add_parser("fill-mask", help="predict the <mask> token in TEXT (each one, if several)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("text", metavar="TEXT")
-    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--top-k", type=int, default=5, help="candidates per <mask> (at most the vocabulary)")
     s.set_defaults(fn=cmd_fill_mask)
 
     s = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face RobertaForMaskedLM directory")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_export_hf)
 
     s = sub.add_parser("import-hf", help="turn a local Hugging Face RoBERTa directory into a checkpoint")
     s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer)")
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_import_hf)
 
     s = sub.add_parser("quickstart", help="the whole recipe, end to end, on the embedded corpus")

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from roberta.data.readers import ReadStats, iter_documents
 from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
-from roberta.tokenizer import load_tokenizer, tokenizer_hash
+from roberta.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_hash
 
 CHUNK_DOCS = 256
 CHUNK_CHARS = 1 << 20
@@ -249,7 +249,8 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
             pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     meta = {
-        "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer_dir), "vocab_size": vocab_size,
+        "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer_dir),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir), "vocab_size": vocab_size,
         "dtype": dtype.name, "seq_len": seq_len, "valid_fraction": valid_fraction, "text_field": text_field,
         "inputs": [str(i) for i in inputs], "read": stats.to_dict(),
         "out": {k: sum(s[k] for s in splits.values()) for k in ("documents", "sentences", "tokens")},
