@@ -48,10 +48,29 @@ def cmd_pretrain(a) -> None:
     from roberta.train import pretrain
 
     cfg, explicit = _config(a.preset, a.set)
+    note = seq_len_warning(a.preset, cfg, explicit, a.data)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {note}", file=sys.stderr)
     summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.init_from)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: step {summary['step']}, {summary['tokens']:,} tokens, loss {summary.get('loss', float('nan')):.4f}, "
               f"held-out perplexity {summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+
+
+def seq_len_warning(preset: str, cfg, explicit: set[str], data: str) -> str | None:
+    """The sequence length is the data's (`prepare --seq-len`, default 512) unless data.seq_len is
+    set; a preset's own length (tiny: 128) otherwise silently gives way, and a step costs several
+    times more than the preset table suggests. Say so where it bites."""
+    from roberta.data.prepare import read_meta
+
+    if "data.seq_len" in explicit:
+        return None
+    prepared = read_meta(data).get("seq_len")
+    if not prepared or int(prepared) == cfg.data.seq_len:
+        return None
+    return (f"{data} was prepared with --seq-len {prepared}, so pretraining runs at {prepared} tokens per "
+            f"sequence, not preset {preset}'s {cfg.data.seq_len}; pass --set data.seq_len={cfg.data.seq_len} "
+            f"to train at the preset's length")
 
 
 def cmd_evaluate(a) -> None:
@@ -73,6 +92,9 @@ def cmd_evaluate(a) -> None:
     if meta["vocab_size"] > model.cfg.vocab_size:
         raise UserError(f"{a.data}: prepared with a different tokenizer ({meta['vocab_size']} tokens) than {ck} "
                         f"was trained with; evaluate on data prepared with the checkpoint's tokenizer")
+    if a.seq_len < 0 or a.max_sequences < 1:
+        raise UserError(f"--seq-len {a.seq_len} / --max-sequences {a.max_sequences}: need --seq-len >= 0 "
+                        "(0 = the model's maximum) and --max-sequences >= 1")
     split = load_split(a.data, a.split)
     seq_len = a.seq_len or max_seq_len(model.cfg)
     result = mlm_loss(model, eval_batches(split, seq_len, meta["vocab_size"], a.max_sequences))
@@ -97,13 +119,22 @@ def _finetune_config(a):
     if a.lr_grid is not None and a.lr is not None:
         raise UserError("pass --lr or --lr-grid, not both")
     try:
-        lrs = tuple(float(x) for x in a.lr_grid.split(",")) if a.lr_grid is not None else (a.lr or 2e-5,)
+        lrs = tuple(float(x) for x in a.lr_grid.split(",")) if a.lr_grid is not None else (2e-5 if a.lr is None else a.lr,)
     except ValueError:
         raise UserError(f"--lr-grid {a.lr_grid}: expected comma-separated numbers, e.g. "
                         f"{','.join(f'{x:g}' for x in PAPER_LR_GRID)}") from None
     for name in ("batch_size", "epochs", "seeds"):
         if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if not all(0 < lr < float("inf") for lr in lrs):
+        raise UserError(f"--lr {','.join(f'{x:g}' for x in lrs)}: a learning rate must be > 0, e.g. 2e-5")
+    for name, lo, hi in (("max_train", 0, None), ("max_dev", 0, None), ("threads", 0, None), ("max_len", 0, None),
+                         ("warmup", 0, 1), ("weight_decay", 0, None), ("dropout", 0, 1)):
+        v = getattr(a, name)
+        if not (lo <= v and (hi is None or v < hi)):  # also false for NaN
+            raise UserError(f"--{name.replace('_', '-')} {v:g}: must be >= {lo}" + (f" and < {hi}" if hi else ""))
+    if 0 < a.max_len < 3:
+        raise UserError(f"--max-len {a.max_len}: must be 0 (the model's maximum) or >= 3 (<s> a token </s>)")
     return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
                           max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
@@ -198,6 +229,10 @@ def cmd_plan(a) -> None:
 
     from roberta.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
 
+    for name, lo in (("gpus", 1), ("vocab_size", 8), ("peak_tflops", 0), ("memory_gb", 0),
+                     ("compare_batch", 0), ("compare_steps", 0)):
+        if not getattr(a, name) >= lo:  # also refuses NaN
+            raise UserError(f"--{name.replace('_', '-')} {getattr(a, name):g}: must be >= {lo}")
     gpu = (a.gpu or "").lower()
     if gpu and gpu not in GPU_PEAK:
         raise UserError(f"--gpu {a.gpu}: unknown; choose one of {', '.join(GPU_PEAK)} or give --peak-tflops")
@@ -220,9 +255,13 @@ def cmd_ablate(a) -> None:
     from roberta.ablate import run_ablation
 
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
-    result = run_ablation(a.kind, a.data, int(float(a.budget_tokens)), a.out, preset=a.preset, sets=a.set,
+    try:
+        budget = int(float(a.budget_tokens))
+    except (ValueError, OverflowError):
+        raise UserError(f"--budget-tokens {a.budget_tokens}: expected a number of tokens, e.g. 2e6") from None
+    result = run_ablation(a.kind, a.data, budget, a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
-                          lr_rule=a.lr_rule, progress=not a.quiet,
+                          lr_rule=a.lr_rule, progress=not a.quiet, overwrite=a.overwrite,
                           finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
                                          "threads": 1})
     print(Path(a.out, "report.md").read_text())
@@ -237,8 +276,15 @@ def cmd_report(a) -> None:
     print(json.dumps(result))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line like every other (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roberta", description=__doc__)
+    p = _Parser(prog="roberta", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer")
@@ -356,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--overwrite", action="store_true",
+                   help="re-run an arm whose directory holds a run of another config or budget")
     s.set_defaults(fn=cmd_ablate)
 
     s = sub.add_parser("report", help="table and plots for finished runs")

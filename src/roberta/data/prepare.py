@@ -211,6 +211,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     vocab_size = tok.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
     outdir = Path(out)
+    created = not outdir.exists()  # removed again if this run fails: a failed prepare leaves nothing behind
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "meta.json").unlink(missing_ok=True)  # the directory is "prepared" only once meta.json is back
     writers = {"train": _SplitWriter(outdir, "train", dtype), "valid": _SplitWriter(outdir, "valid", dtype)}
@@ -243,6 +244,8 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     except BaseException:
         for w in writers.values():
             w.remove()
+        if created:
+            shutil.rmtree(outdir, ignore_errors=True)
         raise
     finally:
         if pool:

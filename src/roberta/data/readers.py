@@ -138,6 +138,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
+        if p.is_dir() and (p / "meta.json").is_file() and any(p.glob("*.tokens.bin")):
+            raise UserError(f"{p}: is prepared data (token shards from `roberta prepare`), not a corpus; "
+                            "pass the text files it was prepared from")
+        if p.is_dir() and ((p / "tokenizer.json").is_file() or any(p.glob("checkpoint-*"))):
+            raise UserError(f"{p}: is a tokenizer, checkpoint or run directory, not a corpus; "
+                            "pass text files (.txt, .jsonl, .jsonl.gz, .parquet) or a directory of them")
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
