@@ -153,12 +153,12 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg:
         tmp.mkdir()
         (tmp / "config.json").write_text(cfg.to_json())
         weights = model_state(model) if weights is None else {k: v.contiguous().cpu() for k, v in weights.items()}
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copy2(src, tmp / name)
         _set_model_max_length(tmp / "tokenizer_config.json", max_seq_len(cfg.model))
+        save_file(weights, str(tmp / "model.safetensors"), metadata=weights_metadata(tmp))
         if optimizer is not None and optimizer_state is None:
             optimizer_state = optimizer.state_dict()
         if optimizer_state is not None:
@@ -185,19 +185,40 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg:
     return final
 
 
+def weights_metadata(ckpt_dir: Path) -> dict[str, str]:
+    """model.safetensors' header records the fingerprint of the tokenizer beside it: the weights'
+    rows are that tokenizer's ids, and a tokenizer written over it later is detected on load."""
+    from roberta.tokenizer import tokenizer_fingerprint
+
+    meta = {"format": "pt"}
+    if (ckpt_dir / "tokenizer.json").is_file():
+        meta["tokenizer_fingerprint"] = tokenizer_fingerprint(ckpt_dir)
+    return meta
+
+
 def check_tokenizer_fits(ckpt: Path, vocab_rows: int) -> None:
-    """A checkpoint's tokenizer and its model belong together: every id the tokenizer can produce
-    has an embedding row, and the special tokens sit at ids 0-4 (load_tokenizer checks). A
-    tokenizer written over a checkpoint's (`train-tokenizer --out CKPT`) would otherwise run
-    against the wrong rows and print garbage."""
-    from roberta.tokenizer import load_tokenizer
+    """A checkpoint's tokenizer and its model belong together: the tokenizer is the one the weights
+    were saved with (the fingerprint in model.safetensors' header; checkpoints from before it have
+    none), every id it produces has an embedding row, and the special tokens sit at ids 0-4
+    (load_tokenizer checks). A tokenizer written over a checkpoint's (`train-tokenizer --out CKPT`)
+    would otherwise run against the wrong rows and print garbage."""
+    from safetensors import safe_open
+
+    from roberta.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     if not (ckpt / "tokenizer.json").is_file():
         return
     size = load_tokenizer(ckpt).get_vocab_size()
+    fix = "they do not belong together (was the tokenizer replaced?); restore the checkpoint's own tokenizer"
     if size > vocab_rows:
-        raise UserError(f"{ckpt}: its tokenizer has {size:,} tokens but the model only {vocab_rows:,} embedding rows; "
-                        "they do not belong together (was the tokenizer replaced?); restore the checkpoint's own tokenizer")
+        raise UserError(f"{ckpt}: its tokenizer has {size:,} tokens but the model only {vocab_rows:,} embedding rows; {fix}")
+    try:
+        with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+            saved = (f.metadata() or {}).get("tokenizer_fingerprint")
+    except Exception:  # an unreadable file is reported by load_weights, with its own message
+        return
+    if saved and saved != tokenizer_fingerprint(ckpt):
+        raise UserError(f"{ckpt}: its tokenizer ({size:,} tokens) is not the one the model was saved with; {fix}")
 
 
 def load_config(ckpt: Path) -> Config:
