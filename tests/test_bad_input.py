@@ -66,7 +66,7 @@ SUBPROCESS = "subprocess"
 CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     # no command / unknown command
     ("", "required: command"),
-    ("no-such-command", "invalid choice"),
+    ("no-such-command", "invalid choice", SUBPROCESS),
     # train-tokenizer
     ("train-tokenizer {missing} --out {new}", "no such file"),
     ("train-tokenizer {empty} --out {new}", "has no"),
