@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -97,3 +98,56 @@ def test_masking_ablation_runs_is_fair_and_resumable(tmp_path, data_dir, capsys)
     result = make_report([out / "static" / "seed0", out / "dynamic" / "seed0"], tmp_path / "rep")
     assert result["arms"]["dynamic"]["tasks"]["sst2"] == [summary["value"]]
     assert "sst2" in (tmp_path / "rep" / "report.md").read_text()
+
+
+# ---- issue 15, item 6: an arm is reused only if it is the same arm
+
+def test_a_stale_arm_is_refused_and_overwrite_reruns_it(tmp_path, data_dir, capsys):
+    out = tmp_path / "abl"
+    arms = tmp_path / "arms.json"
+    arms.write_text(json.dumps({"a": {"train.lr": 0.001}}))
+    run_ablation("custom", str(data_dir), 600, str(out), sets=SMALL, custom=str(arms), progress=False)
+    first = json.loads((out / "a" / "seed0" / "summary.json").read_text())["tokens"]
+    # another budget, another arm definition, another preset: each refused, naming the arm and the difference
+    for change, needle in ((dict(budget_tokens=1200), "train.max_tokens 600 -> 1200"),
+                           (dict(sets=SMALL + ["train.warmup_fraction=0.2"]), "train.warmup_fraction 0.06 -> 0.2"),
+                           (dict(preset="base"), "data.seq_len 128 -> 512")):
+        kw = dict(budget_tokens=600, sets=SMALL, custom=str(arms), progress=False) | change
+        with pytest.raises(UserError, match=r"arm a seed 0 .*" + re.escape(needle) + r".*--overwrite"):
+            run_ablation("custom", str(data_dir), kw.pop("budget_tokens"), str(out), **kw)
+    assert json.loads((out / "a" / "seed0" / "summary.json").read_text())["tokens"] == first  # untouched
+    capsys.readouterr()
+    result = run_ablation("custom", str(data_dir), 1200, str(out), sets=SMALL, custom=str(arms), progress=False,
+                          overwrite=True)
+    assert "--overwrite" in capsys.readouterr().out
+    tokens = result["arms"]["a"]["tokens"][0]
+    assert tokens >= 1200 > first  # the report's title and its arms now agree
+    assert "1,200 tokens per arm" in (out / "report.md").read_text()
+    # the same command again: reused, not re-run
+    run_ablation("custom", str(data_dir), 1200, str(out), sets=SMALL, custom=str(arms), progress=False)
+    assert "already finished with the same config" in capsys.readouterr().out
+
+
+def test_an_interrupted_identical_arm_is_resumed(tmp_path, data_dir, capsys):
+    out = tmp_path / "abl"
+    arms = tmp_path / "arms.json"
+    arms.write_text(json.dumps({"a": {"train.checkpoint_interval": 1}}))
+    run_ablation("custom", str(data_dir), 600, str(out), sets=SMALL, custom=str(arms), progress=False)
+    run = out / "a" / "seed0"
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint
+    capsys.readouterr()
+    run_ablation("custom", str(data_dir), 600, str(out), sets=SMALL, custom=str(arms), progress=False)
+    assert "resuming an interrupted run" in capsys.readouterr().out
+    assert (run / "summary.json").is_file()
+
+
+def test_a_tie_names_no_winner(tmp_path):
+    runs = [_fake_run(tmp_path, "static", 0, 4.0), _fake_run(tmp_path, "dynamic", 0, 4.0)]
+    result = make_report(runs, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert result["best"] is None and "No winner" in md and "Lowest held-out loss" not in md
+    runs = [_fake_run(tmp_path / "b", "static", s, 5.0 + s / 10) for s in (0, 1)]
+    runs += [_fake_run(tmp_path / "b", "dynamic", s, 4.95 + s / 10) for s in (0, 1)]  # within the seed spread
+    assert make_report(runs, tmp_path / "report2")["best"] is None
+    runs = [_fake_run(tmp_path / "c", "static", 0, 5.0), _fake_run(tmp_path / "c", "dynamic", 0, 4.0)]
+    assert make_report(runs, tmp_path / "report3")["best"] == "dynamic"

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
+from roberta.errors import UserError
 
 
 def _one_line_error(r, *needles: str) -> None:
@@ -130,3 +131,98 @@ def test_non_utf8_bytes_are_skipped_and_counted(tmp_path, tokenizer_dir):
     assert "3 invalid UTF-8 bytes dropped" in r.stdout and "bad.txt:3" in r.stderr
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["read"]["invalid_utf8_bytes"] == 3 and meta["splits"]["train"]["documents"] == 2
+
+
+# ---- issue 15: outputs are never silently overwritten; a checkpoint's tokenizer must be its own
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, data_dir):
+    from conftest import tiny_config
+    from roberta.train import pretrain
+
+    run = tmp_path_factory.mktemp("small_run") / "run"
+    pretrain(str(data_dir), str(run), tiny_config(max_steps=1), progress=False)
+    return run
+
+
+def test_outputs_are_not_overwritten_without_overwrite(tmp_path, small_run, corpus_file, tokenizer_dir):
+    import shutil
+
+    from roberta.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    ck = next(run.glob("checkpoint-*"))
+    before = (ck / "tokenizer.json").read_bytes()
+    # the issue's repro: a small tokenizer trained into a checkpoint directory
+    argv = ["train-tokenizer", str(corpus_file), "--out", str(ck), "--vocab-size", "500"]
+    assert main(argv) == 2 and (ck / "tokenizer.json").read_bytes() == before
+    assert main(argv + ["--overwrite"]) == 0 and (ck / "tokenizer.json").read_bytes() != before
+    # ... and then every loader refuses the pair instead of printing garbage
+    import roberta
+    with pytest.raises(UserError, match="not the one the model was saved with"):
+        roberta.load(ck)
+    r = run_cli("fill-mask", "--checkpoint", ck, "a <mask> b")
+    _one_line_error(r, "not the one the model was saved with")
+    # prepare: a second run into the same --out is refused, accepted with --overwrite
+    out = tmp_path / "data"
+    prep = ["prepare", str(corpus_file), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--seq-len", "64",
+            "--workers", "1", "--quiet"]
+    assert main(prep) == 0
+    meta = (out / "meta.json").read_bytes()
+    assert main(prep) == 2 and (out / "meta.json").read_bytes() == meta
+    assert main(prep + ["--overwrite"]) == 0
+    # export-hf into a non-empty directory
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "notes.txt").write_text("mine")
+    assert main(["export-hf", "--checkpoint", str(small_run), "--out", str(tmp_path / "hf")]) == 2
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["notes.txt"]
+
+
+def test_checkpoint_tokenizer_config_says_the_models_real_length(small_run):
+    from roberta.checkpoint import latest_checkpoint, load_config
+    from roberta.model import max_seq_len
+
+    ck = latest_checkpoint(small_run)
+    length = json.loads((ck / "tokenizer_config.json").read_text())["model_max_length"]
+    assert length == max_seq_len(load_config(ck).model) == load_config(ck).model.max_positions - 2 != 512
+
+
+def test_fill_mask_and_embed_take_what_a_user_gives_them(small_run, monkeypatch):
+    import roberta
+
+    m = roberta.load(small_run)
+    vocab = m.tokenizer.get_vocab_size()
+    assert len(m.fill_mask("a <mask> b", top_k=100_000)) == vocab  # clamped to the vocabulary
+    with pytest.raises(UserError, match="top_k=0"):
+        m.fill_mask("a <mask> b", top_k=0)
+    two = m.fill_mask("The <mask> sat on the <mask>.", top_k=3)  # one list per mask, each filled
+    assert len(two) == 2 and all(len(per) == 3 for per in two)
+    for per, other in ((two[0], "on the<mask>"), (two[1], "The<mask>")):
+        assert all(other in r["sequence"] and r["sequence"].count("<mask>") == 1 for r in per)
+    one = m.embed("one string")
+    assert one.shape == (1, m.model.cfg.hidden)
+    torch.testing.assert_close(one, m.embed(["one string"]))
+    assert m.embed([]).shape == (0, m.model.cfg.hidden)
+    with pytest.raises(TypeError, match="expected strings"):
+        m.embed([1, 2])
+    ids, attn = m._encode(["x"])
+    assert ids.device == attn.device == m.device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        roberta.load(small_run, device="cuda")
+
+
+def test_fill_mask_cli_prints_each_mask_and_clamps_top_k(small_run):
+    r = run_cli("fill-mask", "--checkpoint", small_run, "--top-k", "100000", "The <mask> sat on the <mask>.")
+    assert r.returncode == 0, r.stderr
+    assert "<mask> 1 of 2:" in r.stdout and "<mask> 2 of 2:" in r.stdout
+
+
+def test_pretrain_warns_when_the_data_length_overrides_the_presets(tmp_path, data_dir, capsys):
+    from roberta.cli import seq_len_warning
+    from roberta.presets import tiny
+
+    note = seq_len_warning("tiny", tiny(), set(), str(data_dir))  # data prepared at 64, tiny says 128
+    assert "--seq-len 64" in note and "tiny's 128" in note and "--set data.seq_len=128" in note
+    assert seq_len_warning("tiny", tiny(), {"data.seq_len"}, str(data_dir)) is None

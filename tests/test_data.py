@@ -303,3 +303,50 @@ def test_cli_prepare_refuses_bad_input_with_one_line(case, tmp_path, tokenizer_d
     else:  # the warnings name file:line, the error line counts them
         assert "skipped" in last and str(inp) in r.stderr
     assert not (tmp_path / "out" / "meta.json").exists()
+
+
+# ---- issue 15, item 4: a file that is not text is refused, a text file with a few bad bytes is not
+
+@pytest.mark.parametrize("kind", ["executable", "gzip", "zip", "bzip2", "xz", "zstd", "nul", "random"])
+def test_binary_or_compressed_input_under_a_text_name_is_refused(tmp_path, tokenizer_dir, kind):
+    import bz2
+    import io
+    import lzma
+    import zipfile
+
+    text = b'{"text": "a line of perfectly good text"}\n' * 500
+    rng = np.random.default_rng(0)
+    if kind == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("a.jsonl", text)
+        payload = buf.getvalue()
+    else:
+        payload = {"executable": lambda: open("/bin/ls", "rb").read() if __import__("os").path.exists("/bin/ls")
+                   else b"\x7fELF" + bytes(5000),
+                   "gzip": lambda: gzip.compress(text), "bzip2": lambda: bz2.compress(text),
+                   "xz": lambda: lzma.compress(text), "zstd": lambda: b"\x28\xb5\x2f\xfd" + bytes(rng.integers(0, 256, 4000)),
+                   "nul": lambda: b"text\x00with\x00nul\x00bytes\n" * 100,
+                   "random": lambda: bytes(rng.integers(128, 256, 8000).astype(np.uint8))}[kind]()
+    for name in ("x.txt", "x.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(UserError, match=rf"{name}: is .*not a \.(txt|jsonl) text file"):
+            prepare([str(path)], str(tokenizer_dir), str(tmp_path / "out"), workers=1, progress=False)
+        assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_few_invalid_bytes_in_real_text_stay_a_counted_warning(tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(("Caf\xe9 au lait, na\xefve r\xe9sum\xe9. " * 20 + "\n\n").encode("latin-1") * 50)
+    stats = ReadStats()
+    docs = list(iter_documents([str(path)], stats=stats))
+    assert len(docs) == 50 and stats.invalid_bytes == 50 * 20 * 4
+    assert "invalid UTF-8 byte(s) dropped" in capsys.readouterr().err
+
+
+def test_another_commands_output_is_not_a_corpus(data_dir, tokenizer_dir):
+    with pytest.raises(UserError, match="prepared data"):
+        iter_documents([str(data_dir)])  # its tokenizer/merges.txt would otherwise be read as text
+    with pytest.raises(UserError, match="not a corpus"):
+        iter_documents([str(tokenizer_dir)])

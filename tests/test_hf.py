@@ -245,3 +245,56 @@ def test_continue_pretraining_refuses_another_vocabulary(tmp_path, tokenizer_dir
     with pytest.raises(UserError, match="vocabulary"):
         pretrain(str(data_dir), str(tmp_path / "run"), tiny_config(max_steps=1), explicit=set(),
                  progress=False, init_from=str(tmp_path / "imported"))
+
+
+# ---- issue 15, item 7: one tokenizer check, on what decides the ids
+
+def test_export_then_import_then_evaluate_on_the_original_data(tmp_path, tokenizer_dir, data_dir):
+    """import-hf rewrites tokenizer.json (null -> "") without changing an id: still the same tokenizer."""
+    from roberta.tokenizer import tokenizer_fingerprint, tokenizer_hash
+
+    run = tmp_path / "run"
+    pretrain(str(data_dir), str(run), tiny_config(max_steps=1), explicit=set(), progress=False)
+    export_hf(run, tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "imported")
+    assert tokenizer_hash(tmp_path / "imported") != tokenizer_hash(tokenizer_dir)  # the bytes differ...
+    assert tokenizer_fingerprint(tmp_path / "imported") == tokenizer_fingerprint(tokenizer_dir)  # ...the ids do not
+    r = run_cli("evaluate", "--checkpoint", tmp_path / "imported", "--data", data_dir, "--max-sequences", "8")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["tokens"] > 0
+
+
+def test_a_genuinely_different_tokenizer_is_still_refused(tmp_path, tokenizer_dir, data_dir, corpus_docs):
+    from roberta.cli import main
+    from roberta.tokenizer import tokenizer_fingerprint, train_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    vocab = tok.get_vocab_size()
+    swapped = [*range(10), 11, 10, *range(12, vocab)]  # the same tokens, two of them under each other's id
+    import_hf(_hf_dir_with_tokenizer(tmp_path / "hf", renumber_tokenizer(tok, swapped), vocab), tmp_path / "imported")
+    assert tokenizer_fingerprint(tmp_path / "imported") != tokenizer_fingerprint(tokenizer_dir)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "imported"), "--data", str(data_dir)]) == 2
+    other = tmp_path / "other"
+    save_tokenizer(train_tokenizer(iter(corpus_docs[:200]), vocab_size=vocab), other)
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer_dir)
+
+
+def test_prepared_data_from_before_fingerprints_still_loads(tmp_path, tokenizer_dir, data_dir):
+    """An old meta.json holds only the byte hash of tokenizer.json: it is still understood."""
+    import shutil
+
+    from roberta.tokenizer import check_same_tokenizer
+
+    old = tmp_path / "old"
+    shutil.copytree(data_dir, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["tokenizer_fingerprint"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    summary = pretrain(str(old), str(tmp_path / "run"), tiny_config(max_steps=1), explicit=set(), progress=False)
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "imported")
+    check_same_tokenizer(tmp_path / "imported", old, meta, "the checkpoint")  # no error
+    assert summary["step"] == 1
+    meta["tokenizer_hash"] = "0" * 16  # the copy no longer matches what the data was made with
+    with pytest.raises(UserError, match="tokenizer differs"):
+        check_same_tokenizer(tmp_path / "imported", old, meta, "the checkpoint")

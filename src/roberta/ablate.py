@@ -2,9 +2,10 @@
 
 Every arm of an ablation is the same base config plus a few `--set` overrides, trained on the same
 prepared data, with the same token budget (train.max_tokens: real tokens seen, the paper's
-B*L*S) and, for seed k, the same data-order/initialisation seed k. Arms run one after another;
-re-running the same command skips finished arms and resumes an interrupted one from its last
-checkpoint. The report shows tokens, FLOPs and wall time per arm so the fairness is visible, and
+B*L*S) and, for seed k, the same data-order/initialisation seed k. Arms run one after another.
+Each arm's directory records what defines it (ARM_FILE: its full config, budget and data); re-running
+reuses a finished arm and resumes an interrupted one only when that record is identical, and
+otherwise refuses, naming the arm and what differs (--overwrite re-runs it). The report shows tokens, FLOPs and wall time per arm so the fairness is visible, and
 calls a difference real only when it exceeds the spread across seeds.
 """
 
@@ -22,6 +23,8 @@ from roberta.optim import paper_lr, scaled_lr
 from roberta.presets import get_preset
 
 KINDS = ("masking", "formats", "batch-size", "custom")
+ARM_FILE = "arm.json"  # in each arm's run directory: what defines the arm
+TIE = 5e-5  # a loss difference that prints as 0.0000 names no winner
 PAPER_FORMAT_ORDER = ("segment-pair+nsp", "sentence-pair+nsp", "full-sentences", "doc-sentences")
 assert set(PAPER_FORMAT_ORDER) == set(FORMATS)
 
@@ -90,35 +93,99 @@ def arm_config(base_preset: str, sets: list[str], arm: Arm, budget_tokens: int, 
     return cfg, explicit
 
 
+def arm_definition(cfg: Config, budget_tokens: int, data: str) -> dict:
+    """What makes two runs of an arm the same run: the full config (which holds the budget as
+    train.max_tokens and the seed), the budget and the prepared data."""
+    definition = {"config": cfg.to_dict(), "budget_tokens": budget_tokens, "data": str(Path(data).resolve())}
+    return json.loads(json.dumps(definition))  # as it reads back from ARM_FILE (tuples become lists)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def definition_diff(old: dict, new: dict) -> list[str]:
+    """["train.max_tokens 10000 -> 20000", ...] between two arm definitions."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k.removeprefix('config.')} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def arm_state(run_dir: Path, definition: dict, label: str, overwrite: bool) -> str:
+    """"new", "finished" (reuse), "interrupted" (resume) or "rerun" (--overwrite, the old run
+    removed); a run of another definition is a UserError that says what differs."""
+    import shutil
+
+    if not run_dir.exists():
+        return "new"
+    record = run_dir / ARM_FILE
+    try:
+        old = json.loads(record.read_text()) if record.is_file() else None
+    except ValueError:
+        old = None
+    if old == definition:
+        return "finished" if (run_dir / "summary.json").is_file() else "interrupted"
+    if overwrite:
+        shutil.rmtree(run_dir)
+        return "rerun"
+    why = ("has no record of its config (written by an older version, or not by ablate)" if old is None
+           else f"was run with {'; '.join(definition_diff(old, definition)[:4])}")
+    raise UserError(f"ablate: arm {label} in {run_dir} {why}; re-run it with --overwrite, or choose a new --out")
+
+
 def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str = "tiny",
                  sets: list[str] | None = None, seeds: int = 1, glue_dir: str | None = None,
                  glue_tasks: list[str] | None = None, custom: str | None = None, lr_rule: str = "sqrt",
-                 progress: bool = True, finetune_args: dict | None = None) -> dict:
+                 progress: bool = True, finetune_args: dict | None = None, overwrite: bool = False) -> dict:
+    from roberta.data.prepare import read_meta
     from roberta.train import pretrain
 
     if budget_tokens <= 0:
         raise UserError("ablate: --budget-tokens must be > 0")
+    if seeds < 1:
+        raise UserError(f"ablate: --seeds {seeds}: must be >= 1")
+    read_meta(data)  # a missing or unprepared --data is an error before anything is written
     sets = sets or []
     base = apply_overrides(get_preset(preset), list(sets))
     arms = arms_for(kind, base, custom, lr_rule)
     outdir = Path(out)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"--out {outdir}: is a file, not a directory; choose a new --out")
+    # every arm's state is decided before any arm runs: a stale arm is refused up front, not after hours
+    plan = []
+    for arm in arms:
+        for seed in range(seeds):
+            run_dir = outdir / arm.name / f"seed{seed}"
+            cfg, explicit = arm_config(preset, sets, arm, budget_tokens, seed)
+            definition = arm_definition(cfg, budget_tokens, data)
+            state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=False) if not overwrite else None
+            plan.append((arm, seed, run_dir, cfg, explicit, definition, state))
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "ablation.json").write_text(json.dumps(
         {"kind": kind, "data": str(data), "budget_tokens": budget_tokens, "preset": preset, "sets": sets,
          "seeds": seeds, "arms": [dataclasses.asdict(a) for a in arms]}, indent=2))
     run_dirs = []
-    for arm in arms:
-        for seed in range(seeds):
-            run_dir = outdir / arm.name / f"seed{seed}"
-            run_dirs.append(run_dir)
-            if (run_dir / "summary.json").is_file():
-                print(f"ablate: {arm.name} seed {seed} already finished; skipping")
-            else:
-                cfg, explicit = arm_config(preset, sets, arm, budget_tokens, seed)
-                print(f"ablate: {arm.name} seed {seed}: {' '.join(arm.overrides)} -> {run_dir}")
-                pretrain(str(data), str(run_dir), cfg, explicit, resume=run_dir.exists(), progress=progress)
-            if glue_dir and glue_tasks:
-                finetune_run(run_dir, glue_dir, glue_tasks, finetune_args or {})
+    for arm, seed, run_dir, cfg, explicit, definition, state in plan:
+        run_dirs.append(run_dir)
+        if state is None:  # --overwrite: decided now, so a refused plan never deletes anything
+            state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=True)
+        if state == "finished":
+            print(f"ablate: {arm.name} seed {seed} already finished with the same config and budget; reusing it")
+        else:
+            verb = {"new": "", "interrupted": " (resuming an interrupted run)",
+                    "rerun": " (--overwrite: the earlier run of another config was removed)"}[state]
+            print(f"ablate: {arm.name} seed {seed}{verb}: {' '.join(arm.overrides)} -> {run_dir}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / ARM_FILE).write_text(json.dumps(definition, indent=2))
+            pretrain(str(data), str(run_dir), cfg, explicit, resume=state == "interrupted", progress=progress)
+        if glue_dir and glue_tasks:
+            finetune_run(run_dir, glue_dir, glue_tasks, finetune_args or {})
     return make_report(run_dirs, outdir, title=f"{kind} ablation at {budget_tokens:,} tokens per arm")
 
 
@@ -216,13 +283,22 @@ def make_report(run_dirs: list[Path], out: Path, title: str = "recipe comparison
         cells += [f"{_median(v) * 100:.1f}" if v else "–" for v in row["tasks"].values()]
         lines.append("| " + " | ".join(cells) + " |")
 
-    best = min(table, key=lambda a: table[a]["eval_loss"])
-    lines += ["", f"Lowest held-out loss: **{best}**. Same held-out masked tokens for every arm "
-              "(FULL-SENTENCES packing of the validation split, fixed masks)."]
-    for name in table:
-        if name != best:
-            lines.append(f"- {best} vs {name}: Δloss {table[name]['eval_loss'] - table[best]['eval_loss']:+.4f} — "
-                         f"{verdict(table[best]['eval_loss_all'], table[name]['eval_loss_all'])}")
+    lowest = min(table, key=lambda a: table[a]["eval_loss"])
+    verdicts = {name: verdict(table[lowest]["eval_loss_all"], table[name]["eval_loss_all"])
+                for name in table if name != lowest}
+    tied = [name for name, v in verdicts.items()
+            if table[name]["eval_loss"] - table[lowest]["eval_loss"] < TIE or v.startswith("within")]
+    best = None if tied else lowest
+    same = ("Same held-out masked tokens for every arm "
+            "(FULL-SENTENCES packing of the validation split, fixed masks).")
+    if tied:
+        lines += ["", f"No winner: {', '.join([lowest, *tied])} are tied on held-out loss (a difference under "
+                  f"{TIE:g} or within the seed spread). {same}"]
+    else:
+        lines += ["", f"Lowest held-out loss: **{lowest}**. {same}"]
+    for name, v in verdicts.items():
+        delta = table[name]["eval_loss"] - table[lowest]["eval_loss"]
+        lines.append(f"- {lowest} vs {name}: Δloss {delta:+.4f} — {'tie' if delta < TIE else v}")
     tok = [t for row in table.values() for t in row["tokens"]]
     lines.append(f"\nTokens per run: min {min(tok):,}, max {max(tok):,} "
                  f"({'identical' if min(tok) == max(tok) else f'{(max(tok) - min(tok)) / max(tok):.2%} apart'}).")
@@ -231,7 +307,7 @@ def make_report(run_dirs: list[Path], out: Path, title: str = "recipe comparison
         lines.append("![task scores](tasks.png)")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plot(arms, tasks, out)
-    result = {"best": best, "arms": {k: {kk: vv for kk, vv in v.items() if kk != "eval_loss_all"}
+    result = {"best": best, "lowest": lowest, "arms": {k: {kk: vv for kk, vv in v.items() if kk != "eval_loss_all"}
                                      for k, v in table.items()}}
     (out / "report.json").write_text(json.dumps(result, indent=2))
     return result

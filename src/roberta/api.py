@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from roberta import checkpoint as ckpt
+from roberta.distributed import pick_device
 from roberta.errors import UserError
 from roberta.model import RobertaMLM, build_model, max_seq_len
-from roberta.tokenizer import EOS_ID, MASK_ID, PAD_ID, load_tokenizer
+from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, load_tokenizer
 
 
 class Pretrained:
@@ -22,39 +23,63 @@ class Pretrained:
         self.model, self.tokenizer, self.path = model.eval(), tokenizer, path
         self.max_len = max_seq_len(model.cfg)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded (B, T) ids and attention mask; a text too long keeps its closing </s>."""
+        """Right-padded (B, T) ids and attention mask on the model's device; a text too long keeps
+        its closing </s>."""
         enc = [e.ids if len(e.ids) <= self.max_len else e.ids[: self.max_len - 1] + [EOS_ID]
                for e in self.tokenizer.encode_batch(texts)]
         T = max(len(e) for e in enc)
         ids = torch.full((len(enc), T), PAD_ID, dtype=torch.long)
         for i, e in enumerate(enc):
             ids[i, : len(e)] = torch.tensor(e)
+        ids = ids.to(self.device)
         return ids, ids.ne(PAD_ID).long()
 
     @torch.no_grad()
-    def fill_mask(self, text: str, top_k: int = 5) -> list[dict]:
-        if "<mask>" not in text:
+    def fill_mask(self, text: str, top_k: int = 5) -> list[dict] | list[list[dict]]:
+        """The top_k tokens for <mask>, best first: [{"token", "token_id", "score", "sequence"}].
+        With several <mask>s, one such list per mask (as transformers' fill-mask pipeline), each
+        predicted on its own with the other masks left in place."""
+        if not isinstance(text, str) or "<mask>" not in text:
             raise UserError(f"fill-mask: the text must contain <mask>: {text!r}")
+        if top_k < 1:
+            raise UserError(f"fill-mask: top_k={top_k}; must be >= 1")
         ids, attn = self._encode([text])
-        where = (ids[0] == MASK_ID).nonzero().flatten()
+        where = (ids[0] == MASK_ID).nonzero().flatten().tolist()
         if len(where) == 0:
             raise UserError("fill-mask: <mask> was cut off by the model's maximum length")
-        pos = int(where[0])
-        h = self.model.roberta(ids, attn)[0, pos]  # (C,): only this position goes through the LM head
-        probs = self.model.lm_head(h, self.model.roberta.embeddings.word_embeddings.weight).softmax(-1)
-        top = probs.topk(top_k)
-        out = []
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            filled = ids[0].clone()
-            filled[pos] = i
-            out.append({"token": self.tokenizer.decode([i]), "token_id": i, "score": p,
-                        "sequence": self.tokenizer.decode(filled.tolist(), skip_special_tokens=True)})
-        return out
+        h = self.model.roberta(ids, attn)[0, where]  # (n_masks, C): only these go through the LM head
+        logits = self.model.lm_head(h, self.model.roberta.embeddings.word_embeddings.weight)
+        logits = logits[:, : self.tokenizer.get_vocab_size()]  # rows past the tokenizer's are padding
+        top = logits.softmax(-1).topk(min(top_k, logits.shape[-1]))
+        results = []
+        for m, pos in enumerate(where):
+            out = []
+            for p, i in zip(top.values[m].tolist(), top.indices[m].tolist()):
+                filled = ids[0].clone()
+                filled[pos] = i
+                body = [t for t in filled.tolist() if t not in (BOS_ID, EOS_ID, PAD_ID)]  # other masks stay
+                out.append({"token": self.tokenizer.decode([i]), "token_id": i, "score": p,
+                            "sequence": self.tokenizer.decode(body, skip_special_tokens=False)})
+            results.append(out)
+        return results[0] if len(results) == 1 else results
 
     @torch.no_grad()
-    def embed(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Sentence vectors: the mean of the last layer's states over real tokens, (N, hidden)."""
+    def embed(self, texts: list[str] | str, batch_size: int = 32) -> torch.Tensor:
+        """Sentence vectors: the mean of the last layer's states over real tokens, (N, hidden).
+        A single string is one text: (1, hidden); an empty list gives (0, hidden)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            bad = next(t for t in texts if not isinstance(t, str))
+            raise TypeError(f"embed: expected strings, got a {type(bad).__name__}")
+        if not texts:
+            return torch.zeros(0, self.model.cfg.hidden, device=self.device)
         out = []
         for i in range(0, len(texts), batch_size):
             ids, attn = self._encode(texts[i : i + batch_size])
@@ -64,10 +89,24 @@ class Pretrained:
         return torch.cat(out)
 
 
+def _device(device: str | torch.device) -> torch.device:
+    """"auto", "cpu", "cuda", "cuda:1" or a torch.device; a GPU that is not there is a UserError."""
+    if str(device) == "auto":
+        return pick_device("auto")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device={device!r}: not a device; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={device!r}: no CUDA GPU is visible here; use 'cpu' (or 'auto')")
+    return d
+
+
 def load_model(path: str | Path, device: str = "cpu") -> tuple[RobertaMLM, Path]:
     ck = ckpt.resolve_checkpoint(path)
     cfg = ckpt.load_config(ck)
-    model = build_model(cfg.model, device)
+    ckpt.check_tokenizer_fits(ck, cfg.model.vocab_size)
+    model = build_model(cfg.model, _device(device))
     ckpt.load_state(model, ckpt.load_weights(ck), ck / "model.safetensors")
     return model, ck
 

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from roberta.config import Config
 from roberta.errors import UserError
+from roberta.model import max_seq_len
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -44,11 +45,29 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _is_hf_model_dir(p: Path) -> bool:
+    """A transformers model directory: its config.json names a model_type (ours never does)."""
+    try:
+        c = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(c, dict) and ("model_type" in c or "architectures" in c)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a RUN_DIR meaning its latest checkpoint."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such checkpoint or run directory")
+    if not p.is_dir():
+        raise UserError(f"{p}: a file, not a checkpoint; pass a checkpoint directory or a run directory "
+                        "written by `roberta pretrain`")
+    if (p / "meta.json").is_file() and any(p.glob("*.tokens.bin")):
+        raise UserError(f"{p}: this is prepared data, not a checkpoint; pass it as --data, and as --checkpoint "
+                        "a run directory written by `roberta pretrain`")
+    if _is_hf_model_dir(p):
+        raise UserError(f"{p}: a Hugging Face model directory, not a roberta checkpoint; run "
+                        f"`roberta import-hf --model {p} --out DIR` and pass DIR")
     if (p / "model.safetensors").is_file() and (p / "config.json").is_file():
         return p
     latest = latest_checkpoint(p) if p.is_dir() else None
@@ -61,6 +80,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise UserError(f"{p}: not a checkpoint (no config.json + model.safetensors) and not a run "
                         "directory with checkpoints; pass a directory written by `roberta pretrain`")
     return latest
+
+
+def _set_model_max_length(path: Path, length: int) -> None:
+    """The tokenizer was saved before any model existed (model_max_length 512); in a checkpoint it
+    says the model's real limit, so that transformers truncates where the position table ends."""
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text())
+    except ValueError:
+        return  # not ours to repair; the copy stays as it was
+    if isinstance(config, dict):
+        path.write_text(json.dumps({**config, "model_max_length": length}, indent=2))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,11 +153,12 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg:
         tmp.mkdir()
         (tmp / "config.json").write_text(cfg.to_json())
         weights = model_state(model) if weights is None else {k: v.contiguous().cpu() for k, v in weights.items()}
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copy2(src, tmp / name)
+        _set_model_max_length(tmp / "tokenizer_config.json", max_seq_len(cfg.model))
+        save_file(weights, str(tmp / "model.safetensors"), metadata=weights_metadata(tmp))
         if optimizer is not None and optimizer_state is None:
             optimizer_state = optimizer.state_dict()
         if optimizer_state is not None:
@@ -150,6 +183,42 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, cfg:
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def weights_metadata(ckpt_dir: Path) -> dict[str, str]:
+    """model.safetensors' header records the fingerprint of the tokenizer beside it: the weights'
+    rows are that tokenizer's ids, and a tokenizer written over it later is detected on load."""
+    from roberta.tokenizer import tokenizer_fingerprint
+
+    meta = {"format": "pt"}
+    if (ckpt_dir / "tokenizer.json").is_file():
+        meta["tokenizer_fingerprint"] = tokenizer_fingerprint(ckpt_dir)
+    return meta
+
+
+def check_tokenizer_fits(ckpt: Path, vocab_rows: int) -> None:
+    """A checkpoint's tokenizer and its model belong together: the tokenizer is the one the weights
+    were saved with (the fingerprint in model.safetensors' header; checkpoints from before it have
+    none), every id it produces has an embedding row, and the special tokens sit at ids 0-4
+    (load_tokenizer checks). A tokenizer written over a checkpoint's (`train-tokenizer --out CKPT`)
+    would otherwise run against the wrong rows and print garbage."""
+    from safetensors import safe_open
+
+    from roberta.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    if not (ckpt / "tokenizer.json").is_file():
+        return
+    size = load_tokenizer(ckpt).get_vocab_size()
+    fix = "they do not belong together (was the tokenizer replaced?); restore the checkpoint's own tokenizer"
+    if size > vocab_rows:
+        raise UserError(f"{ckpt}: its tokenizer has {size:,} tokens but the model only {vocab_rows:,} embedding rows; {fix}")
+    try:
+        with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+            saved = (f.metadata() or {}).get("tokenizer_fingerprint")
+    except Exception:  # an unreadable file is reported by load_weights, with its own message
+        return
+    if saved and saved != tokenizer_fingerprint(ckpt):
+        raise UserError(f"{ckpt}: its tokenizer ({size:,} tokens) is not the one the model was saved with; {fix}")
 
 
 def load_config(ckpt: Path) -> Config:

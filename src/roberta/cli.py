@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from roberta.errors import UserError
+from roberta.outdir import claim_out
 
 
 def _config(preset: str, sets: list[str]):
@@ -24,6 +25,7 @@ def cmd_train_tokenizer(a) -> None:
     from roberta.data.readers import ReadStats, iter_documents
     from roberta.tokenizer import save_tokenizer, train_tokenizer
 
+    claim_out(a.out, a.overwrite, "train-tokenizer")
     stats = ReadStats()
     docs = iter_documents(a.inputs, a.text_field, stats)
     tok = train_tokenizer(docs, vocab_size=a.vocab_size, min_frequency=a.min_frequency)
@@ -36,6 +38,7 @@ def cmd_train_tokenizer(a) -> None:
 def cmd_prepare(a) -> None:
     from roberta.data.prepare import prepare
 
+    claim_out(a.out, a.overwrite, "prepare")
     r = prepare(a.inputs, a.tokenizer, a.out, seq_len=a.seq_len, valid_fraction=a.valid_fraction,
                 text_field=a.text_field, workers=a.workers, progress=not a.quiet)
     print(r.summary())
@@ -45,10 +48,29 @@ def cmd_pretrain(a) -> None:
     from roberta.train import pretrain
 
     cfg, explicit = _config(a.preset, a.set)
+    note = seq_len_warning(a.preset, cfg, explicit, a.data)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {note}", file=sys.stderr)
     summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.init_from)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: step {summary['step']}, {summary['tokens']:,} tokens, loss {summary.get('loss', float('nan')):.4f}, "
               f"held-out perplexity {summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+
+
+def seq_len_warning(preset: str, cfg, explicit: set[str], data: str) -> str | None:
+    """The sequence length is the data's (`prepare --seq-len`, default 512) unless data.seq_len is
+    set; a preset's own length (tiny: 128) otherwise silently gives way, and a step costs several
+    times more than the preset table suggests. Say so where it bites."""
+    from roberta.data.prepare import read_meta
+
+    if "data.seq_len" in explicit:
+        return None
+    prepared = read_meta(data).get("seq_len")
+    if not prepared or int(prepared) == cfg.data.seq_len:
+        return None
+    return (f"{data} was prepared with --seq-len {prepared}, so pretraining runs at {prepared} tokens per "
+            f"sequence, not preset {preset}'s {cfg.data.seq_len}; pass --set data.seq_len={cfg.data.seq_len} "
+            f"to train at the preset's length")
 
 
 def cmd_evaluate(a) -> None:
@@ -60,15 +82,19 @@ def cmd_evaluate(a) -> None:
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, mlm_loss
     from roberta.model import max_seq_len
-    from roberta.tokenizer import tokenizer_hash
+    from roberta.tokenizer import check_same_tokenizer
 
     model, ck = load_model(a.checkpoint)
     meta = read_meta(a.data)
     # the model's vocabulary may be padded past the tokenizer's (model.vocab_multiple)
-    swapped = (ck / "tokenizer.json").is_file() and tokenizer_hash(ck) != meta["tokenizer_hash"]
-    if meta["vocab_size"] > model.cfg.vocab_size or swapped:
+    if (ck / "tokenizer.json").is_file():
+        check_same_tokenizer(ck, a.data, meta, "the checkpoint")
+    if meta["vocab_size"] > model.cfg.vocab_size:
         raise UserError(f"{a.data}: prepared with a different tokenizer ({meta['vocab_size']} tokens) than {ck} "
                         f"was trained with; evaluate on data prepared with the checkpoint's tokenizer")
+    if a.seq_len < 0 or a.max_sequences < 1:
+        raise UserError(f"--seq-len {a.seq_len} / --max-sequences {a.max_sequences}: need --seq-len >= 0 "
+                        "(0 = the model's maximum) and --max-sequences >= 1")
     split = load_split(a.data, a.split)
     seq_len = a.seq_len or max_seq_len(model.cfg)
     result = mlm_loss(model, eval_batches(split, seq_len, meta["vocab_size"], a.max_sequences))
@@ -93,13 +119,22 @@ def _finetune_config(a):
     if a.lr_grid is not None and a.lr is not None:
         raise UserError("pass --lr or --lr-grid, not both")
     try:
-        lrs = tuple(float(x) for x in a.lr_grid.split(",")) if a.lr_grid is not None else (a.lr or 2e-5,)
+        lrs = tuple(float(x) for x in a.lr_grid.split(",")) if a.lr_grid is not None else (2e-5 if a.lr is None else a.lr,)
     except ValueError:
         raise UserError(f"--lr-grid {a.lr_grid}: expected comma-separated numbers, e.g. "
                         f"{','.join(f'{x:g}' for x in PAPER_LR_GRID)}") from None
     for name in ("batch_size", "epochs", "seeds"):
         if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if not all(0 < lr < float("inf") for lr in lrs):
+        raise UserError(f"--lr {','.join(f'{x:g}' for x in lrs)}: a learning rate must be > 0, e.g. 2e-5")
+    for name, lo, hi in (("max_train", 0, None), ("max_dev", 0, None), ("threads", 0, None), ("max_len", 0, None),
+                         ("warmup", 0, 1), ("weight_decay", 0, None), ("dropout", 0, 1)):
+        v = getattr(a, name)
+        if not (lo <= v and (hi is None or v < hi)):  # also false for NaN
+            raise UserError(f"--{name.replace('_', '-')} {v:g}: must be >= {lo}" + (f" and < {hi}" if hi else ""))
+    if 0 < a.max_len < 3:
+        raise UserError(f"--max-len {a.max_len}: must be 0 (the model's maximum) or >= 3 (<s> a token </s>)")
     return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
                           max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
@@ -122,6 +157,7 @@ def cmd_finetune(a) -> None:
     if a.metric:
         task.metric = a.metric
     cfg = _finetune_config(a)
+    claim_out(a.out, a.overwrite, "finetune")
     r = finetune(task, a.checkpoint, a.out, cfg)
     print(f"{r['task']}: {r['metric']} {100 * r['value']:.2f} (median of {cfg.seeds} seed(s) at lr {r['lr']:g}; "
           f"per seed {', '.join(f'{100 * v:.2f}' for v in r['per_seed'])}; best epochs {r['best_epoch']}) -> {a.out}/metrics.json")
@@ -152,14 +188,22 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
 def cmd_fill_mask(a) -> None:
     import roberta
 
+    if a.top_k < 1:
+        raise UserError(f"--top-k {a.top_k}: must be >= 1")
     m = roberta.load(a.checkpoint)
-    for r in m.fill_mask(a.text, top_k=a.top_k):
-        print(f"{r['score']:.4f}  {r['token']!r:>16}  {r['sequence']}")
+    results = m.fill_mask(a.text, top_k=a.top_k)
+    several = bool(results) and isinstance(results[0], list)  # one list per <mask>
+    for n, per_mask in enumerate(results if several else [results], start=1):
+        if several:
+            print(f"<mask> {n} of {len(results)}:")
+        for r in per_mask:
+            print(f"{r['score']:.4f}  {r['token']!r:>16}  {r['sequence']}")
 
 
 def cmd_export_hf(a) -> None:
     from roberta.hf import export_hf
 
+    claim_out(a.out, a.overwrite, "export-hf")
     for note in export_hf(a.checkpoint, a.out):
         print(f"note: {note}")
     print(f"exported -> {a.out} (transformers.AutoModelForMaskedLM / AutoTokenizer.from_pretrained load it)")
@@ -168,6 +212,7 @@ def cmd_export_hf(a) -> None:
 def cmd_import_hf(a) -> None:
     from roberta.hf import import_hf
 
+    claim_out(a.out, a.overwrite, "import-hf")
     for note in import_hf(a.model, a.out):
         print(f"note: {note}")
     print(f"imported -> {a.out} (continue pretraining with `roberta pretrain --init-from {a.out}`)")
@@ -184,6 +229,10 @@ def cmd_plan(a) -> None:
 
     from roberta.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
 
+    for name, lo in (("gpus", 1), ("vocab_size", 8), ("peak_tflops", 0), ("memory_gb", 0),
+                     ("compare_batch", 0), ("compare_steps", 0)):
+        if not getattr(a, name) >= lo:  # also refuses NaN
+            raise UserError(f"--{name.replace('_', '-')} {getattr(a, name):g}: must be >= {lo}")
     gpu = (a.gpu or "").lower()
     if gpu and gpu not in GPU_PEAK:
         raise UserError(f"--gpu {a.gpu}: unknown; choose one of {', '.join(GPU_PEAK)} or give --peak-tflops")
@@ -206,9 +255,13 @@ def cmd_ablate(a) -> None:
     from roberta.ablate import run_ablation
 
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
-    result = run_ablation(a.kind, a.data, int(float(a.budget_tokens)), a.out, preset=a.preset, sets=a.set,
+    try:
+        budget = int(float(a.budget_tokens))
+    except (ValueError, OverflowError):
+        raise UserError(f"--budget-tokens {a.budget_tokens}: expected a number of tokens, e.g. 2e6") from None
+    result = run_ablation(a.kind, a.data, budget, a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
-                          lr_rule=a.lr_rule, progress=not a.quiet,
+                          lr_rule=a.lr_rule, progress=not a.quiet, overwrite=a.overwrite,
                           finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
                                          "threads": 1})
     print(Path(a.out, "report.md").read_text())
@@ -236,8 +289,15 @@ def _report_run(run: Path) -> None:
     print(json.dumps(summary))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line like every other (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roberta", description=__doc__)
+    p = _Parser(prog="roberta", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer")
@@ -246,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=50265)
     s.add_argument("--min-frequency", type=int, default=2)
     s.add_argument("--text-field", default="text")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_train_tokenizer)
 
     s = sub.add_parser("prepare", help="tokenize a corpus into token shards")
@@ -257,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text-field", default="text")
     s.add_argument("--workers", type=int, default=0, help="tokenizer processes (default: all cores)")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("pretrain", help="pretrain a masked language model")
@@ -283,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
                    help="the dev metric that selects epoch and lr (default: the task's)")
     _add_finetune_options(s)
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_finetune)
 
     s = sub.add_parser("evaluate", help="held-out MLM perplexity (--data) or GLUE fine-tuning (--glue-dir)")
@@ -296,21 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_options(s)
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("fill-mask", help="predict the <mask> token in TEXT")
+    s = sub.add_parser("fill-mask", help="predict the <mask> token in TEXT (each one, if several)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("text", metavar="TEXT")
-    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--top-k", type=int, default=5, help="candidates per <mask> (at most the vocabulary)")
     s.set_defaults(fn=cmd_fill_mask)
 
     s = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face RobertaForMaskedLM directory")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_export_hf)
 
     s = sub.add_parser("import-hf", help="turn a local Hugging Face RoBERTa directory into a checkpoint")
     s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer), "
                    "or a hub cache directory models--org--name (its refs/main snapshot)")
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
     s.set_defaults(fn=cmd_import_hf)
 
     s = sub.add_parser("quickstart", help="the whole recipe, end to end, on the embedded corpus")
@@ -351,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--overwrite", action="store_true",
+                   help="re-run an arm whose directory holds a run of another config or budget")
     s.set_defaults(fn=cmd_ablate)
 
     s = sub.add_parser("report", help="one run: its numbers and loss.png; several: a comparison table and plots")

@@ -187,9 +187,8 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
         raise UserError(f"metric {task.metric} does not fit a {'regression' if task.regression else f'{len(task.labels)}-class'} task")
     max_len = cfg.max_len or model_max
     device = pick_device(cfg.device, option=f"--device {cfg.device}")
+    ckpt.check_tokenizer_fits(ck, model_cfg.vocab_size)
     tok = load_tokenizer(ck)
-    if tok.get_vocab_size() > model_cfg.vocab_size:
-        raise UserError(f"{ck}: tokenizer has {tok.get_vocab_size()} tokens but the model only {model_cfg.vocab_size}")
     train_ex, dev_ex = subsample(task.train, cfg.max_train), subsample(task.dev, cfg.max_dev)
     train = encode(tok, train_ex, targets(train_ex, task.labels, task.label_source), max_len, cfg.long)
     dev = encode(tok, dev_ex, targets(dev_ex, task.labels, task.label_source), max_len, cfg.long)

@@ -269,9 +269,9 @@ def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
     cfg = dataclasses.replace(base(), model=model_cfg)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=max_len))
     (out / "config.json").write_text(cfg.to_json())
-    save_file(ckpt.model_state(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     if tok is not None:
         save_tokenizer(tok, out, model_max_length=max_len)
+    save_file(ckpt.model_state(model), str(out / "model.safetensors"), metadata=ckpt.weights_metadata(out))
     return notes
 
 

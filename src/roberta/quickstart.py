@@ -17,8 +17,10 @@ from pathlib import Path
 from roberta.api import load
 from roberta.corpus import stdlib_documents
 from roberta.data.prepare import load_split, prepare
+from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss, unigram_loss
 from roberta.model import build_model
+from roberta.outdir import claim_out
 from roberta.presets import tiny
 from roberta.tokenizer import save_tokenizer, train_tokenizer
 from roberta.train import pretrain
@@ -34,8 +36,15 @@ def quickstart_threads() -> int:
     return 1 if busy else 0
 
 
+OWN_ENTRIES = {"corpus.jsonl", "tokenizer", "data", "run"}
+
+
 def quickstart(out: str | Path, steps: int = 0) -> dict:
     out = Path(out)
+    if steps < 0:
+        raise UserError(f"--steps {steps}: must be >= 0 (0 = {QUICKSTART_STEPS})")
+    # a previous quickstart's directory is rewritten (it always starts afresh); anything else is not ours
+    claim_out(out, False, "quickstart", own=lambda p: {c.name for c in p.iterdir()} <= OWN_ENTRIES)
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.jsonl"

@@ -86,5 +86,65 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 
 def tokenizer_hash(directory: str | Path) -> str:
-    """Content hash of tokenizer.json: prepared data records it to detect a swapped tokenizer."""
+    """Byte hash of tokenizer.json, as meta.json's `tokenizer_hash` has always held it. It changes
+    when a tool rewrites the file without changing a single id (import-hf writes `""` for `null`),
+    so compatibility is decided by `tokenizer_fingerprint`; this stays for meta.json's older readers."""
     return hashlib.sha256((Path(directory) / "tokenizer.json").read_bytes()).hexdigest()[:16]
+
+
+# the parts of tokenizer.json that decide which ids a text becomes (prepare encodes without the
+# post-processor, and the decoder only maps ids back to text)
+_ID_DEFINING = ("added_tokens", "normalizer", "pre_tokenizer", "model")
+
+
+def _canonical(x):
+    """`""` and `null` mean the same to `tokenizers` (no prefix / suffix); merges are written as
+    "a b" strings by older versions and as ["a", "b"] pairs by newer ones."""
+    if x == "":
+        return None
+    if isinstance(x, dict):
+        return {k: _canonical(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_canonical(v) for v in x]
+    return x
+
+
+def tokenizer_fingerprint(directory: str | Path) -> str:
+    """Hash of what determines the ids (vocabulary, merges, special tokens, normalizer and
+    pre-tokenizer), canonicalised: two tokenizers with the same fingerprint turn every text into
+    the same ids, whatever tool wrote their files."""
+    path = Path(directory) / "tokenizer.json"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable tokenizer.json ({e})") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: not a tokenizer.json (expected a JSON object)")
+    model = dict(spec.get("model") or {})
+    if isinstance(model.get("merges"), list):
+        model["merges"] = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
+    ids = _canonical({**{k: spec.get(k) for k in _ID_DEFINING}, "model": model})
+    return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_tokenizer_fingerprint(data_dir: str | Path, meta: dict) -> str:
+    """The fingerprint of the tokenizer prepared data was made with. meta.json from before
+    fingerprints holds only the byte hash: then the data's own tokenizer/ copy, checked against
+    that hash, is fingerprinted."""
+    if "tokenizer_fingerprint" in meta:
+        return meta["tokenizer_fingerprint"]
+    tok_dir = Path(data_dir) / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        raise UserError(f"{data_dir}: prepared data has no tokenizer/ copy; run `roberta prepare` again")
+    if tokenizer_hash(tok_dir) != meta.get("tokenizer_hash"):
+        raise UserError(f"{tok_dir}: tokenizer differs from the one the data was prepared with "
+                        f"(hash {meta.get('tokenizer_hash')}); run `roberta prepare` again with the intended tokenizer")
+    return tokenizer_fingerprint(tok_dir)
+
+
+def check_same_tokenizer(tokenizer_dir: str | Path, data_dir: str | Path, meta: dict, what: str) -> None:
+    """The one compatibility check between a tokenizer (a checkpoint's, data's own copy) and
+    prepared data: the same ids for every text, or a UserError naming both."""
+    if tokenizer_fingerprint(tokenizer_dir) != data_tokenizer_fingerprint(data_dir, meta):
+        raise UserError(f"{data_dir}: prepared with a different tokenizer ({meta.get('vocab_size')} tokens) than "
+                        f"{what} {tokenizer_dir}; prepare the data with `roberta prepare --tokenizer {tokenizer_dir}`")

@@ -36,7 +36,7 @@ from roberta.model import (build_model, count_parameters, max_seq_len, padded_vo
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_if_finite
 from roberta.perf import peak_flops
 from roberta.runlog import RunLog, truncate_metrics
-from roberta.tokenizer import MASK_ID, SPECIAL_IDS, load_tokenizer, tokenizer_hash
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, tokenizer_fingerprint
 
 
 @dataclass
@@ -268,9 +268,10 @@ def check_data(data_dir: str, meta: dict) -> None:
     tok_dir = Path(data_dir) / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         raise UserError(f"{data_dir}: prepared data has no tokenizer/ copy; run `roberta prepare` again")
-    if tokenizer_hash(tok_dir) != meta["tokenizer_hash"]:
+    expected = data_tokenizer_fingerprint(data_dir, meta)
+    if tokenizer_fingerprint(tok_dir) != expected:
         raise UserError(f"{tok_dir}: tokenizer differs from the one the data was prepared with "
-                        f"(hash {meta['tokenizer_hash']}); run `roberta prepare` again with the intended tokenizer")
+                        f"(fingerprint {expected}); run `roberta prepare` again with the intended tokenizer")
 
 
 # what a checkpoint fixes about the network; dropout, the sparse head and NSP stay the recipe's
@@ -284,7 +285,7 @@ def init_from_config(cfg: Config, init_from: str, data_dir: str, meta: dict, exp
     ck = ckpt.resolve_checkpoint(init_from)
     saved = ckpt.load_config(ck).model
     if (ck / "tokenizer.json").is_file():
-        same = load_tokenizer(ck).get_vocab() == load_tokenizer(Path(data_dir) / "tokenizer").get_vocab()
+        same = tokenizer_fingerprint(ck) == data_tokenizer_fingerprint(data_dir, meta)
     else:
         same = saved.vocab_size == meta["vocab_size"]
     if not same or saved.vocab_size < meta["vocab_size"]:

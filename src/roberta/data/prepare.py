@@ -37,7 +37,7 @@ from tqdm import tqdm
 from roberta.data.readers import ReadStats, iter_documents
 from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
-from roberta.tokenizer import load_tokenizer, tokenizer_hash
+from roberta.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_hash
 
 CHUNK_DOCS = 256
 CHUNK_CHARS = 1 << 20
@@ -211,6 +211,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     vocab_size = tok.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
     outdir = Path(out)
+    created = not outdir.exists()  # removed again if this run fails: a failed prepare leaves nothing behind
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "meta.json").unlink(missing_ok=True)  # the directory is "prepared" only once meta.json is back
     writers = {"train": _SplitWriter(outdir, "train", dtype), "valid": _SplitWriter(outdir, "valid", dtype)}
@@ -243,13 +244,16 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     except BaseException:
         for w in writers.values():
             w.remove()
+        if created:
+            shutil.rmtree(outdir, ignore_errors=True)
         raise
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     meta = {
-        "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer_dir), "vocab_size": vocab_size,
+        "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer_dir),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir), "vocab_size": vocab_size,
         "dtype": dtype.name, "seq_len": seq_len, "valid_fraction": valid_fraction, "text_field": text_field,
         "inputs": [str(i) for i in inputs], "read": stats.to_dict(),
         "out": {k: sum(s[k] for s in splits.values()) for k in ("documents", "sentences", "tokens")},

@@ -97,11 +97,55 @@ def human_bytes(n: float) -> str:
     return f"{n / 1000:,.1f} GB"
 
 
+SNIFF_BYTES = 64 << 10
+MAX_INVALID_FRACTION = 0.25  # of the first SNIFF_BYTES; Latin-1 prose mistaken for UTF-8 stays well below
+_MAGIC = ((b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a zip archive"), (b"BZh", "bzip2-compressed"),
+          (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+          (b"7z\xbc\xaf\x27\x1c", "a 7z archive"), (b"PAR1", "a parquet file"), (b"\x7fELF", "an executable"))
+
+
+def sniff_not_text(path: Path) -> str | None:
+    """Why a .txt / .jsonl file is not text (compressed, an archive, binary), or None if it looks
+    like text. Only the first SNIFF_BYTES are read: a few invalid bytes in a real text file are
+    dropped and counted later, not refused here."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if b"\x00" in head:
+        return "binary (it contains NUL bytes)"
+    text = codecs.getincrementaldecoder("utf-8")("surrogateescape").decode(head, False)
+    invalid = len(_SURROGATE.findall(text))
+    if head and invalid / len(head) > MAX_INVALID_FRACTION:
+        return f"not UTF-8 text ({invalid / len(head):.0%} of its first {human_bytes(len(head))} are invalid UTF-8)"
+    return None
+
+
+def _check_is_text(path: Path) -> None:
+    if path.name.endswith((".gz", ".parquet")):
+        return  # read by gzip / pyarrow, which check their own formats
+    why = sniff_not_text(path)
+    if why:
+        hint = ("decompress it (gzipped JSON lines may keep the .jsonl.gz name)" if "compressed" in why
+                else "pass UTF-8 text (.txt, .jsonl), .jsonl.gz or .parquet")
+        raise UserError(f"{path}: is {why}, not a {path.suffix} text file; {hint}")
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files to read, in order; a directory means its supported files, recursively, sorted."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
+        if p.is_dir() and (p / "meta.json").is_file() and any(p.glob("*.tokens.bin")):
+            raise UserError(f"{p}: is prepared data (token shards from `roberta prepare`), not a corpus; "
+                            "pass the text files it was prepared from")
+        if p.is_dir() and ((p / "tokenizer.json").is_file() or any(p.glob("checkpoint-*"))):
+            raise UserError(f"{p}: is a tokenizer, checkpoint or run directory, not a corpus; "
+                            "pass text files (.txt, .jsonl, .jsonl.gz, .parquet) or a directory of them")
         if p.is_dir():
             found = _directory_files(p)
             if not found:
@@ -113,6 +157,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or directory")
+    for f in files:
+        _check_is_text(f)
     return files
 
 

@@ -1,0 +1,36 @@
+"""Output directories: a command never silently replaces what is already in its `--out`.
+
+`claim_out` is called before any work: an absent or empty `--out` is fine; a non-empty one is
+refused unless the caller says it is the command's own resumable output (`own`) or the user passed
+`--overwrite`. The message names the directory and both ways out. pretrain has its own rule
+(`--resume`), and ablate its own per-arm check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from roberta.errors import UserError
+
+
+def describe(p: Path) -> str:
+    """What a directory holds, in a user's words, for error messages."""
+    if (p / "meta.json").is_file():
+        return "prepared data"
+    if (p / "model.safetensors").is_file() or any(p.glob("checkpoint-*")):
+        return "a checkpoint or run"
+    if (p / "tokenizer.json").is_file():
+        return "a tokenizer"
+    n = sum(1 for _ in p.iterdir())
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
+def claim_out(out: str | Path, overwrite: bool, command: str, own: Callable[[Path], bool] | None = None) -> None:
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {p}: is a file, not a directory; choose a new --out")
+    if not p.is_dir() or not any(p.iterdir()) or overwrite or (own is not None and own(p)):
+        return
+    raise UserError(f"--out {p}: not empty (holds {describe(p)}); `roberta {command}` would overwrite it -- "
+                    "choose a new --out, or pass --overwrite to replace it")

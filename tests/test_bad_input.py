@@ -1,0 +1,264 @@
+"""Every subcommand, fed what a careless user or an attacker would: flags at 0, negative, huge and of
+the wrong type; input paths missing, a directory, a file of the wrong kind, another command's output.
+
+Each case must end the same way: exit code 2, exactly one line starting with `error:` on stderr
+(naming the bad flag, file or key), no traceback, and nothing written or changed on disk. Most
+cases run `roberta.cli.main` in-process (seconds for the whole table); SUBPROCESS ones run as a
+user would, in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from roberta.cli import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer_dir, data_dir, corpus_docs, corpus_file) -> dict[str, Path]:
+    """The files the cases point at: real outputs of each command, and wrong things."""
+    from roberta.checkpoint import save_checkpoint
+    from roberta.data.prepare import prepare
+    from roberta.hf import export_hf
+    from roberta.model import build_model
+    from roberta.presets import tiny
+    from roberta.tokenizer import save_tokenizer, train_tokenizer
+
+    root = tmp_path_factory.mktemp("world")
+    cfg = tiny()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layers=1, hidden=32, heads=2, ffn=64,
+                                                             vocab_size=1024, max_positions=66),
+                              data=dataclasses.replace(cfg.data, seq_len=64))
+    run = root / "run"
+    save_checkpoint(run, 1, build_model(cfg.model), cfg, tokenizer_dir)
+    export_hf(run, root / "hf")
+    other_tok = root / "other_tok"
+    save_tokenizer(train_tokenizer(iter(corpus_docs[:300]), vocab_size=600), other_tok)
+    (root / "corpus.txt").write_text("\n\n".join(corpus_docs[:40]))
+    prepare([str(root / "corpus.txt")], str(other_tok), str(root / "other_data"), seq_len=64,
+            valid_fraction=0.1, workers=1, progress=False)
+    swapped = root / "swapped" / "checkpoint-000001"  # a checkpoint whose tokenizer was written over
+    shutil.copytree(run / "checkpoint-000001", swapped)
+    save_tokenizer(train_tokenizer(iter(corpus_docs), vocab_size=1500), swapped)
+    (root / "binary.txt").write_bytes(b"\x7fELF\x02\x01" + bytes(range(256)) * 40)
+    (root / "packed.txt").write_bytes(gzip.compress(b'{"text": "hello"}\n' * 100))
+    (root / "empty_dir").mkdir()
+    (root / "a_file.txt").write_text("just some text\n")
+    (root / "bad.json").write_text("[1, 2")
+    (root / "arms.json").write_text(json.dumps({"a": {"train.lr": 0.001}}))
+    (root / "train.tsv").write_text("text\tlabel\ngood\t1\nbad\t0\n")
+    return {"ck": run, "hf": root / "hf", "tok": tokenizer_dir, "data": data_dir, "other_data": root / "other_data",
+            "swapped": swapped, "bin": root / "binary.txt", "gz": root / "packed.txt", "empty": root / "empty_dir",
+            "file": root / "a_file.txt", "bad_json": root / "bad.json", "arms": root / "arms.json",
+            "tsv": root / "train.tsv", "corpus": root / "corpus.txt", "jsonl": corpus_file, "root": root}
+
+
+# (command line with {placeholders}, a piece the error line must contain). {new} is a path that must
+# stay absent; {nonempty} a directory that already holds something. SUBPROCESS marks a real process.
+SUBPROCESS = "subprocess"
+CASES: list[tuple[str, str] | tuple[str, str, str]] = [
+    # no command / unknown command
+    ("", "required: command"),
+    ("no-such-command", "invalid choice", SUBPROCESS),
+    # train-tokenizer
+    ("train-tokenizer {missing} --out {new}", "no such file"),
+    ("train-tokenizer {empty} --out {new}", "has no"),
+    ("train-tokenizer {bin} --out {new}", "binary.txt", SUBPROCESS),
+    ("train-tokenizer {gz} --out {new}", "gzip"),
+    ("train-tokenizer {data} --out {new}", "prepared data"),
+    ("train-tokenizer {ck} --out {new}", "not a corpus"),
+    ("train-tokenizer {corpus} --out {new} --vocab-size 0", "--vocab-size 0"),
+    ("train-tokenizer {corpus} --out {new} --vocab-size -5", "--vocab-size -5"),
+    ("train-tokenizer {corpus} --out {new} --vocab-size lots", "--vocab-size"),
+    ("train-tokenizer {corpus} --out {new} --min-frequency 0", "--min-frequency 0"),
+    ("train-tokenizer {corpus} --out {ck}/checkpoint-000001", "not empty"),
+    ("train-tokenizer {corpus} --out {file}", "is a file"),
+    # prepare
+    ("prepare {missing} --tokenizer {tok} --out {new}", "no such file"),
+    ("prepare {bin} --tokenizer {tok} --out {new}", "binary.txt"),
+    ("prepare {gz} --tokenizer {tok} --out {new}", "gzip-compressed", SUBPROCESS),
+    ("prepare {corpus} --tokenizer {missing} --out {new}", "not a tokenizer directory"),
+    ("prepare {corpus} --tokenizer {data} --out {new}", "not a tokenizer directory"),
+    ("prepare {corpus} --tokenizer {file} --out {new}", "not a tokenizer directory"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --seq-len 0", "--seq-len 0"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --seq-len -1", "--seq-len -1"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --seq-len 1e3", "--seq-len"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --valid-fraction 1", "--valid-fraction"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --valid-fraction -0.1", "--valid-fraction"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --valid-fraction nan", "--valid-fraction"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --workers -1", "--workers -1"),
+    ("prepare {jsonl} --tokenizer {tok} --out {new} --text-field nope", "no documents"),
+    ("prepare {corpus} --tokenizer {tok} --out {data}", "not empty"),
+    ("prepare {corpus} --tokenizer {tok} --out {file}", "is a file"),
+    # pretrain
+    ("pretrain --data {missing} --out {new}", "not a prepared data directory"),
+    ("pretrain --data {tok} --out {new}", "not a prepared data directory"),
+    ("pretrain --data {ck} --out {new}", "not a prepared data directory"),
+    ("pretrain --data {data} --out {new} --preset huge", "huge"),
+    ("pretrain --data {data} --out {new} --set train.max_steps=abc", "train.max_steps"),
+    ("pretrain --data {data} --out {new} --set train.max_step=5", "train.max_step"),
+    ("pretrain --data {data} --out {new} --set nonsense", "nonsense"),
+    ("pretrain --data {data} --out {new} --init-from {missing}", "no such checkpoint"),
+    ("pretrain --data {data} --out {new} --init-from {data}", "prepared data, not a checkpoint"),
+    ("pretrain --data {data} --out {new} --init-from {hf}", "import-hf"),
+    ("pretrain --data {other_data} --out {new} --init-from {ck}", "vocabulary differs"),
+    ("pretrain --data {data} --out {ck}", "already holds checkpoints"),
+    # evaluate
+    ("evaluate --checkpoint {ck}", "--data"),
+    ("evaluate --checkpoint {missing} --data {data}", "no such checkpoint"),
+    ("evaluate --checkpoint {data} --data {data}", "prepared data, not a checkpoint"),
+    ("evaluate --checkpoint {hf} --data {data}", "import-hf"),
+    ("evaluate --checkpoint {tok} --data {data}", "not a checkpoint"),
+    ("evaluate --checkpoint {file} --data {data}", "not a checkpoint"),
+    ("evaluate --checkpoint {ck} --data {ck}", "not a prepared data directory"),
+    ("evaluate --checkpoint {ck} --data {other_data}", "different tokenizer"),
+    ("evaluate --checkpoint {swapped} --data {data}", "do not belong together"),
+    ("evaluate --checkpoint {ck} --data {data} --max-sequences 0", "--max-sequences"),
+    ("evaluate --checkpoint {ck} --data {data} --seq-len -1", "--seq-len"),
+    ("evaluate --checkpoint {ck} --data {data} --split test", "invalid choice"),
+    # finetune
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --max-train -3", "--max-train -3", SUBPROCESS),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --lr -1", "--lr -1"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --lr 0", "--lr 0"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --lr-grid a,b", "--lr-grid"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --batch-size 0", "--batch-size"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --epochs -1", "--epochs"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --warmup 2", "--warmup 2"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --dropout 1.5", "--dropout 1.5"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --max-len 100000", "--max-len 100000"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --max-len 1", "--max-len 1"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --threads -2", "--threads -2"),
+    ("finetune --checkpoint {ck} --out {new} --train {missing} --dev {tsv}", "missing"),
+    ("finetune --checkpoint {ck} --out {new} --train {empty} --dev {tsv}", "empty_dir"),
+    ("finetune --checkpoint {ck} --out {new} --train {bin} --dev {tsv}", "binary.txt"),
+    ("finetune --checkpoint {ck} --out {new}", "--train"),
+    ("finetune --checkpoint {ck} --out {new} --glue sst2", "--glue-dir"),
+    ("finetune --checkpoint {ck} --out {new} --glue sst2 --glue-dir {empty}", "empty_dir"),
+    ("finetune --checkpoint {data} --out {new} --train {tsv} --dev {tsv}", "prepared data, not a checkpoint"),
+    ("finetune --checkpoint {hf} --out {new} --train {tsv} --dev {tsv}", "import-hf"),
+    ("finetune --checkpoint {swapped} --out {new} --train {tsv} --dev {tsv}", "do not belong together"),
+    ("finetune --checkpoint {ck} --out {nonempty} --train {tsv} --dev {tsv}", "not empty"),
+    # fill-mask
+    ("fill-mask --checkpoint {ck} --top-k 0 'a <mask> b'", "--top-k 0", SUBPROCESS),
+    ("fill-mask --checkpoint {ck} --top-k -1 'a <mask> b'", "--top-k -1"),
+    ("fill-mask --checkpoint {ck} --top-k many 'a <mask> b'", "--top-k"),
+    ("fill-mask --checkpoint {ck} 'no mask here'", "<mask>"),
+    ("fill-mask --checkpoint {missing} 'a <mask> b'", "no such checkpoint"),
+    ("fill-mask --checkpoint {data} 'a <mask> b'", "prepared data, not a checkpoint"),
+    ("fill-mask --checkpoint {hf} 'a <mask> b'", "import-hf"),
+    ("fill-mask --checkpoint {swapped} 'a <mask> b'", "do not belong together"),
+    ("fill-mask --checkpoint {empty} 'a <mask> b'", "not a checkpoint"),
+    # export-hf
+    ("export-hf --checkpoint {missing} --out {new}", "no such checkpoint"),
+    ("export-hf --checkpoint {data} --out {new}", "prepared data, not a checkpoint"),
+    ("export-hf --checkpoint {hf} --out {new}", "import-hf"),
+    ("export-hf --checkpoint {swapped} --out {new}", "do not belong together"),
+    ("export-hf --checkpoint {ck} --out {nonempty}", "not empty"),
+    ("export-hf --checkpoint {ck} --out {file}", "is a file"),
+    # import-hf
+    ("import-hf --model {missing} --out {new}", "not a Hugging Face model directory"),
+    ("import-hf --model {data} --out {new}", "not a Hugging Face model directory"),
+    ("import-hf --model {ck}/checkpoint-000001 --out {new}", "model_type"),
+    ("import-hf --model {file} --out {new}", "not a Hugging Face model directory"),
+    ("import-hf --model {hf} --out {nonempty}", "not empty"),
+    ("import-hf --model {hf} --out {hf}", "not empty"),
+    # quickstart
+    ("quickstart --out {new} --steps -1", "--steps -1"),
+    ("quickstart --out {nonempty}", "not empty"),
+    ("quickstart --out {file}", "is a file"),
+    # plan
+    ("plan --batch-size 0 --steps 10", "--batch-size"),
+    ("plan --batch-size 8 --steps -1", "--steps"),
+    ("plan --batch-size 8 --steps 10 --seq-len 2", "--seq-len"),
+    ("plan --batch-size 8 --steps 10 --mfu 0", "--mfu"),
+    ("plan --batch-size 8 --steps 10 --mfu 2", "--mfu"),
+    ("plan --batch-size 8 --steps 10 --gpu tpu", "--gpu tpu"),
+    ("plan --batch-size 8 --steps 10 --gpus 0", "--gpus"),
+    ("plan --batch-size 8 --steps 10 --vocab-size 0", "--vocab-size"),
+    ("plan --batch-size 8 --steps 10 --peak-tflops -1", "--peak-tflops"),
+    ("plan --batch-size 8 --steps 10 --memory-gb -1", "--memory-gb"),
+    ("plan --batch-size 8 --steps 10 --preset huge", "huge"),
+    ("plan --batch-size eight --steps 10", "--batch-size"),
+    # ablate
+    ("ablate masking --data {data} --budget-tokens abc --out {new}", "--budget-tokens abc"),
+    ("ablate masking --data {data} --budget-tokens 0 --out {new}", "--budget-tokens"),
+    ("ablate masking --data {data} --budget-tokens -5 --out {new}", "--budget-tokens"),
+    ("ablate masking --data {data} --budget-tokens inf --out {new}", "--budget-tokens inf"),
+    ("ablate masking --data {missing} --budget-tokens 1e4 --out {new}", "not a prepared data directory"),
+    ("ablate masking --data {ck} --budget-tokens 1e4 --out {new}", "not a prepared data directory"),
+    ("ablate masking --data {data} --budget-tokens 1e4 --out {new} --seeds 0", "--seeds 0"),
+    ("ablate masking --data {data} --budget-tokens 1e4 --out {new} --preset huge", "huge"),
+    ("ablate masking --data {data} --budget-tokens 1e4 --out {new} --set train.nope=1", "train.nope"),
+    ("ablate custom --data {data} --budget-tokens 1e4 --out {new}", "--arms"),
+    ("ablate custom --data {data} --budget-tokens 1e4 --out {new} --arms {missing}", "no such arms file"),
+    ("ablate custom --data {data} --budget-tokens 1e4 --out {new} --arms {bad_json}", "bad.json"),
+    ("ablate masking --data {data} --budget-tokens 1e4 --out {file}", "is a file"),
+    ("ablate masking --data {data} --budget-tokens 1e4 --out {nonempty_arm}", "no record of its config"),
+    # report
+    ("report {missing} --out {new}", "no summary.json"),
+    ("report {empty} --out {new}", "no summary.json"),
+    ("report {data} --out {new}", "no summary.json"),
+    ("report {ck} --out {new}", "no summary.json"),
+]
+
+
+def test_the_table_covers_every_subcommand():
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    covered = {c[0].split()[0] for c in CASES if c[0]}
+    assert commands <= covered, commands - covered
+
+
+def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
+            for root in roots for p in [root, *root.rglob("*")]}
+
+
+def _argv(line: str, paths: dict[str, Path]) -> list[str]:
+    import shlex
+
+    return [a.format(**{k: str(v) for k, v in paths.items()}) for a in shlex.split(line)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] or "(none)" for c in CASES])
+def test_bad_input_is_one_error_line_and_changes_nothing(case, world, tmp_path, capsys, monkeypatch):
+    line, needle, *how = case
+    nonempty = tmp_path / "nonempty"
+    nonempty.mkdir()
+    (nonempty / "keep.txt").write_text("the user's file\n")
+    arm = tmp_path / "ablation" / "static" / "seed0"  # an arm directory from an older version: no arm.json
+    arm.mkdir(parents=True)
+    (arm / "summary.json").write_text("{}")
+    paths = {**world, "new": tmp_path / "new", "missing": tmp_path / "missing.txt", "nonempty": nonempty,
+             "nonempty_arm": tmp_path / "ablation"}
+    argv = _argv(line, paths)
+    roots = (tmp_path, world["root"], world["tok"], world["data"])
+    before = _snapshot(*roots)
+    if how == [SUBPROCESS]:
+        r = run_cli(*argv)  # (cwd stays: PYTHONPATH may be relative to it)
+        code, err = r.returncode, r.stderr
+    else:
+        monkeypatch.chdir(tmp_path)  # anything written to a relative default path would show up here
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code
+        err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, err
+    assert needle in errors[0], errors[0]
+    assert _snapshot(*roots) == before, "a refused command wrote or changed files"
+    assert not (tmp_path / "new").exists()
+
+
+def test_case_count_is_reported():
+    """The docs (docs/guarantees-input.md) quote this number."""
+    assert len(CASES) >= 100
