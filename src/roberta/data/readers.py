@@ -126,12 +126,12 @@ def sniff_not_text(path: Path) -> str | None:
 
 
 def _check_is_text(path: Path) -> None:
-    if path.name.endswith((".gz", ".parquet")):
+    if path.name.endswith((".gz", ".parquet", ".arrow")):
         return  # read by gzip / pyarrow, which check their own formats
     why = sniff_not_text(path)
     if why:
         hint = ("decompress it (gzipped JSON lines may keep the .jsonl.gz name)" if "compressed" in why
-                else "pass UTF-8 text (.txt, .jsonl), .jsonl.gz or .parquet")
+                else "pass UTF-8 text (.txt, .jsonl), .jsonl.gz, .parquet or .arrow")
         raise UserError(f"{path}: is {why}, not a {path.suffix} text file; {hint}")
 
 
@@ -145,7 +145,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                             "pass the text files it was prepared from")
         if p.is_dir() and ((p / "tokenizer.json").is_file() or any(p.glob("checkpoint-*"))):
             raise UserError(f"{p}: is a tokenizer, checkpoint or run directory, not a corpus; "
-                            "pass text files (.txt, .jsonl, .jsonl.gz, .parquet) or a directory of them")
+                            "pass text files (.txt, .jsonl, .jsonl.gz, .parquet, .arrow) or a directory of them")
         if p.is_dir():
             found = _directory_files(p)
             if not found:
