@@ -28,12 +28,22 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def last_record(path: Path, key: str) -> dict:
+    """The last record in metrics.jsonl that has `key` ({} when none)."""
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return next((r for r in reversed(records) if key in r), {})
+
+
 class RunLog:
-    def __init__(self, out: Path, enabled: bool, progress: bool, total: int | None, initial: int):
+    def __init__(self, out: Path, enabled: bool, progress: bool, total: int | None, unit: str = "step",
+                 initial: float = 0):
+        """total/unit: the budget the bar counts (steps, or % of a token or time budget)."""
         self.enabled = enabled
         self.path = out / "metrics.jsonl"
         self.tb = _summary_writer(out / "tensorboard") if enabled else None
-        self.bar = tqdm(total=total, initial=initial, desc="pretrain", disable=not (enabled and progress),
+        self.bar = tqdm(total=total, initial=initial, unit=unit, desc="pretrain", disable=not (enabled and progress),
                         dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
 
     def write(self, record: dict) -> None:
@@ -47,8 +57,9 @@ class RunLog:
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.tb.add_scalar(key, value, record["step"])
 
-    def progress(self, steps: int = 1, **postfix) -> None:
-        self.bar.update(steps)
+    def progress(self, position: float | None = None, **postfix) -> None:
+        """Advance the bar by one, or to `position` (in the bar's unit)."""
+        self.bar.update(1 if position is None else position - self.bar.n)
         if postfix:
             self.bar.set_postfix(postfix, refresh=False)
 
