@@ -617,6 +617,13 @@ def test_impossible_combinations_fail_before_training(data_dir, tmp_path, sets, 
     (["train.micro_batch_size=64"], "must be between 0"),
     (["train.dist_timeout=soon"], "expected a duration"),
     (["train.device=tpu"], "choose auto, cpu or cuda"),
+    (["train.max_steps=-5"], r"train.max_steps=-5: must be >= 0 \(0 = unset\)"),  # not "no budget is set"
+    (["train.max_tokens=-1", "train.max_steps=0"], "train.max_tokens=-1: must be >= 0"),
+    (["train.checkpoint_interval=-3"], "train.checkpoint_interval=-3: must be >= 1"),
+    (["train.eval_sequences=0"], "train.eval_sequences=0: must be >= 1"),
+    (["model.heads=0"], "model.heads=0: must be >= 1"),  # not a ZeroDivisionError
+    (["train.peak_flops=-1"], "train.peak_flops=-1.0: must be >= 0"),
+    (["model.dropout=1.5"], r"model.dropout=1.5: must be in \[0, 1\)"),
 ])
 def test_bad_settings_are_refused(sets, message):
     with pytest.raises(UserError, match=message):
@@ -627,3 +634,114 @@ def test_tensorboard_event_files_when_installed(data_dir, tmp_path):
     pytest.importorskip("tensorboard")
     run_inprocess(data_dir, tmp_path / "run", "train.max_steps=2")
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# --- held-out numbers, MFU, finished runs, progress -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def no_valid_data(tmp_path_factory, corpus_docs, tokenizer_dir) -> Path:
+    """Prepared data whose validation split is empty (as a corpus too small for --valid-fraction)."""
+    from roberta.data.prepare import prepare
+
+    base = tmp_path_factory.mktemp("novalid")
+    corpus = base / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in corpus_docs[:300]))
+    prepare([str(corpus)], str(tokenizer_dir), str(base / "data"), seq_len=64, valid_fraction=0.0,
+            workers=1, progress=False)
+    return base / "data"
+
+
+def test_no_held_out_split_is_reported_as_train_split_loss(no_valid_data, tmp_path, capsys):
+    """Nothing is called held-out that is not: the run warns, labels its evaluation as the train
+    split's in metrics.jsonl, summary.json and the closing line; `evaluate` refuses to score
+    zero tokens (exit 2, one line) instead of printing loss 0 / perplexity 1."""
+    from conftest import run_cli
+    from roberta.cli import main
+
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(no_valid_data), "--out", str(run), "--quiet"]
+    assert main([*args, *sum((["--set", s] for s in BASE_SETS + ["train.max_steps=2"]), [])]) == 0
+    out = capsys.readouterr().out
+    assert "has no held-out tokens" in out and "--valid-fraction" in out
+    [done] = [line for line in out.splitlines() if line.startswith("done:")]
+    assert "train-split (no held-out split) perplexity" in done and "held-out perplexity" not in done
+    evals = [r for r in metrics(run) if "eval_loss" in r]
+    assert evals and all(r["eval_split"] == "train" and r["eval_tokens"] > 0 for r in evals)
+    assert json.loads((run / "summary.json").read_text())["eval_split"] == "train"
+    r = run_cli("evaluate", "--checkpoint", run, "--data", no_valid_data)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    [error] = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert str(no_valid_data) in error and "no tokens to evaluate" in error and "--valid-fraction" in error
+    assert "perplexity" not in r.stdout
+
+
+def test_a_held_out_split_is_reported_as_held_out(data_dir, tmp_path, capsys):
+    from roberta.cli import main
+
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(data_dir), "--out", str(run), "--quiet"]
+    assert main([*args, *sum((["--set", s] for s in BASE_SETS + ["train.max_steps=2"]), [])]) == 0
+    out = capsys.readouterr().out
+    assert "held-out perplexity" in out and "no held-out" not in out
+    assert all(r["eval_split"] == "valid" for r in metrics(run) if "eval_loss" in r)
+
+
+def test_mlm_loss_refuses_to_score_nothing():
+    from roberta.evaluate import mlm_loss
+    from roberta.model import build_model
+
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        mlm_loss(build_model(one_layer_config().model, "cpu", seed=0), [])
+
+
+@pytest.mark.parametrize("later", ["real", "low"], ids=["reprobe-reads-right", "every-probe-reads-low"])
+def test_mfu_is_never_above_one_when_the_probe_reads_low(data_dir, tmp_path, monkeypatch, later):
+    """A CPU probe taken while other work loads the machine reads low (here: 1 MFLOP/s, faked).
+    At the default settings otherwise, no logged MFU exceeds 1: the peak is probed again when a
+    window beats it, and raised to the achieved rate if even that probe reads low."""
+    import roberta.perf as perf
+
+    real, calls = perf.matmul_peak, []
+
+    def probe(device, *a, **k):
+        calls.append(device)
+        return 1e6 if len(calls) == 1 or later == "low" else real(device, *a, **k)
+
+    monkeypatch.setattr(perf, "matmul_peak", probe)
+    s = run_inprocess(data_dir, tmp_path / "run", base=DEFAULT_SETS)
+    mfu = [r["mfu"] for r in train_records(tmp_path / "run").values()]
+    assert len(mfu) == 6 and all(0 < m <= 1.0 for m in mfu), mfu
+    assert len(calls) >= 2 and s["peak_flops"] > 1e6  # re-probed and raised
+    if later == "real":
+        assert len(calls) == 2 and max(mfu) < 1.0  # the fresh probe is a real peak
+
+
+def test_resuming_a_finished_run_says_so(data_dir, tmp_path, capsys):
+    """--resume of a run whose budget is spent trains nothing, writes nothing, exits 0 and says
+    the run is already complete (it used to print "loss nan")."""
+    from roberta.cli import main
+
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(data_dir), "--out", str(run), "--quiet",
+            *sum((["--set", s] for s in BASE_SETS + ["train.max_steps=2"]), [])]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete" in out and "at step 2" in out and "nan" not in out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_the_progress_bar_counts_the_budget_that_ends_the_run(data_dir, tmp_path, capsys):
+    """Under a token budget the step count is an estimate (padding makes more steps): the bar
+    counts percent of the budget and ends at 100, never "0/10 ... 12it"."""
+    from roberta.train import Budget, TrainState
+
+    b = Budget(apply_overrides(tiny(), ["train.max_steps=7"]))
+    assert b.bar() == (7, "step") and b.bar_position(TrainState(step=3)) == 3
+    b = Budget(apply_overrides(tiny(), ["train.max_tokens=20480"]))
+    assert b.bar() == (100, "%") and b.bar_position(TrainState(step=99, tokens=30000)) == 100
+    run_inprocess(data_dir, tmp_path / "run", "train.max_tokens=3000", "train.max_steps=0", progress=True)
+    last = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
+    assert "100%|" in last and "of the budget" in last and "it]" not in last and "it/s" not in last, last

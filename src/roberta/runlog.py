@@ -43,8 +43,10 @@ class RunLog:
         self.enabled = enabled
         self.path = out / "metrics.jsonl"
         self.tb = _summary_writer(out / "tensorboard") if enabled else None
+        # a share of a budget has no meaningful count or rate: the bar shows the percentage alone
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| of the budget [{elapsed}<{remaining}{postfix}]" if unit == "%" else None
         self.bar = tqdm(total=total, initial=initial, unit=unit, desc="pretrain", disable=not (enabled and progress),
-                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+                        bar_format=fmt, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
 
     def write(self, record: dict) -> None:
         """Append one record (train or eval) to metrics.jsonl and to TensorBoard, keyed by step."""
