@@ -336,6 +336,28 @@ def test_a_signal_finishes_the_step_checkpoints_and_resumes_exactly(data_dir, tm
     assert_same_run(uninterrupted, run)
 
 
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(data_dir, tmp_path):
+    """SIGTERM to rank 1 of 2 gloo ranks only: both learn of it in the step's all-reduce, save one
+    checkpoint together at that step and exit 143; it resumes (in one process) to the same end
+    as a 1-process run that was never interrupted."""
+    import shutil
+
+    sets = NO_DROPOUT + RESUME_SETS
+    procs = launch(data_dir, tmp_path / "two", *sets, world=2, base=DEFAULT_SETS)
+    wait_for_step(procs[0], tmp_path / "two", 5)
+    procs[1].send_signal(signal.SIGTERM)
+    results = wait_all(procs)
+    assert [rc for rc, _ in results] == [143, 143], results
+    stopped_at = max(train_records(tmp_path / "two"))
+    assert stopped_at < 40 and (tmp_path / "two" / f"checkpoint-{stopped_at:06d}").is_dir()
+    assert "Resume with:" in results[0][1]
+    run_inprocess(data_dir, tmp_path / "two", *sets, base=DEFAULT_SETS, resume=True)
+    run_inprocess(data_dir, tmp_path / "one", *sets, base=DEFAULT_SETS)
+    assert max_diff(weights(tmp_path / "one", 40), weights(tmp_path / "two", 40)) <= 1e-6
+    shutil.rmtree(tmp_path / "one")
+
+
 def test_a_second_signal_exits_at_once_and_a_duplicate_does_not(tmp_path):
     """The handler in a real process: the first SIGTERM only sets the flag; the same signal again
     within a second (torchrun's agent forwarding what the scheduler already sent) is ignored;
@@ -523,11 +545,14 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     """Everything the host needs (shapes, masked counts) is known before the step; the one sync
     is PendingStep.result(). CUDA's sync debug mode raises on any other."""
     from roberta.distributed import Dist
+    from roberta.interrupt import GracefulStop
     from roberta.model import build_model
     from roberta.optim import build_optimizer
     from roberta.train import Masker, launch_step, prepare_step
 
     cfg = one_layer_config()
+    asked = GracefulStop()
+    asked.signum = signal.SIGTERM  # a stop request rides on the step's own all-reduce: no sync either
     dev = torch.device("cuda")
     model = build_model(cfg.model, dev, seed=0)
     opt = build_optimizer(model, cfg.optim, 1e-3)
@@ -538,11 +563,11 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        pending = launch_step(model, opt, prep, dist, cfg)
+        pending = launch_step(model, opt, prep, dist, cfg, asked)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     r = pending.result()
-    assert r["finite"] and r["sequences"] == 8 and r["masked"] == int(sum(p.numel() for _, _, p, _, _ in prep.micro))
+    assert r["stop"] and r["finite"] and r["sequences"] == 8 and r["masked"] == int(sum(p.numel() for _, _, p, _, _ in prep.micro))
 
 
 def test_keep_checkpoints_keeps_the_newest(data_dir, tmp_path):

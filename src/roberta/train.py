@@ -345,7 +345,11 @@ def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = N
     dist = init_distributed(cfg.train.device, parse_duration(cfg.train.dist_timeout))
     try:
         with GracefulStop() as stop:
-            summary = _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from, stop)
+            try:
+                summary = _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from, stop)
+            except TrainingInterrupted:
+                barrier(dist)  # every rank stopped after the same step and saved together
+                raise
         barrier(dist)  # no rank tears gloo/NCCL down while another still talks to it
         return summary
     except RuntimeError as e:
