@@ -21,6 +21,16 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DUPLICATE_WINDOW_S = 1.0
 
 
+def _say(text: str) -> None:
+    """Write to stderr's file descriptor directly: a handler printing through sys.stderr while
+    the interrupted code (tqdm) is writing to it raises "reentrant call"."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        fd = 2
+    os.write(fd, text.encode())
+
+
 class TrainingInterrupted(Exception):
     """A signal stopped the run after a checkpoint was written at `step`."""
 
@@ -45,13 +55,12 @@ class GracefulStop:
         return self.signum is not None
 
     def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
         if self.signum is None:
             self.signum, self._first_at = signum, time.monotonic()
-            print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            _say(f"\n{name}: finishing this step and writing a checkpoint (send it again to stop at once)\n")
         elif time.monotonic() - self._first_at > DUPLICATE_WINDOW_S:
-            print(f"{signal.Signals(signum).name} again: stopping now, without a checkpoint",
-                  file=sys.stderr, flush=True)
+            _say(f"{name} again: stopping now, without a checkpoint\n")
             os._exit(128 + signum)
 
     def __enter__(self) -> "GracefulStop":
