@@ -320,6 +320,7 @@ def test_a_signal_finishes_the_step_checkpoints_and_resumes_exactly(data_dir, tm
     run = tmp_path / "run"
     (proc,) = launch(data_dir, run, *RESUME_SETS, base=DEFAULT_SETS)
     wait_for_step(proc, run, 5)
+    assert proc.poll() is None, "the run ended before it could be signalled"
     proc.send_signal(sig)
     [(rc, err)] = wait_all([proc])
     assert rc == 128 + sig, err
