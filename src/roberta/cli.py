@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -44,17 +46,42 @@ def cmd_prepare(a) -> None:
     print(r.summary())
 
 
-def cmd_pretrain(a) -> None:
+def resume_command(a) -> str:
+    """The command line that continues this run: the same data, directory, preset and settings."""
+    args = ["roberta", "pretrain", "--data", a.data, "--out", a.out]
+    args += ["--preset", a.preset] if a.preset != "tiny" else []
+    for item in a.set:
+        args += ["--set", item]
+    return shlex.join(args + ["--resume"])
+
+
+def cmd_pretrain(a) -> int:
+    from roberta.interrupt import TrainingInterrupted
     from roberta.train import pretrain
 
     cfg, explicit = _config(a.preset, a.set)
     note = seq_len_warning(a.preset, cfg, explicit, a.data)
     if note and int(os.environ.get("RANK", "0")) == 0:
         print(f"warning: {note}", file=sys.stderr)
-    summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.init_from)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: step {summary['step']}, {summary['tokens']:,} tokens, loss {summary.get('loss', float('nan')):.4f}, "
-              f"held-out perplexity {summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.init_from)
+    except TrainingInterrupted as e:
+        if main_rank:
+            print(f"stopped by {signal.Signals(e.signum).name} after step {e.step}; checkpoint {e.checkpoint}. "
+                  f"Resume with: {resume_command(a)}", file=sys.stderr)
+        return e.exit_code
+    if not main_rank:
+        return 0
+    if summary.get("already_complete"):
+        print(f"already complete: {a.out} finished at step {summary['step']}; nothing to do (to train further, "
+              f"raise train.max_steps, train.max_tokens or train.max_time and --resume); checkpoint {summary['checkpoint']}")
+    held_out = summary.get("eval_split", "valid") == "valid"
+    loss = f", loss {summary['loss']:.4f}" if "loss" in summary else ""
+    print(f"done: step {summary['step']}, {summary['tokens']:,} tokens{loss}, "
+          f"{'held-out' if held_out else 'train-split (no held-out split)'} perplexity "
+          f"{summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+    return 0
 
 
 def seq_len_warning(preset: str, cfg, explicit: set[str], data: str) -> str | None:
@@ -80,7 +107,7 @@ def cmd_evaluate(a) -> None:
         return _evaluate_glue(a)
     from roberta.api import load_model
     from roberta.data.prepare import load_split, read_meta
-    from roberta.evaluate import eval_batches, mlm_loss
+    from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
     from roberta.model import max_seq_len
     from roberta.tokenizer import check_same_tokenizer
 
@@ -97,7 +124,12 @@ def cmd_evaluate(a) -> None:
                         "(0 = the model's maximum) and --max-sequences >= 1")
     split = load_split(a.data, a.split)
     seq_len = a.seq_len or max_seq_len(model.cfg)
-    result = mlm_loss(model, eval_batches(split, seq_len, meta["vocab_size"], a.max_sequences))
+    batches = eval_batches(split, seq_len, meta["vocab_size"], a.max_sequences)
+    if masked_token_count(batches) == 0:
+        other = "valid" if a.split == "train" else "train"
+        raise UserError(f"{a.data}: its {a.split} split has no tokens to evaluate ({split.n_docs} documents); "
+                        f"run `roberta prepare` with a larger --valid-fraction or corpus, or pass --split {other}")
+    result = mlm_loss(model, batches)
     print(json.dumps(result))
 
 
@@ -430,14 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        return args.fn(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -162,8 +162,34 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+# sizes, intervals and budgets: each named key must be at least its bound (0 = unset / off / default)
+AT_LEAST = {1: ("model.layers", "model.hidden", "model.heads", "model.ffn", "model.vocab_size",
+                "model.max_positions", "train.batch_size", "train.eval_sequences", "train.log_interval",
+                "train.eval_interval", "train.checkpoint_interval", "train.max_bad_steps", "train.base_batch_size"),
+            0: ("model.pad_token_id", "train.max_steps", "train.max_tokens", "train.warmup_steps",
+                "train.keep_checkpoints", "train.threads", "train.peak_flops", "optim.weight_decay",
+                "optim.grad_clip")}
+
+
+def check_bounds(cfg: Config) -> None:
+    """A negative budget, interval or size is refused naming its key (before the checks that
+    combine keys, whose messages would otherwise blame the wrong one)."""
+    for bound, keys in AT_LEAST.items():
+        for key in keys:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if value < bound:
+                unset = " (0 = unset)" if bound == 0 and key in ("train.max_steps", "train.max_tokens") else ""
+                raise UserError(f"{key}={value}: must be >= {bound}{unset}")
+    for key in ("model.dropout", "model.attention_dropout", "optim.beta1", "optim.beta2"):
+        section, name = key.split(".")
+        if not 0.0 <= getattr(getattr(cfg, section), name) < 1.0:
+            raise UserError(f"{key}={getattr(getattr(cfg, section), name)}: must be in [0, 1)")
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible combinations before any work starts."""
+    check_bounds(cfg)
     if cfg.data.format not in FORMATS:
         raise UserError(f"data.format={cfg.data.format}: choose one of {', '.join(FORMATS)}")
     if cfg.masking.kind not in ("dynamic", "static"):
@@ -184,8 +210,6 @@ def validate(cfg: Config) -> None:
         raise UserError(f"data.seq_len={cfg.data.seq_len}: must be at least 8")
     if cfg.train.lr_scaling not in ("none", "sqrt", "linear"):
         raise UserError(f"train.lr_scaling={cfg.train.lr_scaling}: choose none, sqrt or linear")
-    if cfg.train.batch_size < 1:
-        raise UserError("train.batch_size must be >= 1")
     t = cfg.train
     if t.max_time:
         parse_duration(t.max_time)
@@ -195,13 +219,6 @@ def validate(cfg: Config) -> None:
                         f"and train.batch_size={t.batch_size}")
     if not (t.max_steps > 0 or t.max_tokens > 0 or t.max_time):
         raise UserError("no budget: set train.max_steps, train.max_tokens or train.max_time")
-    if t.max_steps < 0 or t.max_tokens < 0:
-        raise UserError("train.max_steps and train.max_tokens must be >= 0")
-    for name in ("log_interval", "eval_interval", "checkpoint_interval", "max_bad_steps", "base_batch_size"):
-        if getattr(t, name) < 1:
-            raise UserError(f"train.{name}={getattr(t, name)}: must be >= 1")
-    if t.keep_checkpoints < 0 or t.threads < 0 or t.warmup_steps < 0:
-        raise UserError("train.keep_checkpoints, train.threads and train.warmup_steps must be >= 0")
     if not 0.0 <= t.warmup_fraction < 1.0:
         raise UserError(f"train.warmup_fraction={t.warmup_fraction}: must be in [0, 1)")
     if not t.lr > 0:

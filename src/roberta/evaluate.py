@@ -16,6 +16,7 @@ import torch
 from roberta.data.formats import full_sentences
 from roberta.data.loader import Batch, collate
 from roberta.data.prepare import Split
+from roberta.errors import UserError
 from roberta.masking import IGNORE, mask_tokens, sequence_keys
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS
 
@@ -43,6 +44,11 @@ def eval_batches(split: Split, seq_len: int, vocab_size: int, n_sequences: int =
     return out
 
 
+def masked_token_count(batches: list[EvalBatch]) -> int:
+    """How many tokens `mlm_loss` would score."""
+    return sum(int(b.labels.ne(IGNORE).sum()) for b in batches)
+
+
 def loss_to_ppl(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
@@ -58,7 +64,9 @@ def mlm_loss(model: torch.nn.Module, batches: list[EvalBatch], device: torch.dev
         total += float(out["mlm_loss_sum"])
         count += int(out["mlm_count"])
     model.train(was_training)
-    loss = total / max(count, 1)
+    if count == 0:  # a loss of 0 and a perplexity of 1 over nothing would read as a perfect model
+        raise UserError("nothing to evaluate: the data gave no masked tokens (an empty split?)")
+    loss = total / count
     return {"mlm_loss": loss, "perplexity": loss_to_ppl(loss), "tokens": count}
 
 

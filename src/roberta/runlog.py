@@ -73,9 +73,19 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def last_record(path: Path, key: str) -> dict:
+    """The last record in metrics.jsonl that has `key` ({} when none)."""
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return next((r for r in reversed(records) if key in r), {})
+
+
 class RunLog:
-    def __init__(self, out: Path, enabled: bool, progress: bool, total: int | None, initial: int,
-                 report_to: str = "none", config: dict | None = None):
+    def __init__(self, out: Path, enabled: bool, progress: bool, total: int | None, unit: str = "step",
+                 initial: float = 0, step: int = 0, report_to: str = "none", config: dict | None = None):
+        """total/unit: the budget the bar counts (steps, or % of a token or time budget); step: the
+        step the run starts after (a resume)."""
         targets = report_targets(report_to)
         for name in targets:  # every rank: a missing package stops all of them, not rank 0 alone
             _require(name)
@@ -84,10 +94,12 @@ class RunLog:
         self.path = out / "metrics.jsonl"
         self.sinks = []
         if enabled:
-            self.sinks += [TensorBoardSink(out, initial)] if "tensorboard" in targets else []
+            self.sinks += [TensorBoardSink(out, step)] if "tensorboard" in targets else []
             self.sinks += [WandbSink(out, config)] if "wandb" in targets else []
-        self.bar = tqdm(total=total, initial=initial, desc="pretrain", disable=not (enabled and progress),
-                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+        # a share of a budget has no meaningful count or rate: the bar shows the percentage alone
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| of the budget [{elapsed}<{remaining}{postfix}]" if unit == "%" else None
+        self.bar = tqdm(total=total, initial=initial, unit=unit, desc="pretrain", disable=not (enabled and progress),
+                        bar_format=fmt, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
 
     def write(self, record: dict) -> None:
         """Append one record (train or eval) to metrics.jsonl and to each integration, keyed by step."""
@@ -100,8 +112,9 @@ class RunLog:
         for sink in self.sinks:
             sink.write(record["step"], scalars)
 
-    def progress(self, steps: int = 1, **postfix) -> None:
-        self.bar.update(steps)
+    def progress(self, position: float | None = None, **postfix) -> None:
+        """Advance the bar by one, or to `position` (in the bar's unit)."""
+        self.bar.update(1 if position is None else position - self.bar.n)
         if postfix:
             self.bar.set_postfix(postfix, refresh=False)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,14 @@ from roberta.distributed import (Dist, autocast, all_gather_object, all_reduce_s
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks,
                                  barrier, no_sync, shutdown, to_device, wrap_model)
 from roberta.errors import UserError
-from roberta.evaluate import eval_batches, mlm_loss
+from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
+from roberta.interrupt import GracefulStop, TrainingInterrupted
 from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
 from roberta.model import (build_model, count_parameters, max_seq_len, padded_vocab_size, positions_for,
                            training_flops)
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_if_finite
-from roberta.perf import peak_flops
-from roberta.runlog import RunLog, truncate_metrics
+from roberta.perf import PeakFlops
+from roberta.runlog import RunLog, last_record, truncate_metrics
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, tokenizer_fingerprint
 
 
@@ -100,6 +102,14 @@ class Budget:
     def done(self, s: TrainState) -> bool:
         return self.progress(s) >= 1.0
 
+    def bar(self) -> tuple[int, str]:
+        """The progress bar's total and unit: steps under a step budget; percent of the budget
+        under a token or time budget, whose step count is only an estimate."""
+        return (self.max_steps, "step") if not (self.max_tokens or self.max_time) else (100, "%")
+
+    def bar_position(self, s: TrainState) -> float:
+        return s.step if not (self.max_tokens or self.max_time) else round(min(self.progress(s), 1.0) * 100, 1)
+
 
 def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> Config:
     """Fill in what comes from the data and the hardware; reject impossible combinations."""
@@ -158,6 +168,8 @@ def rng_state(dist: Dist) -> dict[str, torch.Tensor]:
 
 
 def set_rng_state(state: dict[str, torch.Tensor], dist: Dist, seed: int) -> None:
+    """Restore this rank's dropout RNG as rng_state saved it. Call it last before the first step:
+    anything drawing from the global RNG in between would shift every later dropout mask."""
     if f"cpu.{dist.rank}" not in state:  # resumed on more ranks than were saved: fresh masks
         seed_dropout(seed + 1, dist.rank)
         return
@@ -201,27 +213,29 @@ class PendingStep:
         self.values, self.nsp, self.mask_counts = values, nsp, mask_counts
 
     def result(self) -> dict:
-        (mlm_sum, nsp_sum, n_masked, n_seqs, tokens, flops, norm, finite) = self.values.tolist()
+        (mlm_sum, nsp_sum, n_masked, n_seqs, tokens, flops, norm, finite, stop) = self.values.tolist()
         r = {"loss": mlm_sum / max(n_masked, 1), "nsp_loss": nsp_sum / max(n_seqs, 1) if self.nsp else None,
              "grad_norm": norm, "finite": bool(finite), "masked": int(n_masked), "sequences": int(n_seqs),
-             "tokens": int(tokens), "flops": flops}
+             "tokens": int(tokens), "flops": flops, "stop": stop > 0}
         if self.mask_counts is not None:
             r.update(masking_stats(self.mask_counts.tolist()))
         return r
 
 
-def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config) -> PendingStep:
+def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config,
+                stop: GracefulStop | None = None) -> PendingStep:
     """One optimizer step over this rank's micro-batches, queued on the device without waiting
     for it: inputs go up pinned and non-blocking, the sparse head gathers at host-known
     positions, and a non-finite loss or gradient norm skips the update on the device (fused
     AdamW's found_inf). The loss is the sum over the global batch's masked tokens divided by
-    their count (not an average of micro-batch means)."""
+    their count (not an average of micro-batch means). Whether any rank was asked to stop
+    (`stop`, a signal) rides on the step's loss all-reduce: every rank learns it at no cost."""
     device = dist.device
     local = all_reduce_sum(to_device(torch.tensor(prep.counts, dtype=torch.float64), device), dist)
     # DDP/FSDP average gradients over ranks; scaling by world makes that the global-batch sum
     mlm_scale = dist.world / local[0].clamp(min=1)
     nsp_scale = dist.world / local[1].clamp(min=1)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # MLM and NSP loss sums
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # MLM and NSP loss sums, stop requests
     for i, mb in enumerate(prep.micro):
         inputs, labels, positions, attn, nsp = (None if x is None else to_device(x, device) for x in mb)
         with no_sync(model, skip=i < len(prep.micro) - 1):
@@ -233,19 +247,21 @@ def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config) -
                     sums[1] += out["nsp_loss_sum"].detach()
             loss.backward()
         sums[0] += out["mlm_loss_sum"].detach()
+    if stop is not None and stop.requested:
+        sums[2] = 1.0
     all_reduce_sum(sums, dist)
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
         grad_norm = grad_norm.full_tensor()
-    values = torch.cat([sums, local, grad_norm.detach().reshape(1).double()])
+    values = torch.cat([sums[:2], local, grad_norm.detach().reshape(1).double()])
     finite = values.isfinite().all()
     step_if_finite(optimizer, finite)
     optimizer.zero_grad(set_to_none=True)
     stats = None
     if prep.mask_counts is not None:
         stats = all_reduce_sum(to_device(prep.mask_counts.double(), device), dist)
-    return PendingStep(torch.cat([values, finite.reshape(1).double()]), cfg.model.nsp_head, stats)
+    return PendingStep(torch.cat([values, finite.reshape(1).double(), sums[2:]]), cfg.model.nsp_head, stats)
 
 
 def train_step(model, optimizer, micro_batches: list[Batch], masker: Masker, dist: Dist, cfg: Config,
@@ -262,6 +278,29 @@ def keep_saved_vocabulary(cfg: Config, saved: ModelConfig, explicit: set[str]) -
         return cfg
     m = dataclasses.replace(cfg.model, vocab_size=saved.vocab_size, vocab_multiple=saved.vocab_multiple)
     return dataclasses.replace(cfg, model=m) if m == saved else cfg
+
+
+def evaluation_set(data_dir: str, valid, train, cfg: Config, vocab_size: int, is_main: bool) -> tuple[list, str]:
+    """The fixed masked tokens the run is scored on, and their split. The held-out ("valid")
+    split's, unless it has none (a corpus too small for prepare's --valid-fraction to give it a
+    document): then the training split's, labelled "train" wherever the number is reported,
+    with a warning -- a loss on training data is never reported as held-out."""
+    evals = eval_batches(valid, cfg.data.seq_len, vocab_size, cfg.train.eval_sequences) if valid.n_docs else []
+    if masked_token_count(evals):
+        return evals, "valid"
+    if is_main:
+        print(f"warning: {data_dir} has no held-out tokens (its valid split is empty); the run's evaluation "
+              "scores the TRAINING split and reports it as train-split loss. For a held-out number run "
+              "`roberta prepare` again with a larger --valid-fraction (or a larger corpus)")
+    return eval_batches(train, cfg.data.seq_len, vocab_size, cfg.train.eval_sequences), "train"
+
+
+def completed_summary(out: Path, step: int) -> dict | None:
+    """--resume of a run whose budget is already spent: the summary it wrote when it finished,
+    marked already_complete (nothing is trained, evaluated or written again)."""
+    path = out / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    return {**summary, "already_complete": True} if summary.get("step") == step else None
 
 
 def check_data(data_dir: str, meta: dict) -> None:
@@ -302,9 +341,16 @@ def init_from_config(cfg: Config, init_from: str, data_dir: str, meta: dict, exp
 
 def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = None,
              resume: bool = False, progress: bool = True, init_from: str | None = None) -> dict:
+    """Train; returns the run's summary. SIGINT/SIGTERM during the run finish the step, write a
+    checkpoint and raise roberta.interrupt.TrainingInterrupted (the handlers are restored after)."""
     dist = init_distributed(cfg.train.device, parse_duration(cfg.train.dist_timeout))
     try:
-        summary = _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from)
+        with GracefulStop() as stop:
+            try:
+                summary = _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from, stop)
+            except TrainingInterrupted:
+                barrier(dist)  # every rank stopped after the same step and saved together
+                raise
         barrier(dist)  # no rank tears gloo/NCCL down while another still talks to it
         return summary
     except RuntimeError as e:
@@ -341,7 +387,8 @@ def _start_run_dir(out: Path, cfg: Config, resume: bool, dist: Dist) -> Path | N
     return Path(latest) if latest else None
 
 
-def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist: Dist, init_from) -> dict:
+def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist: Dist, init_from,
+              stop: GracefulStop | None = None) -> dict:
     meta = read_meta(data_dir)
     check_data(data_dir, meta)
     if "data.seq_len" not in explicit and meta.get("seq_len"):
@@ -363,8 +410,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     accum = t.batch_size // (t.micro_batch_size * dist.world)
     stream = BatchStream(plan, t.batch_size, t.seed, token_budget=token_budget, min_draws=accum * dist.world,
                          multiple_of=dist.world)
-    evals = eval_batches(valid_split if valid_split.n_docs else train_split, cfg.data.seq_len,
-                         meta["vocab_size"], t.eval_sequences)
+    evals, eval_split = evaluation_set(data_dir, valid_split, train_split, cfg, meta["vocab_size"], dist.is_main)
 
     latest = _start_run_dir(out, cfg, resume, dist)
     if latest is not None:
@@ -375,8 +421,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         # an NSP head the checkpoint lacks starts fresh; one the format does not train is left behind
         ckpt.load_state(model, ckpt.load_weights(init_ck), init_ck / "model.safetensors",
                         allow_missing=("nsp_head.",), allow_unexpected=("nsp_head.",))
-    seed_dropout(t.seed, dist.rank)
-    state = TrainState()
+    state, rng = TrainState(), None
     if latest is not None:
         saved = ckpt.load_config(latest)
         if saved.model != cfg.model:
@@ -392,25 +437,27 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         load_full_state(ddp_model, optimizer, opt_state, dist)
         state = TrainState(**{k: v for k, v in st.items() if k in TrainState.__dataclass_fields__})
         stream.load_state_dict(state.data)
-        set_rng_state(rng, dist, t.seed)
         if dist.is_main:
             truncate_metrics(out / "metrics.jsonl", state.step)
     masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab())
     budget = Budget(cfg)
-    peak = peak_flops(dist.device, t.peak_flops)
+    if latest is not None and budget.done(state) and (done_before := completed_summary(out, state.step)):
+        return done_before
+    peak = PeakFlops(dist.device, t.peak_flops)
     n_params = count_parameters(model)
     if dist.is_main:
         print(f"model: {n_params / 1e6:.2f}M parameters ({cfg.model.layers}x{cfg.model.hidden}); "
               f"{len(plan):,} training sequences ({cfg.data.format}, seq_len {cfg.data.seq_len}); "
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
               f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
-    log = RunLog(out, dist.is_main, progress, budget.steps_estimate, state.step, t.report_to, cfg.to_dict())
+    log = RunLog(out, dist.is_main, progress, *budget.bar(), initial=budget.bar_position(state),
+                 step=state.step, report_to=t.report_to, config=cfg.to_dict())
 
     def evaluate() -> dict:
         with autocast(dist.device):
             r = mlm_loss(model, evals, dist.device)
         log.write({"step": state.step, "tokens": state.tokens, "eval_loss": r["mlm_loss"],
-                   "eval_perplexity": r["perplexity"], "eval_tokens": r["tokens"]})
+                   "eval_perplexity": r["perplexity"], "eval_tokens": r["tokens"], "eval_split": eval_split})
         return r
 
     def save() -> None:
@@ -421,7 +468,9 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
                                  rng=rng, keep=t.keep_checkpoints, weights=weights, optimizer_state=opt_state)
 
     bad_in_row, window_tokens, window_flops, window_time = 0, 0, 0.0, 0.0
-    last_eval, last_saved, record = None, state.step, {}
+    # a resumed run that is already complete reports its last logged step, not an empty record
+    last_eval, last_saved, first_step = None, state.step, state.step
+    record = last_record(out / "metrics.jsonl", "loss") if latest is not None and dist.is_main else {}
     elapsed0, t_start = state.elapsed, time.perf_counter()
 
     def clock() -> float:
@@ -444,12 +493,17 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
 
     model.train()
     upcoming = prepare(state.step)
+    # the dropout RNG is seeded or restored last, so that nothing before the first step draws from it
+    if rng is None:
+        seed_dropout(t.seed, dist.rank)
+    else:
+        set_rng_state(rng, dist, t.seed)
     while not budget.done(state):
         t0 = time.perf_counter()
         lr = lr_at(budget.progress(state), budget.warmup, t.lr)
         set_lr(optimizer, lr)
         log_now = log_step(state.step)
-        pending = launch_step(ddp_model, optimizer, upcoming, dist, cfg)
+        pending = launch_step(ddp_model, optimizer, upcoming, dist, cfg, stop)
         state.data = upcoming.data_state
         upcoming = prepare(state.step + 1)  # on the host, overlapping the device's work
         r = pending.result()
@@ -478,18 +532,24 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
                       "masked_tokens": state.masked_tokens, "flops": state.flops,
                       "loss": r["loss"], "loss_bits": r["loss"] / math.log(2), "nsp_loss": r["nsp_loss"],
                       "lr": lr, "grad_norm": r["grad_norm"], "tokens_per_s": window_tokens / window_time,
-                      "mfu": window_flops / window_time / (peak * dist.world), "elapsed": state.elapsed,
+                      "mfu": peak.mfu(window_flops / window_time / dist.world) if dist.is_main else None, "elapsed": state.elapsed,
                       "skipped_steps": state.skipped_steps,
                       **{k: r[k] for k in ("mask_rate", "mask_share", "random_share", "keep_share") if k in r}}
             window_tokens, window_flops, window_time = 0, 0.0, 0.0
             log.write(record)
-        log.progress(loss=f"{r['loss']:.3f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}")
+        log.progress(budget.bar_position(state), loss=f"{r['loss']:.3f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}")
         if state.step % t.eval_interval == 0 or done:
             last_eval = evaluate()
         if state.step % t.checkpoint_interval == 0 or done:
             state.elapsed = clock()
             save()
             last_saved = state.step
+        if r["stop"] and not done:  # a signal on some rank; every rank saw it in this step's all-reduce
+            if last_saved != state.step:
+                save()
+            log.close()
+            raise TrainingInterrupted((stop and stop.signum) or signal.SIGTERM, state.step,
+                                      str(ckpt.latest_checkpoint(out)) if dist.is_main else None)
         state.elapsed = clock()
     if last_eval is None:  # a resumed run that was already complete
         last_eval = evaluate()
@@ -499,10 +559,10 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     summary = {**record, "step": state.step, "tokens": state.tokens, "sequences": state.sequences,
                "masked_tokens": state.masked_tokens, "flops": state.flops, "elapsed": state.elapsed,
                "final_lr": lr_at(budget.progress(state), budget.warmup, t.lr),
-               "parameters": n_params, "peak_flops": peak, "world_size": dist.world,
-               "skipped_steps": state.skipped_steps,
+               "parameters": n_params, "peak_flops": peak.value, "world_size": dist.world,
+               "skipped_steps": state.skipped_steps, "already_complete": latest is not None and state.step == first_step,
                "eval_loss": last_eval["mlm_loss"] if last_eval else None,
-               "eval_perplexity": last_eval["perplexity"] if last_eval else None,
+               "eval_perplexity": last_eval["perplexity"] if last_eval else None, "eval_split": eval_split,
                "checkpoint": str(ckpt.latest_checkpoint(out)) if dist.is_main else None}
     if dist.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
