@@ -178,7 +178,7 @@ def test_jsonl_lines_that_are_not_json_or_lack_the_field_are_counted(tmp_path, c
     assert stats.invalid_bytes == 1
     err = capsys.readouterr().err
     assert f"{f}:2: line is not valid JSON" in err
-    assert f"{f}:3: no field 'text' (fields: review, label; choose one with --text-field)" in err
+    assert f"{f}:3: no field 'text' (fields: review, label; choose one with --text-column)" in err
 
 
 def test_gzipped_jsonl_and_a_too_long_json_line(tmp_path, monkeypatch):

@@ -258,7 +258,7 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
     for folder in ("SST-2", "STS-B", "RTE"):
         write(glue / folder / "train.tsv", GLUE_FILES[folder])
         write(glue / folder / "dev.tsv", GLUE_FILES[folder])
-    r = run_cli("evaluate", "--checkpoint", tiny_checkpoint, "--glue-dir", glue, "--epochs", "1", "--out", tmp_path / "g")
+    r = run_cli("glue", "--checkpoint", tiny_checkpoint, "--glue-dir", glue, "--epochs", "1", "--out", tmp_path / "g")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     result = json.loads(lines[-1])
@@ -267,7 +267,7 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
     assert lines[-4].split() == ["sst2", "rte", "stsb", "avg"] and lines[-3].split() == ["accuracy", "accuracy", "pearson"]
     assert (tmp_path / "g" / "stsb" / "metrics.json").is_file()
     r = run_cli("evaluate", "--checkpoint", tiny_checkpoint)
-    assert r.returncode == 2 and "--data DIR" in r.stderr
+    assert r.returncode == 2 and "required: --data" in r.stderr
     if not torch.cuda.is_available():  # asking for a GPU that is not there is a user error, not a traceback
         r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", tmp_path / "t.tsv", "--dev",
                     tmp_path / "t.tsv", "--out", tmp_path / "o", "--device", "cuda")

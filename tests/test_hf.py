@@ -108,7 +108,7 @@ def test_import_gives_us_the_same_logits(tmp_path, tokenizer_dir, texts, shape):
     for f in tokenizer_dir.iterdir():
         shutil.copy2(f, tmp_path / "hf" / f.name)
     if shape == "tiny":
-        r = run_cli("import-hf", "--model", tmp_path / "hf", "--out", tmp_path / "ours")
+        r = run_cli("import-hf", "--checkpoint", tmp_path / "hf", "--out", tmp_path / "ours")
         assert r.returncode == 0, r.stderr
     else:
         assert import_hf(tmp_path / "hf", tmp_path / "ours") == []
@@ -184,7 +184,7 @@ def test_import_refuses_what_our_encoder_cannot_express(tmp_path, change, messag
     config = hf_config("tiny", 100).to_dict()
     config.update(change)
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    r = run_cli("import-hf", "--model", tmp_path / "hf", "--out", tmp_path / "ours") if message == "model_type" else None
+    r = run_cli("import-hf", "--checkpoint", tmp_path / "hf", "--out", tmp_path / "ours") if message == "model_type" else None
     if r is not None:
         assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
     with pytest.raises(UserError, match=message):

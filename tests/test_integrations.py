@@ -236,7 +236,7 @@ def test_a_saved_dataset_is_read_in_order_from_its_shards(datasets, tmp_path):
     docs, stats = _read([tmp_path / "ds"], text_field="body")
     assert docs == texts[:7] + texts[8:]  # in the dataset's order, across 3 Arrow shards
     assert stats.files == 3 and stats.skipped == {"null text": 1} and stats.documents == 249
-    with pytest.raises(UserError, match=r"no column 'text' \(columns: body, label\); choose one with --text-field"):
+    with pytest.raises(UserError, match=r"no column 'text' \(columns: body, label\); choose one with --text-column"):
         _read([tmp_path / "ds"])
     with pytest.raises(UserError, match="column 'label' holds int64, not text"):
         _read([tmp_path / "ds"], text_field="label")
@@ -366,7 +366,7 @@ def test_cli_train_tokenizer_and_prepare_take_hf_datasets(datasets, tmp_path, co
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": docs}),
                           "test": datasets.Dataset.from_dict({"content": ["held back"]})}).save_to_disk(
         str(tmp_path / "dd"))
-    assert main(["train-tokenizer", str(tmp_path / "dd"), "--text-field", "content", "--vocab-size", "400",
+    assert main(["train-tokenizer", str(tmp_path / "dd"), "--text-column", "content", "--vocab-size", "400",
                  "--out", str(tmp_path / "tok")]) == 0
     assert f"-> {len(docs):,} documents" in capsys.readouterr().out
     repo = _hub_layout(tmp_path / "hub", "datasets--org--docs",

@@ -51,11 +51,11 @@ def test_plan_matches_a_measured_run(tmp_path, data_dir):
 
 
 def test_plan_cli(tmp_path):
-    r = run_cli("plan", "--preset", "base", "--batch-size", "8192", "--seq-len", "512", "--steps", "500000",
+    r = run_cli("plan", "--preset", "base", "--batch-size", "8192", "--seq-len", "512", "--max-steps", "500000",
                 "--gpus", "8", "--gpu", "h100", "--compare-batch", "256", "--compare-steps", "1000000")
     assert r.returncode == 0, r.stderr
     assert "tokens 16.00x" in r.stdout
     plans = json.loads(r.stdout.strip().splitlines()[-1])
     assert plans[0]["tokens"] == 8192 * 512 * 500_000
-    r = run_cli("plan", "--batch-size", "8", "--steps", "1", "--gpu", "tpu9")
+    r = run_cli("plan", "--batch-size", "8", "--max-steps", "1", "--gpu", "tpu9")
     assert r.returncode == 2 and "unknown" in r.stderr

@@ -147,7 +147,7 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
     from roberta.train import pretrain
 
     if budget_tokens <= 0:
-        raise UserError("ablate: --budget-tokens must be > 0")
+        raise UserError("ablate: --max-tokens must be > 0")
     if seeds < 1:
         raise UserError(f"ablate: --seeds {seeds}: must be >= 1")
     read_meta(data)  # a missing or unprepared --data is an error before anything is written

@@ -67,7 +67,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
                         "a run directory written by `roberta pretrain`")
     if _is_hf_model_dir(p):
         raise UserError(f"{p}: a Hugging Face model directory, not a roberta checkpoint; run "
-                        f"`roberta import-hf --model {p} --out DIR` and pass DIR")
+                        f"`roberta import-hf --checkpoint {p} --out DIR` and pass DIR")
     if (p / "model.safetensors").is_file() and (p / "config.json").is_file():
         return p
     latest = latest_checkpoint(p) if p.is_dir() else None

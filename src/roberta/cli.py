@@ -1,11 +1,14 @@
-"""`roberta ...` subcommands. Parsing and printing only; the work lives in the modules."""
+"""The `roberta` command line: the parser (help, defaults, examples, old flag names) and one
+short function per command that calls the module doing the work and prints its result."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -14,23 +17,39 @@ from roberta.errors import UserError
 from roberta.outdir import claim_out
 
 
-def _config(preset: str, sets: list[str]):
-    from roberta.config import apply_overrides
+def _config(preset: str, sets: list[str], saved: str | None = None):
+    from roberta.config import Config, all_keys, apply_overrides
     from roberta.presets import get_preset
 
-    cfg = apply_overrides(get_preset(preset), sets or [])
-    explicit = {s.split("=", 1)[0].strip() for s in sets or []}
-    return cfg, explicit
+    if saved is None:
+        cfg = apply_overrides(get_preset(preset), sets or [])
+        return cfg, {s.split("=", 1)[0].strip() for s in sets or []}
+    path = Path(saved)
+    if path.is_dir():  # a run directory (or a checkpoint): its config.json, else its latest checkpoint's
+        from roberta.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(path) if not (path / "config.json").is_file() else None
+        path = (latest or path) / "config.json"
+    try:
+        base = Config.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"--config {saved}: not a run's config.json ({e}); pass RUN/config.json of a pretraining "
+                        "run") from None
+    # config.json holds the run as it ran: its lr already scaled by train.lr_scaling, and every key
+    # resolved (seq_len, vocabulary, positions), so all of them count as given
+    base.train = dataclasses.replace(base.train, lr_scaling="none")
+    return apply_overrides(base, sets or []), set(all_keys(base))
 
 
 def cmd_train_tokenizer(a) -> None:
-    from roberta.data.readers import ReadStats, iter_documents
+    from roberta.data.readers import ReadStats, iter_documents, read_with_progress
     from roberta.tokenizer import save_tokenizer, train_tokenizer
 
     claim_out(a.out, a.overwrite, "train-tokenizer")
     stats = ReadStats()
-    docs = iter_documents(a.inputs, a.text_field, stats)
-    tok = train_tokenizer(docs, vocab_size=a.vocab_size, min_frequency=a.min_frequency)
+    docs = iter_documents(a.inputs, a.text_column, stats)
+    tok = train_tokenizer(read_with_progress(docs, a.inputs, stats, "train-tokenizer", not a.quiet),
+                          vocab_size=a.vocab_size, min_frequency=a.min_frequency)
     if stats.documents == 0:
         raise UserError(f"{' '.join(a.inputs)}: no documents found (empty corpus); {stats.summary()}")
     save_tokenizer(tok, a.out)
@@ -42,14 +61,14 @@ def cmd_prepare(a) -> None:
 
     claim_out(a.out, a.overwrite, "prepare")
     r = prepare(a.inputs, a.tokenizer, a.out, seq_len=a.seq_len, valid_fraction=a.valid_fraction,
-                text_field=a.text_field, workers=a.workers, progress=not a.quiet)
+                text_field=a.text_column, workers=a.workers, progress=not a.quiet)
     print(r.summary())
 
 
 def resume_command(a) -> str:
     """The command line that continues this run: the same data, directory, preset and settings."""
     args = ["roberta", "pretrain", "--data", a.data, "--out", a.out]
-    args += ["--preset", a.preset] if a.preset != "tiny" else []
+    args += ["--config", a.config] if a.config else ["--preset", a.preset] if a.preset != "tiny" else []
     for item in a.set:
         args += ["--set", item]
     return shlex.join(args + ["--resume"])
@@ -59,13 +78,18 @@ def cmd_pretrain(a) -> int:
     from roberta.interrupt import TrainingInterrupted
     from roberta.train import pretrain
 
-    cfg, explicit = _config(a.preset, a.set)
+    if a.config and a.preset != "tiny":
+        raise UserError("pass --config (a saved run) or --preset, not both; --set works on top of either")
+    for flag, key in (("threads", "train.threads"), ("device", "train.device")):  # the shorthands
+        if getattr(a, flag) is not None:
+            a.set = [*a.set, f"{key}={getattr(a, flag)}"]
+    cfg, explicit = _config(a.preset, a.set, a.config)
     note = seq_len_warning(a.preset, cfg, explicit, a.data)
     if note and int(os.environ.get("RANK", "0")) == 0:
         print(f"warning: {note}", file=sys.stderr)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.init_from)
+        summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.checkpoint)
     except TrainingInterrupted as e:
         if main_rank:
             print(f"stopped by {signal.Signals(e.signum).name} after step {e.step}; checkpoint {e.checkpoint}. "
@@ -101,10 +125,6 @@ def seq_len_warning(preset: str, cfg, explicit: set[str], data: str) -> str | No
 
 
 def cmd_evaluate(a) -> None:
-    if (a.data is None) == (a.glue_dir is None):
-        raise UserError("evaluate: pass --data DIR (held-out MLM perplexity) or --glue-dir DIR (fine-tune on GLUE)")
-    if a.glue_dir is not None:
-        return _evaluate_glue(a)
     from roberta.api import load_model
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
@@ -129,11 +149,11 @@ def cmd_evaluate(a) -> None:
         other = "valid" if a.split == "train" else "train"
         raise UserError(f"{a.data}: its {a.split} split has no tokens to evaluate ({split.n_docs} documents); "
                         f"run `roberta prepare` with a larger --valid-fraction or corpus, or pass --split {other}")
-    result = mlm_loss(model, batches)
+    result = mlm_loss(model, batches, progress=not a.quiet)
     print(json.dumps(result))
 
 
-def _evaluate_glue(a) -> None:
+def cmd_glue(a) -> None:
     import tempfile
 
     from roberta.finetune import evaluate_glue, glue_table
@@ -160,17 +180,18 @@ def _finetune_config(a):
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if not all(0 < lr < float("inf") for lr in lrs):
         raise UserError(f"--lr {','.join(f'{x:g}' for x in lrs)}: a learning rate must be > 0, e.g. 2e-5")
-    for name, lo, hi in (("max_train", 0, None), ("max_dev", 0, None), ("threads", 0, None), ("max_len", 0, None),
+    for name, lo, hi in (("max_train", 0, None), ("max_dev", 0, None), ("threads", 0, None), ("seq_len", 0, None),
                          ("warmup", 0, 1), ("weight_decay", 0, None), ("dropout", 0, 1)):
         v = getattr(a, name)
         if not (lo <= v and (hi is None or v < hi)):  # also false for NaN
             raise UserError(f"--{name.replace('_', '-')} {v:g}: must be >= {lo}" + (f" and < {hi}" if hi else ""))
-    if 0 < a.max_len < 3:
-        raise UserError(f"--max-len {a.max_len}: must be 0 (the model's maximum) or >= 3 (<s> a token </s>)")
+    if 0 < a.seq_len < 3:
+        raise UserError(f"--seq-len {a.seq_len}: must be 0 (the model's maximum) or >= 3 (<s> a token </s>)")
     return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
-                          max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
-                          from_scratch=a.from_scratch, threads=a.threads, device=a.device)
+                          max_len=a.seq_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
+                          from_scratch=a.from_scratch, threads=a.threads, device=a.device,
+                          progress=not a.quiet)
 
 
 def cmd_finetune(a) -> None:
@@ -197,24 +218,26 @@ def cmd_finetune(a) -> None:
 
 
 def _add_finetune_options(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-5, the paper's)")
     s.add_argument("--lr-grid", nargs="?", const="1e-5,2e-5,3e-5", default=None, metavar="LR,LR,...",
                    help="try each lr, report the best median (alone: the paper's 1e-5,2e-5,3e-5)")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--epochs", type=int, default=10, help="the best dev epoch is reported")
+    s.add_argument("--batch-size", type=int, default=32, help="examples per step")
+    s.add_argument("--epochs", type=int, default=10, help="epochs per run; the best dev epoch is reported")
     s.add_argument("--seeds", type=int, default=1, help="runs per lr; the median is reported")
-    s.add_argument("--warmup", type=float, default=0.06, help="warmup fraction of all steps")
-    s.add_argument("--weight-decay", type=float, default=0.1)
-    s.add_argument("--dropout", type=float, default=0.1)
-    s.add_argument("--max-len", type=int, default=0, help="tokens per input (default: the model's maximum)")
+    s.add_argument("--warmup", type=float, default=0.06, help="warmup fraction of all steps, then linear decay")
+    s.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    s.add_argument("--dropout", type=float, default=0.1, help="dropout while fine-tuning")
+    s.add_argument("--seq-len", type=int, default=0, help="tokens per input, <s> </s> included (0 = the model's maximum)")
+    _renamed(s, "--max-len", "--seq-len", type=int)
     s.add_argument("--long", choices=["truncate", "chunk"], default="truncate",
-                   help="inputs longer than --max-len: truncate, or average predictions over chunks")
-    s.add_argument("--max-train", type=int, default=0, help="fine-tune on a fixed random subsample of N examples")
-    s.add_argument("--max-dev", type=int, default=0, help="evaluate on a fixed random subsample of N examples")
+                   help="inputs longer than --seq-len: truncate, or average predictions over chunks")
+    s.add_argument("--max-train", type=int, default=0, help="fine-tune on a fixed random subsample of N examples (0 = all)")
+    s.add_argument("--max-dev", type=int, default=0, help="evaluate on a fixed random subsample of N examples (0 = all)")
     s.add_argument("--from-scratch", action="store_true", help="same architecture, random init: the baseline")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU when there is one (bf16 autocast there), else the CPU")
+    _add_quiet(s)
 
 
 def cmd_fill_mask(a) -> None:
@@ -245,15 +268,15 @@ def cmd_import_hf(a) -> None:
     from roberta.hf import import_hf
 
     claim_out(a.out, a.overwrite, "import-hf")
-    for note in import_hf(a.model, a.out):
+    for note in import_hf(a.checkpoint, a.out):
         print(f"note: {note}")
-    print(f"imported -> {a.out} (continue pretraining with `roberta pretrain --init-from {a.out}`)")
+    print(f"imported -> {a.out} (continue pretraining with `roberta pretrain --checkpoint {a.out}`)")
 
 
 def cmd_quickstart(a) -> None:
     from roberta.quickstart import quickstart
 
-    quickstart(a.out, steps=a.steps)
+    quickstart(a.out, steps=a.max_steps)
 
 
 def cmd_plan(a) -> None:
@@ -271,10 +294,10 @@ def cmd_plan(a) -> None:
     peak = a.peak_tflops * 1e12 if a.peak_tflops else GPU_PEAK.get(gpu, 0.0)
     memory = a.memory_gb * 1e9 if a.memory_gb else GPU_MEMORY.get(gpu, 80e9)
     common = dict(vocab_size=a.vocab_size, gpus=a.gpus, peak_flops=peak, mfu=a.mfu, memory=memory, fsdp=a.fsdp)
-    plans = [make_plan(a.preset, a.batch_size, a.seq_len, a.steps, **common)]
-    names = [f"{a.batch_size} x {a.steps:,} steps"]
+    plans = [make_plan(a.preset, a.batch_size, a.seq_len, a.max_steps, **common)]
+    names = [f"{a.batch_size} x {a.max_steps:,} steps"]
     if a.compare_batch or a.compare_steps:
-        b, s = a.compare_batch or a.batch_size, a.compare_steps or a.steps
+        b, s = a.compare_batch or a.batch_size, a.compare_steps or a.max_steps
         plans.append(make_plan(a.preset, b, a.seq_len, s, **common))
         names.append(f"{b} x {s:,} steps")
     print(f"plan: preset {a.preset}, {a.gpus} x {gpu or 'device'} "
@@ -288,9 +311,9 @@ def cmd_ablate(a) -> None:
 
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
     try:
-        budget = int(float(a.budget_tokens))
+        budget = int(float(a.max_tokens))
     except (ValueError, OverflowError):
-        raise UserError(f"--budget-tokens {a.budget_tokens}: expected a number of tokens, e.g. 2e6") from None
+        raise UserError(f"--max-tokens {a.max_tokens}: expected a number of tokens, e.g. 2e6") from None
     result = run_ablation(a.kind, a.data, budget, a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
                           lr_rule=a.lr_rule, progress=not a.quiet, overwrite=a.overwrite,
@@ -328,138 +351,321 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="roberta", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and examples print as written; every flag shows its default (but not the
+    uninformative ones: off switches and "not given")."""
 
-    s = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer")
-    s.add_argument("inputs", nargs="+", metavar="INPUT")
-    s.add_argument("--out", required=True)
-    s.add_argument("--vocab-size", type=int, default=50265)
-    s.add_argument("--min-frequency", type=int, default=2)
-    s.add_argument("--text-field", default="text")
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
-    s.set_defaults(fn=cmd_train_tokenizer)
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=min(100, shutil.get_terminal_size().columns))
 
-    s = sub.add_parser("prepare", help="tokenize a corpus into token shards")
-    s.add_argument("inputs", nargs="+", metavar="INPUT")
-    s.add_argument("--tokenizer", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--seq-len", type=int, default=512)
-    s.add_argument("--valid-fraction", type=float, default=0.02)
-    s.add_argument("--text-field", default="text")
-    s.add_argument("--workers", type=int, default=0, help="tokenizer processes (default: all cores)")
-    s.add_argument("--quiet", action="store_true")
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
-    s.set_defaults(fn=cmd_prepare)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if default is None or isinstance(default, bool) or default in ("", argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        if default == 0 and "(0 = " in text:  # the help already says what 0 means
+            return text.replace("(0 = ", "(default: 0 = ")
+        return super()._get_help_string(action)
 
-    s = sub.add_parser("pretrain", help="pretrain a masked language model")
-    s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--preset", default="tiny")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--init-from", default=None, help="start from this checkpoint's weights (continued pretraining)")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(fn=cmd_pretrain)
 
-    s = sub.add_parser("finetune", help="fine-tune on a GLUE task or any labelled data")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--glue", choices=["sst2", "cola", "mrpc", "rte", "stsb", "mnli", "qnli", "qqp"])
-    s.add_argument("--glue-dir")
-    s.add_argument("--train", help=".tsv / .csv / .jsonl / .jsonl.gz with a header or fields")
-    s.add_argument("--dev")
-    s.add_argument("--text-column", default="text")
-    s.add_argument("--text-pair-column", default=None)
-    s.add_argument("--label-column", default="label")
-    s.add_argument("--task", choices=["classification", "regression"], default="classification")
+class _Renamed(argparse.Action):
+    """An old spelling of a flag: still works, says once on stderr what it is called now."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"note: {option_string} is now {self.new} (the old name still works, but will go)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _renamed(s: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    dest = new.lstrip("-").replace("-", "_")
+    s.add_argument(old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                   **kwargs)
+
+
+# `roberta evaluate --glue-dir` fine-tuned on GLUE before `roberta glue` existed
+_MOVED_COMMANDS = {("evaluate", "--glue-dir"): "glue"}
+
+GLUE_TASKS = ["sst2", "cola", "mrpc", "rte", "stsb", "mnli", "qnli", "qqp"]
+OVERWRITE_HELP = "write into a non-empty --out, replacing what is there"
+QUIET_HELP = "no progress bar"
+TEXT_COLUMN_HELP = "the text field of .jsonl / .parquet / Arrow inputs"
+
+DESCRIPTION = """\
+Pretrain RoBERTa-style masked language models on your own text -- on a laptop CPU, one GPU or many
+GPUs through torchrun -- with the paper's recipe (masking, input format, batch size, lr scaling) as
+switches; then measure, fine-tune, use and export them."""
+
+EPILOG = """\
+example (a few minutes on a laptop CPU; any .txt / .jsonl / .parquet corpus works):
+  roberta train-tokenizer corpus.jsonl --out tok --vocab-size 8000
+  roberta prepare corpus.jsonl --tokenizer tok --out data --seq-len 128
+  roberta pretrain --data data --out run --preset tiny --set train.max_steps=300
+  roberta evaluate --checkpoint run --data data
+  roberta fill-mask --checkpoint run "Return the <mask> of the list."
+
+`roberta COMMAND --help` shows a command's flags and an example; docs/commands.md has them all.
+Flags name command options; a pretraining setting is a config key, `--set section.key=value`
+(docs/config.md lists them)."""
+
+
+def _command(sub, name: str, summary: str, example: str, description: str = "") -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=(description or summary[0].upper() + summary[1:] + "."),
+                          epilog="example:\n" + "\n".join("  " + ln for ln in example.strip().splitlines()),
+                          formatter_class=_Formatter)
+
+
+def _add_preset(s: argparse.ArgumentParser, default: str) -> None:
+    from roberta.presets import PRESETS
+
+    s.add_argument("--preset", default=default, choices=list(PRESETS),
+                   help="the starting Config (docs/config.md: each preset's values)")
+
+
+def _add_sets(s: argparse.ArgumentParser, what: str = "") -> None:
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. train.max_steps=500 (repeatable; docs/config.md)" + what)
+
+
+def _add_quiet(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+
+
+def _add_overwrite(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def _add_task_options(s: argparse.ArgumentParser) -> None:
+    """Which labelled data: a GLUE task by name, or any file with named columns."""
+    s.add_argument("--glue", choices=GLUE_TASKS, help="a GLUE task by name (needs --glue-dir)")
+    s.add_argument("--glue-dir", help="the GLUE data directory (one subdirectory per task, as distributed)")
+    s.add_argument("--train", help="training examples: .tsv / .csv / .jsonl / .jsonl.gz with a header or fields")
+    s.add_argument("--dev", help="dev examples, same format: selects the epoch and lr, and is reported")
+    s.add_argument("--text-column", default="text", help="the column (field) holding the text")
+    s.add_argument("--text-pair-column", default=None, help="the second text of a sentence-pair task")
+    s.add_argument("--label-column", default="label", help="the column holding the label")
+    s.add_argument("--task", choices=["classification", "regression"], default="classification",
+                   help="what the labels are (with --train/--dev)")
     s.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
                    help="the dev metric that selects epoch and lr (default: the task's)")
-    _add_finetune_options(s)
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
-    s.set_defaults(fn=cmd_finetune)
 
-    s = sub.add_parser("evaluate", help="held-out MLM perplexity (--data) or GLUE fine-tuning (--glue-dir)")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", default=None, help="prepared data: held-out MLM loss and perplexity")
-    s.add_argument("--glue-dir", default=None, help="fine-tune on every GLUE task found here; prints a table")
-    s.add_argument("--out", default=None, help="with --glue-dir: keep each task's metrics.json here")
-    s.add_argument("--split", default="valid", choices=["valid", "train"])
-    s.add_argument("--seq-len", type=int, default=0)
-    s.add_argument("--max-sequences", type=int, default=1024)
-    _add_finetune_options(s)
+
+def build_parser() -> argparse.ArgumentParser:
+    from roberta import __version__
+
+    p = _Parser(prog="roberta", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
+    p.add_argument("--version", action="version", version=f"roberta {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, title="commands (in workflow order)", metavar="COMMAND")
+
+    s = _command(sub, "quickstart", "the whole recipe end to end on text every Python carries (~8 min on a CPU)",
+                 "roberta quickstart --out runs/quickstart")
+    s.add_argument("--out", default="runs/quickstart", help="where corpus, tokenizer, data and run go")
+    s.add_argument("--max-steps", type=int, default=0, help="training steps (0 = the quickstart's 1,500)")
+    _renamed(s, "--steps", "--max-steps", type=int)
+    s.set_defaults(fn=cmd_quickstart)
+
+    s = _command(sub, "train-tokenizer", "train a byte-level BPE tokenizer on a corpus",
+                 "roberta train-tokenizer corpus/ --out tok --vocab-size 50265",
+                 "Train a byte-level BPE tokenizer (<s> <pad> </s> <unk> <mask> = ids 0-4; every byte is in the\n"
+                 "vocabulary). INPUTs are .txt files (documents separated by blank lines), .jsonl / .jsonl.gz,\n"
+                 ".parquet, Hugging Face save_to_disk directories, or directories of them (recursively).")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="corpus files or directories")
+    s.add_argument("--out", required=True, help="the tokenizer directory to write")
+    s.add_argument("--vocab-size", type=int, default=50265, help="tokens in the vocabulary, specials included")
+    s.add_argument("--min-frequency", type=int, default=2, help="a merge must occur at least this often")
+    s.add_argument("--text-column", default="text", help=TEXT_COLUMN_HELP)
+    _renamed(s, "--text-field", "--text-column")
+    _add_quiet(s)
+    _add_overwrite(s)
+    s.set_defaults(fn=cmd_train_tokenizer)
+
+    s = _command(sub, "prepare", "tokenize a corpus into token shards with a held-out split",
+                 "roberta prepare corpus/ --tokenizer tok --out data --seq-len 512",
+                 "Tokenize a corpus (the INPUTs train-tokenizer reads) into flat token files, document and\n"
+                 "sentence offsets and meta.json; documents go to the held-out split by a hash of their text.")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="corpus files or directories")
+    s.add_argument("--tokenizer", required=True, help="a train-tokenizer --out (or import-hf --out) directory")
+    s.add_argument("--out", required=True, help="the prepared-data directory to write")
+    s.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence (pretrain's data.seq_len)")
+    s.add_argument("--valid-fraction", type=float, default=0.02, help="share of documents held out")
+    s.add_argument("--text-column", default="text", help=TEXT_COLUMN_HELP)
+    _renamed(s, "--text-field", "--text-column")
+    s.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = all cores)")
+    _add_quiet(s)
+    _add_overwrite(s)
+    s.set_defaults(fn=cmd_prepare)
+
+    s = _command(sub, "pretrain", "pretrain a masked language model on prepared data",
+                 "roberta pretrain --data data --out runs/r --preset tiny --set train.max_time=2h\n"
+                 "roberta pretrain --data data --out runs/r --resume                # continue where it stopped\n"
+                 "roberta pretrain --data data --out runs/r2 --config runs/r/config.json   # the same run again\n"
+                 "torchrun --nproc-per-node 8 -m roberta pretrain --data data --out runs/base --preset base",
+                 "Pretrain a masked language model. The run is one typed Config: a --preset (or a saved\n"
+                 "--config), then each --set on top; docs/config.md lists every key.")
+    s.add_argument("--data", required=True, help="a prepare --out directory")
+    s.add_argument("--out", required=True, help="the run directory: checkpoints, metrics.jsonl, summary.json")
+    _add_preset(s, "tiny")
+    s.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="re-run a saved run exactly: its RUN/config.json (or the RUN directory); instead of --preset")
+    _add_sets(s)
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--checkpoint", default=None,
+                   help="start from this checkpoint's weights (continued pretraining; import-hf makes one)")
+    _renamed(s, "--init-from", "--checkpoint")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads: shorthand for --set train.threads=N")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="shorthand for --set train.device=DEVICE (default: auto, a GPU when there is one)")
+    _add_quiet(s)
+    s.set_defaults(fn=cmd_pretrain)
+
+    s = _command(sub, "evaluate", "held-out masked-token loss and perplexity of a checkpoint",
+                 "roberta evaluate --checkpoint runs/r --data data",
+                 "Held-out masked-token loss and perplexity of a checkpoint on prepared data (the last line\n"
+                 "printed is JSON). GLUE fine-tuning moved to `roberta glue`.")
+    s.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run (its latest checkpoint)")
+    s.add_argument("--data", required=True, help="a prepare --out directory made with the checkpoint's tokenizer")
+    s.add_argument("--split", default="valid", choices=["valid", "train"], help="which split to score")
+    s.add_argument("--seq-len", type=int, default=0, help="tokens per sequence (0 = the model's maximum)")
+    s.add_argument("--max-sequences", type=int, default=1024, help="score at most this many sequences")
+    _add_quiet(s)
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("fill-mask", help="predict the <mask> token in TEXT (each one, if several)")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("text", metavar="TEXT")
+    s = _command(sub, "finetune", "fine-tune on a GLUE task or any labelled data",
+                 "roberta finetune --checkpoint runs/r --glue sst2 --glue-dir glue --out ft/sst2 --seeds 3\n"
+                 "roberta finetune --checkpoint runs/r --train train.jsonl --dev dev.jsonl --out ft/mine")
+    s.add_argument("--checkpoint", required=True, help="the pretrained checkpoint (or run) to start from")
+    s.add_argument("--out", required=True, help="where metrics.json, labels.json and runs.jsonl go")
+    _add_task_options(s)
+    _add_finetune_options(s)
+    _add_overwrite(s)
+    s.set_defaults(fn=cmd_finetune)
+
+    s = _command(sub, "glue", "fine-tune on every GLUE task found; print the paper's table",
+                 "roberta glue --checkpoint runs/r --glue-dir glue --out ft/glue --lr-grid")
+    s.add_argument("--checkpoint", required=True, help="the pretrained checkpoint (or run) to start from")
+    s.add_argument("--glue-dir", required=True, help="the GLUE data directory (one subdirectory per task)")
+    s.add_argument("--out", default=None, help="keep each task's metrics.json here (default: not kept)")
+    _add_finetune_options(s)
+    s.set_defaults(fn=cmd_glue)
+
+    s = _command(sub, "fill-mask", "predict the <mask> token in TEXT (each one, if several)",
+                 "roberta fill-mask --checkpoint runs/r \"The capital of France is <mask>.\"")
+    s.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run (its latest checkpoint)")
+    s.add_argument("text", metavar="TEXT", help="text with one or more <mask>")
     s.add_argument("--top-k", type=int, default=5, help="candidates per <mask> (at most the vocabulary)")
     s.set_defaults(fn=cmd_fill_mask)
 
-    s = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face RobertaForMaskedLM directory")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
+    s = _command(sub, "export-hf", "write a checkpoint as a Hugging Face RobertaForMaskedLM directory",
+                 "roberta export-hf --checkpoint runs/r --out hf-model")
+    s.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run (its latest checkpoint)")
+    s.add_argument("--out", required=True, help="the transformers model directory to write")
+    _add_overwrite(s)
     s.set_defaults(fn=cmd_export_hf)
 
-    s = sub.add_parser("import-hf", help="turn a local Hugging Face RoBERTa directory into a checkpoint")
-    s.add_argument("--model", required=True, help="a directory holding config.json + weights (+ tokenizer), "
-                   "or a hub cache directory models--org--name (its refs/main snapshot)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
+    s = _command(sub, "import-hf", "turn a local Hugging Face RoBERTa directory into a checkpoint",
+                 "roberta import-hf --checkpoint ~/.cache/huggingface/hub/models--FacebookAI--roberta-base --out imported")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a directory holding config.json + weights (+ tokenizer), or a hub "
+                       "cache directory models--org--name (its refs/main snapshot)")
+    which.add_argument("--model", dest="checkpoint", action=_Renamed, new="--checkpoint", help=argparse.SUPPRESS)
+    s.add_argument("--out", required=True, help="the checkpoint directory to write")
+    _add_overwrite(s)
     s.set_defaults(fn=cmd_import_hf)
 
-    s = sub.add_parser("quickstart", help="the whole recipe, end to end, on the embedded corpus")
-    s.add_argument("--out", default="runs/quickstart")
-    s.add_argument("--steps", type=int, default=0, help="override the number of training steps")
-    s.set_defaults(fn=cmd_quickstart)
-
-    s = sub.add_parser("plan", help="size a run: tokens, FLOPs, lr, memory, time; compare two recipes")
-    s.add_argument("--preset", default="base")
-    s.add_argument("--batch-size", type=int, required=True)
-    s.add_argument("--seq-len", type=int, default=512)
-    s.add_argument("--steps", type=int, required=True)
-    s.add_argument("--vocab-size", type=int, default=50265)
-    s.add_argument("--gpus", type=int, default=1)
-    s.add_argument("--gpu", default="", help="h100, h200, a100, l40s, l4, a10, v100, 4090, 3090")
+    s = _command(sub, "plan", "size a run: tokens, FLOPs, lr, memory, time; compare two recipes",
+                 "roberta plan --preset base --batch-size 8192 --max-steps 500000 --gpus 8 --gpu h100 \\\n"
+                 "             --compare-batch 256 --compare-steps 1000000")
+    _add_preset(s, "base")
+    s.add_argument("--batch-size", type=int, required=True, help="global batch in sequences")
+    s.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--max-steps", type=int, help="optimizer steps")
+    which.add_argument("--steps", dest="max_steps", type=int, action=_Renamed, new="--max-steps", help=argparse.SUPPRESS)
+    s.add_argument("--vocab-size", type=int, default=50265, help="the tokenizer's vocabulary")
+    s.add_argument("--gpus", type=int, default=1, help="devices (data parallel)")
+    s.add_argument("--gpu", default="", help="h100, h200, a100, l40s, l4, a10, v100, 4090, 3090: peak and memory")
     s.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak instead of --gpu")
-    s.add_argument("--memory-gb", type=float, default=0.0, help="per-device memory (default: from --gpu, else 80)")
-    s.add_argument("--mfu", type=float, default=0.45)
+    s.add_argument("--memory-gb", type=float, default=0.0, help="per-device memory in GB (0 = from --gpu, else 80)")
+    s.add_argument("--mfu", type=float, default=0.45, help="model FLOPs utilisation assumed for the wall time")
     s.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state over --gpus")
-    s.add_argument("--compare-batch", type=int, default=0)
-    s.add_argument("--compare-steps", type=int, default=0)
+    s.add_argument("--compare-batch", type=int, default=0, help="a second recipe's batch (0 = the same)")
+    s.add_argument("--compare-steps", type=int, default=0, help="a second recipe's steps (0 = the same)")
     s.set_defaults(fn=cmd_plan)
 
-    s = sub.add_parser("ablate", help="compare recipes at a matched token budget (the paper's tables)")
-    s.add_argument("kind", choices=["masking", "formats", "batch-size", "custom"])
-    s.add_argument("--data", required=True)
-    s.add_argument("--budget-tokens", required=True, help="real tokens per arm, e.g. 2e6")
-    s.add_argument("--out", required=True)
-    s.add_argument("--preset", default="tiny")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every arm")
-    s.add_argument("--seeds", type=int, default=1)
-    s.add_argument("--glue-dir", default=None)
-    s.add_argument("--glue-tasks", default="", help="comma-separated, e.g. sst2,rte")
+    s = _command(sub, "ablate", "compare recipes at a matched token budget (the paper's tables)",
+                 "roberta ablate masking --data data --max-tokens 2e6 --out abl/masking --seeds 3\n"
+                 "roberta ablate custom --data data --max-tokens 2e6 --out abl/mine --arms arms.toml")
+    s.add_argument("kind", choices=["masking", "formats", "batch-size", "custom"],
+                   help="masking: static vs dynamic; formats: the four input formats; batch-size: 256/2K/8K-style "
+                        "batches with --lr-rule; custom: the arms in --arms")
+    s.add_argument("--data", required=True, help="a prepare --out directory")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--max-tokens", help="real tokens per arm (train.max_tokens), e.g. 2e6")
+    which.add_argument("--budget-tokens", dest="max_tokens", action=_Renamed, new="--max-tokens",
+                       help=argparse.SUPPRESS)
+    s.add_argument("--out", required=True, help="one run directory per arm and seed, and report.md")
+    _add_preset(s, "tiny")
+    _add_sets(s, "; applied to every arm")
+    s.add_argument("--seeds", type=int, default=1, help="runs per arm; a difference must exceed their spread")
+    s.add_argument("--glue-dir", default=None, help="fine-tune each arm on GLUE tasks from here")
+    s.add_argument("--glue-tasks", default="", help="comma-separated, e.g. sst2,rte (with --glue-dir)")
     s.add_argument("--arms", default=None, help="custom: a .toml or .json file of named arms")
     s.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs per task (best dev epoch kept)")
     s.add_argument("--ft-max-train", type=int, default=0, help="fine-tuning examples per task (0 = all)")
     s.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds per task (median reported)")
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
-    s.add_argument("--quiet", action="store_true")
+    _add_quiet(s)
     s.add_argument("--overwrite", action="store_true",
                    help="re-run an arm whose directory holds a run of another config or budget")
     s.set_defaults(fn=cmd_ablate)
 
-    s = sub.add_parser("report", help="one run: its numbers and loss.png; several: a comparison table and plots")
-    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s = _command(sub, "report", "one run: its numbers and loss.png; several: a comparison table and plots",
+                 "roberta report runs/r\nroberta report runs/a runs/b --out cmp")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished (or running) pretraining runs")
     s.add_argument("--out", default=None, help="where the comparison's report.md goes (needed for several runs)")
     s.set_defaults(fn=cmd_report)
     return p
 
 
+def commands_markdown(parser: argparse.ArgumentParser) -> str:
+    """docs/commands.md: the top-level help, then every command's --help as a terminal of 100
+    columns shows it (`python -m roberta --markdown > docs/commands.md`)."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        commands = parser._subparsers._group_actions[0].choices  # in workflow order
+        parts = ["# Commands\n\n<!-- generated by `python -m roberta --markdown > docs/commands.md`; "
+                 "tests/test_docs.py checks it is current -->\n\n",
+                 "".join(f"- [`roberta {name}`](#roberta-{name}): {action.help}\n"
+                         for name, action in zip(commands, parser._subparsers._group_actions[0]._choices_actions)),
+                 f"\n```text\n{parser.format_help()}```\n"]
+        parts += [f"\n## roberta {name}\n\n```text\n{sub.format_help()}```\n" for name, sub in commands.items()]
+        return "".join(parts)
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def _moved(argv: list[str]) -> list[str]:
+    """Old command lines that now belong to another command: say so, run the new one."""
+    for (old, flag), new in _MOVED_COMMANDS.items():
+        if argv[:1] == [old] and any(a == flag or a.startswith(flag + "=") for a in argv):
+            print(f"note: `roberta {old} {flag}` is now `roberta {new}` (the old form still works, but will go)",
+                  file=sys.stderr)
+            return [new, *argv[1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _moved(list(sys.argv[1:] if argv is None else argv))
+    if argv[:1] == ["--markdown"]:  # docs/commands.md is this output (tests/test_docs.py keeps it current)
+        print(commands_markdown(build_parser()), end="")
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args) or 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from roberta.data.formats import full_sentences
 from roberta.data.loader import Batch, collate
@@ -54,12 +55,14 @@ def loss_to_ppl(loss: float) -> float:
 
 
 @torch.no_grad()
-def mlm_loss(model: torch.nn.Module, batches: list[EvalBatch], device: torch.device | str = "cpu") -> dict:
-    """Mean cross-entropy (nats) per masked token, perplexity, and how many tokens were scored."""
+def mlm_loss(model: torch.nn.Module, batches: list[EvalBatch], device: torch.device | str = "cpu",
+             progress: bool = False) -> dict:
+    """Mean cross-entropy (nats) per masked token, perplexity, and how many tokens were scored.
+    `progress`: a bar over the batches on stderr (on a terminal; `roberta evaluate` without --quiet)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for b in batches:
+    for b in tqdm(batches, desc="evaluate", unit="batch", disable=None if progress else True, leave=False):
         out = model(b.inputs.to(device), b.labels.to(device), b.attention_mask.to(device))
         total += float(out["mlm_loss_sum"])
         count += int(out["mlm_count"])

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from roberta import checkpoint as ckpt
 from roberta.config import OptimConfig
@@ -57,6 +58,7 @@ class FinetuneConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default. On a shared CPU 1 can be several
     #                   times faster than 2: small fine-tuning matmuls wait on a descheduled thread
     device: str = "auto"  # "auto" (a GPU when there is one) | "cpu" | "cuda"; bf16 autocast on a GPU
+    progress: bool = True  # a bar per epoch on stderr (on a terminal); False: --quiet
 
 
 @dataclass
@@ -180,7 +182,7 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
     model_cfg = ckpt.load_config(ck).model
     model_max = max_seq_len(model_cfg)
     if cfg.max_len > model_max:
-        raise UserError(f"--max-len {cfg.max_len}: {ck} was built for at most {model_max} tokens")
+        raise UserError(f"--seq-len {cfg.max_len}: {ck} was built for at most {model_max} tokens")
     if cfg.long not in ("truncate", "chunk"):
         raise UserError(f"--long {cfg.long}: choose truncate or chunk")
     if task.regression != (task.metric in REGRESSION_METRICS) or (task.metric == "f1" and len(task.labels) != 2):
@@ -221,7 +223,8 @@ def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callabl
         t0, loss_sum = time.perf_counter(), 0.0
         model.train()
         batches = length_batches(lengths, cfg.batch_size, rng)
-        for idx in batches:
+        for idx in tqdm(batches, desc=f"lr {lr:g} seed {seed} epoch {epoch}/{cfg.epochs}", unit="step", leave=False,
+                        disable=None if cfg.progress else True):
             set_lr(optimizer, lr_at(step / total_steps, cfg.warmup_fraction, lr))
             logits = forward(model, s.train.ids, idx)
             y = torch.from_numpy(s.train.y[s.train.owner[idx]]).to(s.device)

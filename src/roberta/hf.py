@@ -1,7 +1,7 @@
 """Hugging Face interop: our checkpoint <-> a `transformers` RobertaForMaskedLM directory.
 
     export_hf(CKPT, OUT)   OUT loads with AutoModelForMaskedLM / AutoTokenizer.from_pretrained
-    import_hf(HF_DIR, OUT) OUT is our checkpoint dir: roberta.load, `pretrain --init-from`
+    import_hf(HF_DIR, OUT) OUT is our checkpoint dir: roberta.load, `pretrain --checkpoint`
 
 Our parameter names already are HF's for the embeddings and the LM head; a block differs only in
 its short names and in the fused q/k/v projection, which is split or concatenated here. Export

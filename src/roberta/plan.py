@@ -67,7 +67,7 @@ def make_plan(preset: str, batch_size: int, seq_len: int, steps: int, vocab_size
               gpus: int = 1, peak_flops: float = 0.0, mfu: float = 0.45, memory: float = 80e9,
               fsdp: bool = False) -> Plan:
     if batch_size < 1 or steps < 1 or seq_len < 8:
-        raise UserError("plan: --batch-size, --steps must be >= 1 and --seq-len >= 8")
+        raise UserError("plan: --batch-size, --max-steps must be >= 1 and --seq-len >= 8")
     if not 0 < mfu <= 1:
         raise UserError(f"plan: --mfu {mfu} must be in (0, 1]")
     cfg = model_config(preset, vocab_size, seq_len)

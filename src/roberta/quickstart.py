@@ -42,7 +42,7 @@ OWN_ENTRIES = {"corpus.jsonl", "tokenizer", "data", "run"}
 def quickstart(out: str | Path, steps: int = 0) -> dict:
     out = Path(out)
     if steps < 0:
-        raise UserError(f"--steps {steps}: must be >= 0 (0 = {QUICKSTART_STEPS})")
+        raise UserError(f"--max-steps {steps}: must be >= 0 (0 = {QUICKSTART_STEPS})")
     # a previous quickstart's directory is rewritten (it always starts afresh); anything else is not ours
     claim_out(out, False, "quickstart", own=lambda p: {c.name for c in p.iterdir()} <= OWN_ENTRIES)
     t0 = time.time()

@@ -328,13 +328,13 @@ def init_from_config(cfg: Config, init_from: str, data_dir: str, meta: dict, exp
     else:
         same = saved.vocab_size == meta["vocab_size"]
     if not same or saved.vocab_size < meta["vocab_size"]:
-        raise UserError(f"--init-from {init_from}: its vocabulary differs from the tokenizer {data_dir} was "
+        raise UserError(f"--checkpoint {init_from}: its vocabulary differs from the tokenizer {data_dir} was "
                         f"prepared with; run `roberta prepare --tokenizer {ck}` on your corpus and train on that")
     arch = {k: getattr(saved, k) for k in ARCHITECTURE if f"model.{k}" not in explicit}
     model = dataclasses.replace(cfg.model, **arch)
     longest = max_seq_len(model)
     if cfg.data.seq_len > longest:
-        raise UserError(f"--init-from {init_from}: its position table holds sequences of up to {longest} tokens "
+        raise UserError(f"--checkpoint {init_from}: its position table holds sequences of up to {longest} tokens "
                         f"but data.seq_len is {cfg.data.seq_len}; prepare with --seq-len {longest} or less")
     return dataclasses.replace(cfg, model=model), explicit | {"model.vocab_size", "model.max_positions"}
 
@@ -426,7 +426,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         saved = ckpt.load_config(latest)
         if saved.model != cfg.model:
             raise UserError(f"{latest}: was trained with a different model config; resume with the same "
-                            "--preset/--set (and --init-from)")
+                            "--preset/--set (and --checkpoint)")
         ckpt.load_state(model, ckpt.load_weights(latest), latest / "model.safetensors")
     if t.compile:
         compile_model(model)

@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from roberta.data.readers import ReadStats, iter_documents
+from roberta.data.readers import ReadStats, expected_bytes, iter_documents
 from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
 from roberta.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_hash
@@ -216,8 +216,9 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     (outdir / "meta.json").unlink(missing_ok=True)  # the directory is "prepared" only once meta.json is back
     writers = {"train": _SplitWriter(outdir, "train", dtype), "valid": _SplitWriter(outdir, "valid", dtype)}
     workers = workers or default_workers()
-    bar = tqdm(desc="prepare", unit="B", unit_scale=True, unit_divisor=1000, mininterval=0.5,
-               disable=None if progress else True)  # None: only on a terminal, not in logs
+    # over the input bytes read (known up front: an ETA); None: only on a terminal, not in logs
+    bar = tqdm(total=expected_bytes(inputs, text_field) or None, desc="prepare", unit="B", unit_scale=True,
+               unit_divisor=1000, mininterval=0.5, disable=None if progress else True)
     # a ProcessPoolExecutor, not a Pool: if workers die (e.g. prepare() called from a script
     # without a __main__ guard, which "spawn" re-imports), it fails instead of respawning forever
     pool = (ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
@@ -229,7 +230,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
         for chunk in encoded:
             writers["train"].add(chunk, ~chunk.valid)
             writers["valid"].add(chunk, chunk.valid)
-            bar.update(chunk.text_bytes)
+            bar.update(stats.bytes_in - bar.n)
         splits = {name: w.close() for name, w in writers.items()}
         if stats.documents == 0:
             raise UserError(f"{' '.join(map(str, inputs))}: no documents found (empty corpus); {stats.summary()}")

@@ -278,7 +278,7 @@ def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple
                     continue
                 if text_field not in obj:
                     keys = ", ".join(list(obj)[:8]) or "none"
-                    stats.skip(f"no field '{text_field}'", where, f" (fields: {keys}; choose one with --text-field)")
+                    stats.skip(f"no field '{text_field}'", where, f" (fields: {keys}; choose one with --text-column)")
                     continue
                 value = obj[text_field]
                 if not isinstance(value, str):
@@ -307,11 +307,11 @@ def _is_binary_text(path: Path, schema, text_field: str) -> bool:
     pa = _pyarrow(path, "Arrow data")
     if text_field not in schema.names:
         raise UserError(f"{path}: no column '{text_field}' (columns: {', '.join(schema.names)}); "
-                        "choose one with --text-field")
+                        "choose one with --text-column")
     kind = schema.field(text_field).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
             or pa.types.is_large_binary(kind)):
-        raise UserError(f"{path}: column '{text_field}' holds {kind}, not text; choose one with --text-field")
+        raise UserError(f"{path}: column '{text_field}' holds {kind}, not text; choose one with --text-column")
     return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
 
 
@@ -382,6 +382,49 @@ def iter_documents(inputs: list[str], text_field: str = "text", stats: ReadStats
     before anything is read); the documents are then streamed."""
     files = expand_inputs(inputs)
     return _documents(files, text_field, stats if stats is not None else ReadStats())
+
+
+def expected_bytes(inputs: list[str], text_field: str = "text") -> int:
+    """What ReadStats.bytes_in will count once every input is read, known before reading: the
+    size of plain files, a gzip file's recorded original size, a parquet column's uncompressed
+    size. It is the total of the progress bars of train-tokenizer and prepare (their ETA)."""
+    total = 0
+    for path in expand_inputs(inputs):
+        size = path.stat().st_size
+        if path.name.endswith(".gz") and size >= 18:
+            with open(path, "rb") as f:
+                f.seek(-4, 2)
+                original = int.from_bytes(f.read(4), "little")  # ISIZE: the size modulo 2**32
+            size = original + (size // 2**32 + (original < size)) * 2**32 if size >= 2**32 else original
+        elif path.name.endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+
+                meta = pq.ParquetFile(path).metadata
+                names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+                column = names.index(text_field) if text_field in names else None
+                if column is not None:
+                    size = sum(meta.row_group(g).column(column).total_uncompressed_size
+                               for g in range(meta.num_row_groups))
+            except Exception:  # an estimate only: the reader itself reports a bad file
+                pass
+        total += size
+    return total
+
+
+def read_with_progress(docs: Iterator[str], inputs: list[str], stats: ReadStats, desc: str, enabled: bool = True,
+                       text_field: str = "text") -> Iterator[str]:
+    """`docs` unchanged, while a bar on stderr counts the input bytes read against expected_bytes
+    (rate and ETA). Only on a terminal, and not when `enabled` is false (--quiet)."""
+    bar = tqdm(total=expected_bytes(inputs, text_field) or None, desc=desc, unit="B", unit_scale=True,
+               unit_divisor=1000, mininterval=0.5, disable=None if enabled else True)
+    try:
+        for doc in docs:
+            bar.update(stats.bytes_in - bar.n)
+            yield doc
+        bar.update(stats.bytes_in - bar.n)
+    finally:
+        bar.close()
 
 
 def _documents(files: list[Path], text_field: str, stats: ReadStats) -> Iterator[str]:
