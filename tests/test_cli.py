@@ -226,3 +226,158 @@ def test_pretrain_warns_when_the_data_length_overrides_the_presets(tmp_path, dat
     note = seq_len_warning("tiny", tiny(), set(), str(data_dir))  # data prepared at 64, tiny says 128
     assert "--seq-len 64" in note and "tiny's 128" in note and "--set data.seq_len=128" in note
     assert seq_len_warning("tiny", tiny(), {"data.seq_len"}, str(data_dir)) is None
+
+
+# --- issue 17: the face of the command line -------------------------------------------------------
+
+def _commands():
+    from roberta.cli import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def test_every_flag_of_every_command_has_help_and_every_command_an_example():
+    import argparse
+
+    for name, parser in _commands().items():
+        for action in parser._actions:
+            if action.help is argparse.SUPPRESS:
+                assert any(a.dest == action.dest and a.help is not argparse.SUPPRESS for a in parser._actions), \
+                    (name, action.option_strings)  # a hidden old spelling of a visible flag, nothing else
+                continue
+            assert action.help and len(action.help) > 5, (name, action.option_strings or action.dest)
+        text = parser.format_help()
+        assert "\nexample:\n  roberta " in text or "\nexample:\n  torchrun" in text, name
+        for action in parser._actions:  # defaults are shown (0 / off / unset ones say what they mean)
+            if action.option_strings and action.default not in (None, False, 0, "", argparse.SUPPRESS):
+                assert f"(default: {action.default})" in " ".join(text.split()), (name, action.option_strings)
+
+
+def test_preset_lists_its_choices_and_each_commands_own_default():
+    from roberta.presets import PRESETS
+
+    for command, default in (("pretrain", "tiny"), ("plan", "base"), ("ablate", "tiny")):
+        text = " ".join(_commands()[command].format_help().split())
+        assert "{" + ",".join(PRESETS) + "}" in text and f"(default: {default})" in text, command
+
+
+def test_top_level_help_lists_the_workflow_and_version(capsys):
+    from roberta import __version__
+    from roberta.cli import main
+
+    r = run_cli("--help")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    order = [r.stdout.index(f"\n    {c}") for c in ("quickstart", "train-tokenizer", "prepare", "pretrain",
+                                                  "evaluate", "finetune", "export-hf")]
+    assert order == sorted(order), "commands are listed in workflow order"
+    assert "example" in r.stdout and "Parsing and printing only" not in r.stdout
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"roberta {__version__}"
+
+
+OLD_SPELLINGS = [  # (old command line, the same with today's names)
+    ("train-tokenizer c --out t --text-field body", "train-tokenizer c --out t --text-column body"),
+    ("prepare c --tokenizer t --out d --text-field body", "prepare c --tokenizer t --out d --text-column body"),
+    ("pretrain --data d --out r --init-from ck", "pretrain --data d --out r --checkpoint ck"),
+    ("finetune --checkpoint c --out o --max-len 64", "finetune --checkpoint c --out o --seq-len 64"),
+    ("import-hf --model m --out o", "import-hf --checkpoint m --out o"),
+    ("quickstart --steps 5", "quickstart --max-steps 5"),
+    ("plan --batch-size 8 --steps 5", "plan --batch-size 8 --max-steps 5"),
+    ("ablate masking --data d --out o --budget-tokens 2e6", "ablate masking --data d --out o --max-tokens 2e6"),
+    ("evaluate --checkpoint c --glue-dir g --epochs 2", "glue --checkpoint c --glue-dir g --epochs 2"),
+]
+
+
+@pytest.mark.parametrize("old,new", OLD_SPELLINGS, ids=[o.split()[0] for o, _ in OLD_SPELLINGS])
+def test_old_flag_spellings_still_work_with_a_one_line_note(old, new, capsys):
+    from roberta.cli import _moved, build_parser
+
+    parsed_old = vars(build_parser().parse_args(_moved(old.split())))
+    notes = capsys.readouterr().err.strip().splitlines()
+    parsed_new = vars(build_parser().parse_args(new.split()))
+    assert parsed_old == parsed_new
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "old" in notes[0], notes
+    assert capsys.readouterr().err == ""  # today's names: no note
+
+
+def test_pretrain_config_reruns_a_saved_run_exactly(tmp_path, data_dir):
+    from roberta.cli import main
+
+    sets = ["model.layers=1", "model.hidden=32", "model.heads=2", "model.ffn=64", "train.max_steps=3",
+            "train.batch_size=4", "train.peak_flops=1e11", "train.threads=1",
+            "train.lr_scaling=sqrt", "train.eval_interval=3"]  # scaling: config.json records the scaled lr
+    first = tmp_path / "first"
+    assert main(["pretrain", "--data", str(data_dir), "--out", str(first), "--quiet",
+                 *[x for s in sets for x in ("--set", s)]]) == 0
+    again = tmp_path / "again"
+    assert main(["pretrain", "--data", str(data_dir), "--out", str(again), "--quiet",
+                 "--config", str(first / "config.json")]) == 0
+    assert json.loads((again / "config.json").read_text()) == {
+        **json.loads((first / "config.json").read_text()),
+        "train": {**json.loads((first / "config.json").read_text())["train"], "lr_scaling": "none"}}
+    a, b = load_file(str(first / "checkpoint-000003" / "model.safetensors")), load_file(
+        str(again / "checkpoint-000003" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    # --set on top of a saved config; a run directory works as well as its config.json
+    more = tmp_path / "more"
+    assert main(["pretrain", "--data", str(data_dir), "--out", str(more), "--quiet", "--config", str(first),
+                 "--set", "train.max_steps=4"]) == 0
+    assert json.loads((more / "summary.json").read_text())["step"] == 4
+
+
+def _fake_terminal(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    return term
+
+
+def test_train_tokenizer_and_prepare_show_a_bar_with_a_total_unless_quiet(tmp_path, corpus_file, monkeypatch):
+    from roberta.cli import main
+
+    term = _fake_terminal(monkeypatch)
+    assert main(["train-tokenizer", str(corpus_file), "--out", str(tmp_path / "tok"), "--vocab-size", "600"]) == 0
+    assert main(["prepare", str(corpus_file), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "d"),
+                 "--seq-len", "64", "--workers", "1"]) == 0
+    shown = term.getvalue()
+    size = f"{corpus_file.stat().st_size / 1e3:.0f}k"
+    for name in ("train-tokenizer", "prepare"):  # the bar ends at 100% of the input's bytes: its ETA was right
+        last = [ln for ln in shown.replace("\r", "\n").splitlines() if ln.startswith(name + ":")][-1]
+        assert "100%" in last and f"| {size}/{size} [" in last, last
+    term.truncate(0)
+    assert main(["train-tokenizer", str(corpus_file), "--out", str(tmp_path / "tok2"), "--vocab-size", "600",
+                 "--quiet"]) == 0
+    assert "%|" not in term.getvalue()
+
+
+def test_expected_bytes_is_what_reading_counts(tmp_path, corpus_docs):
+    """The bars' total is known before reading and equals what reading then counts, for each format."""
+    import gzip
+
+    from roberta.data.readers import ReadStats, expected_bytes, iter_documents
+
+    docs = corpus_docs[:200]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs))
+    lines = "".join(json.dumps({"text": d}) + "\n" for d in docs)
+    (tmp_path / "b.jsonl").write_text(lines)
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write(lines)
+    inputs = [str(tmp_path / n) for n in ("a.txt", "b.jsonl", "c.jsonl.gz")]
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs}), tmp_path / "d.parquet")
+    for path in [*inputs, str(tmp_path / "d.parquet")]:
+        stats = ReadStats()
+        for _ in iter_documents([path], "text", stats):
+            pass
+        expected = expected_bytes([path])
+        assert abs(expected - stats.bytes_in) <= 0.02 * stats.bytes_in, (path, expected, stats.bytes_in)
