@@ -283,5 +283,5 @@ def test_bad_input_is_one_error_line_and_changes_nothing(case, world, tmp_path, 
 
 
 def test_case_count_is_reported():
-    """The docs (docs/guarantees-input.md) quote this number."""
+    """The docs (docs/guarantees.md, "Inputs, outputs and errors") quote this number."""
     assert len(CASES) >= 100
