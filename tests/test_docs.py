@@ -1,0 +1,82 @@
+"""The documentation cannot drift: docs/commands.md and docs/config.md are what docs/gen.py
+generates from the parser and the config dataclasses, and the README's blocks marked
+`<!-- runnable -->` run as written (at a tiny scale: the substitutions below, nothing else)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# what makes the README's five-minute example take seconds here; each must occur in the README
+TINY = {"--vocab-size 8000": "--vocab-size 1000", "train.max_steps=300": "train.max_steps=4"}
+
+
+def _gen():
+    spec = importlib.util.spec_from_file_location("docs_gen", ROOT / "docs" / "gen.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("page", ["commands.md", "config.md"])
+def test_generated_reference_pages_are_current(page):
+    expected = _gen().PAGES[page]()
+    assert (ROOT / "docs" / page).read_text() == expected, f"docs/{page} is stale: run `PYTHONPATH=src python docs/gen.py`"
+
+
+def test_config_reference_lists_every_key_with_its_comment():
+    from roberta.config import Config, all_keys
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    for key in all_keys(Config()):
+        assert f"| `{key}` |" in text, key
+    assert "| `train.report_to` | str | `none` |  | \"none\" \\| comma-separated" in text  # the field's # comment
+
+
+def test_field_comments_are_read_from_the_source():
+    source = "class A:\n    x: int = 1  # one\n    y: str = 'a#b'  # two\n    #    and more\n    z: int = 0\n"
+    assert _gen().field_comments(source) == {("A", "x"): "one", ("A", "y"): "two and more", ("A", "z"): ""}
+
+
+def runnable_blocks(markdown: str) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block right after a `<!-- runnable -->` line."""
+    return re.findall(r"^<!-- runnable -->\n```(\w+)\n(.*?)^```", markdown, flags=re.M | re.S)
+
+
+def test_the_readmes_runnable_blocks_run_as_written(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    blocks = runnable_blocks(readme)
+    assert [lang for lang, _ in blocks] == ["bash", "python"]
+    for old in TINY:
+        assert old in readme, f"tests/test_docs.py shrinks {old!r}, which the README no longer says"
+    # run from a directory that looks like a clone (the example reads tests/data), with `roberta` on PATH
+    (tmp_path / "tests").mkdir()
+    shutil.copytree(ROOT / "tests" / "data", tmp_path / "tests" / "data")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "roberta").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m roberta "$@"\n')
+    (bin_dir / "roberta").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    for lang, code in blocks:
+        for old, new in TINY.items():
+            code = code.replace(old, new)
+        argv = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"README {lang} block failed:\n{code}\n--- stderr:\n{r.stderr[-3000:]}"
+        assert "Traceback" not in r.stderr and not re.search(r"^error:", r.stderr, flags=re.M), r.stderr
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "config.json").is_file()
+
+
+def test_every_docs_link_in_the_readme_exists():
+    for target in re.findall(r"\]\(((?:docs/)[^)#]*)", (ROOT / "README.md").read_text()):
+        assert (ROOT / target).exists(), target
