@@ -276,7 +276,7 @@ def cmd_import_hf(a) -> None:
 def cmd_quickstart(a) -> None:
     from roberta.quickstart import quickstart
 
-    quickstart(a.out, steps=a.max_steps)
+    quickstart(a.out, steps=a.max_steps, progress=not a.quiet)
 
 
 def cmd_plan(a) -> None:
@@ -462,8 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = _command(sub, "quickstart", "the whole recipe end to end on text every Python carries (~8 min on a CPU)",
                  "roberta quickstart --out runs/quickstart")
     s.add_argument("--out", default="runs/quickstart", help="where corpus, tokenizer, data and run go")
-    s.add_argument("--max-steps", type=int, default=0, help="training steps (0 = the quickstart's 1,500)")
+    s.add_argument("--max-steps", type=int, default=0, help="training steps (0 = the quickstart's 1,000)")
     _renamed(s, "--steps", "--max-steps", type=int)
+    _add_quiet(s)
     s.set_defaults(fn=cmd_quickstart)
 
     s = _command(sub, "train-tokenizer", "train a byte-level BPE tokenizer on a corpus",

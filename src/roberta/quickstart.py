@@ -39,7 +39,7 @@ def quickstart_threads() -> int:
 OWN_ENTRIES = {"corpus.jsonl", "tokenizer", "data", "run"}
 
 
-def quickstart(out: str | Path, steps: int = 0) -> dict:
+def quickstart(out: str | Path, steps: int = 0, progress: bool = True) -> dict:
     out = Path(out)
     if steps < 0:
         raise UserError(f"--max-steps {steps}: must be >= 0 (0 = {QUICKSTART_STEPS})")
@@ -74,7 +74,7 @@ def quickstart(out: str | Path, steps: int = 0) -> dict:
     print(f"[4/5] pretraining tiny ({cfg.model.layers} x {cfg.model.hidden}) for {cfg.train.max_steps} steps "
           f"of {cfg.train.batch_size} x {SEQ_LEN} tokens -> {run}")
     shutil.rmtree(run, ignore_errors=True)  # the quickstart always starts afresh
-    summary = pretrain(str(data), str(run), cfg)
+    summary = pretrain(str(data), str(run), cfg, progress=progress)
 
     # the three models, scored on the same held-out masked tokens
     valid = load_split(data, "valid")
