@@ -360,7 +360,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text, default = action.help or "", action.default
-        if default is None or isinstance(default, bool) or default in ("", argparse.SUPPRESS) or "%(default)" in text:
+        if default is None or isinstance(default, bool) or default in ("", [], argparse.SUPPRESS) or "%(default)" in text:
             return text
         if default == 0 and "(0 = " in text:  # the help already says what 0 means
             return text.replace("(0 = ", "(default: 0 = ")
@@ -417,11 +417,11 @@ def _command(sub, name: str, summary: str, example: str, description: str = "") 
                           formatter_class=_Formatter)
 
 
-def _add_preset(s: argparse.ArgumentParser, default: str) -> None:
+def _add_preset(s: argparse.ArgumentParser, default: str,
+                help: str = "the starting Config (docs/config.md: each preset's values)") -> None:
     from roberta.presets import PRESETS
 
-    s.add_argument("--preset", default=default, choices=list(PRESETS),
-                   help="the starting Config (docs/config.md: each preset's values)")
+    s.add_argument("--preset", default=default, choices=list(PRESETS), help=help)
 
 
 def _add_sets(s: argparse.ArgumentParser, what: str = "") -> None:
@@ -515,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default=None,
                    help="start from this checkpoint's weights (continued pretraining; import-hf makes one)")
     _renamed(s, "--init-from", "--checkpoint")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads: shorthand for --set train.threads=N")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads: shorthand for --set train.threads=N (default: the preset's, 0 = torch's)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="shorthand for --set train.device=DEVICE (default: auto, a GPU when there is one)")
     _add_quiet(s)
@@ -578,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = _command(sub, "plan", "size a run: tokens, FLOPs, lr, memory, time; compare two recipes",
                  "roberta plan --preset base --batch-size 8192 --max-steps 500000 --gpus 8 --gpu h100 \\\n"
                  "             --compare-batch 256 --compare-steps 1000000")
-    _add_preset(s, "base")
+    _add_preset(s, "base", "the model whose parameters and FLOPs are counted")
     s.add_argument("--batch-size", type=int, required=True, help="global batch in sequences")
     s.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     which = s.add_mutually_exclusive_group(required=True)
@@ -607,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--budget-tokens", dest="max_tokens", action=_Renamed, new="--max-tokens",
                        help=argparse.SUPPRESS)
     s.add_argument("--out", required=True, help="one run directory per arm and seed, and report.md")
-    _add_preset(s, "tiny")
+    _add_preset(s, "tiny", "every arm's starting Config (docs/config.md)")
     _add_sets(s, "; applied to every arm")
     s.add_argument("--seeds", type=int, default=1, help="runs per arm; a difference must exceed their spread")
     s.add_argument("--glue-dir", default=None, help="fine-tune each arm on GLUE tasks from here")
