@@ -80,3 +80,10 @@ def test_the_readmes_runnable_blocks_run_as_written(tmp_path):
 def test_every_docs_link_in_the_readme_exists():
     for target in re.findall(r"\]\(((?:docs/)[^)#]*)", (ROOT / "README.md").read_text()):
         assert (ROOT / target).exists(), target
+
+
+def test_the_guarantees_page_quotes_the_bad_input_case_count():
+    from test_bad_input import CASES
+
+    text = " ".join((ROOT / "docs" / "guarantees.md").read_text().split())
+    assert f"was fed {len(CASES)} bad inputs" in text and f"({len(CASES)} cases" in text
