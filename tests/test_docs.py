@@ -87,3 +87,35 @@ def test_the_guarantees_page_quotes_the_bad_input_case_count():
 
     text = " ".join((ROOT / "docs" / "guarantees.md").read_text().split())
     assert f"was fed {len(CASES)} bad inputs" in text and f"({len(CASES)} cases" in text
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(page, command line) of every `roberta ...` line in a shell block of the README and docs/,
+    continuation lines joined; `[...]` marks optional flags (kept, unbracketed)."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        if page.name in ("commands.md", "config.md"):  # generated from the parser itself
+            continue
+        for block in re.findall(r"^```(?:bash|sh)\n(.*?)^```", page.read_text(), flags=re.M | re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                m = re.match(r"^\s*(?:torchrun\s.*?-m\s+)?roberta\s+(.*)$", line)
+                args = re.sub(r"\s+#.*$", "", m.group(1)).strip() if m else ""
+                if args and not re.search(r"[$…]|\.\.\.|\bHOST\b", args):
+                    found.append((page.name, args.replace("[", "").replace("]", "")))
+    return found
+
+
+def test_every_documented_command_line_parses_with_todays_flag_names(capsys):
+    import shlex
+
+    from roberta.cli import _moved, build_parser
+
+    lines = documented_commands()
+    assert len(lines) > 30
+    for page, line in lines:
+        argv = shlex.split(line)
+        try:
+            build_parser().parse_args(_moved(argv))
+        except SystemExit:
+            pytest.fail(f"{page}: `roberta {line}` does not parse: {capsys.readouterr().err}")
+        assert capsys.readouterr().err == "", f"{page}: `roberta {line}` uses an old spelling"
