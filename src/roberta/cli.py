@@ -26,6 +26,14 @@ def cmd_train_tokenizer(a) -> None:
 
     stats = ReadStats()
     docs = iter_documents(a.inputs, a.text_field, stats)
+    if a.sample_bytes:
+        from roberta.data.sample import parse_bytes, sample_documents, text_bytes
+        want = parse_bytes(a.sample_bytes)
+        # a first streamed pass counts the text (its own stats: warnings and totals are reported once)
+        total = text_bytes(iter_documents(a.inputs, a.text_field, ReadStats()))
+        docs = sample_documents(docs, total, want, a.seed)
+        print(f"train-tokenizer: learning from a uniform document sample of ~{min(want, total):,} of {total:,} "
+              f"text bytes (seed {a.seed})")
     tok = train_tokenizer(docs, vocab_size=a.vocab_size, min_frequency=a.min_frequency)
     if stats.documents == 0:
         raise UserError(f"{' '.join(a.inputs)}: no documents found (empty corpus); {stats.summary()}")
@@ -60,6 +68,7 @@ def cmd_evaluate(a) -> None:
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, mlm_loss
     from roberta.model import max_seq_len
+    from roberta.precision import autocast, resolve_precision
     from roberta.tokenizer import tokenizer_hash
 
     model, ck = load_model(a.checkpoint)
@@ -71,7 +80,11 @@ def cmd_evaluate(a) -> None:
                         f"was trained with; evaluate on data prepared with the checkpoint's tokenizer")
     split = load_split(a.data, a.split)
     seq_len = a.seq_len or max_seq_len(model.cfg)
-    result = mlm_loss(model, eval_batches(split, seq_len, meta["vocab_size"], a.max_sequences))
+    device = next(model.parameters()).device
+    precision, why = resolve_precision(a.precision, device)
+    print(f"precision: {precision} ({why})", file=sys.stderr)  # stdout is the JSON result
+    with autocast(device, precision):
+        result = mlm_loss(model, eval_batches(split, seq_len, meta["vocab_size"], a.max_sequences))
     print(json.dumps(result))
 
 
@@ -103,7 +116,7 @@ def _finetune_config(a):
     return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
                           max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
-                          from_scratch=a.from_scratch, threads=a.threads, device=a.device)
+                          from_scratch=a.from_scratch, threads=a.threads, device=a.device, precision=a.precision)
 
 
 def cmd_finetune(a) -> None:
@@ -145,6 +158,8 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-dev", type=int, default=0, help="evaluate on a fixed random subsample of N examples")
     s.add_argument("--from-scratch", action="store_true", help="same architecture, random init: the baseline")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast or fp32 (auto: bf16 on a GPU and on a CPU with native bf16)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU when there is one (bf16 autocast there), else the CPU")
 
@@ -233,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=50265)
     s.add_argument("--min-frequency", type=int, default=2)
     s.add_argument("--text-field", default="text")
+    s.add_argument("--sample-bytes", default="",
+                   help="learn from a uniform document sample of about this much text (e.g. 1G); default: all of it")
+    s.add_argument("--seed", type=int, default=0, help="the document sample's seed (with --sample-bytes)")
     s.set_defaults(fn=cmd_train_tokenizer)
 
     s = sub.add_parser("prepare", help="tokenize a corpus into token shards")

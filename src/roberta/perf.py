@@ -31,10 +31,10 @@ def datasheet_peak(device: torch.device) -> float:
     return next((peak for key, peak in GPU_PEAK_BF16.items() if key in name), 0.0)
 
 
-def matmul_peak(device: torch.device, n: int = 0, repeats: int = 5) -> float:
-    """Best FLOP/s of `repeats` n x n matmuls after one warm-up (fp32 on CPU, bf16 on GPU)."""
+def matmul_peak(device: torch.device, n: int = 0, repeats: int = 5, bf16: bool = False) -> float:
+    """Best FLOP/s of `repeats` n x n matmuls after one warm-up (fp32 on CPU unless bf16, bf16 on GPU)."""
     n = n or (2048 if device.type == "cpu" else 8192)
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    dtype = torch.bfloat16 if bf16 or device.type != "cpu" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
@@ -48,6 +48,28 @@ def matmul_peak(device: torch.device, n: int = 0, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def peak_flops(device: torch.device, configured: float = 0.0) -> float:
-    """train.peak_flops when given, else the datasheet value, else the probe."""
-    return configured or datasheet_peak(device) or matmul_peak(device)
+def peak_flops(device: torch.device, configured: float = 0.0, bf16: bool = False) -> float:
+    """train.peak_flops when given, else the datasheet value, else the probe (in the run's precision)."""
+    return configured or datasheet_peak(device) or matmul_peak(device, bf16=bf16)
+
+
+FLOAT8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs with float8 tensor cores
+
+
+def enable_float8(model: torch.nn.Module, device: torch.device) -> None:
+    """train.float8=true: the transformer blocks' linear layers as torchao float8 training
+    layers (dynamic tensorwise scaling; weights, gradients and optimizer state stay fp32/bf16).
+    Embeddings and the LM head stay bf16: the head is sparse and small, the embeddings a lookup.
+    Parameter names do not change. MFU is still counted against the bf16 peak."""
+    from roberta.errors import UserError
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < FLOAT8_MIN_CAPABILITY:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "a CPU"
+        raise UserError(f"train.float8=true: needs a GPU with float8 tensor cores (Hopper/Ada, compute capability "
+                        f">= 8.9); this run is on {where}; drop train.float8")
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        raise UserError("train.float8=true: needs torchao (pip install torchao); or drop train.float8") from None
+    convert_to_float8_training(
+        model, module_filter_fn=lambda m, fqn: fqn.startswith("roberta.layers.") and isinstance(m, torch.nn.Linear)
+        and m.in_features % 16 == 0 and m.out_features % 16 == 0)
