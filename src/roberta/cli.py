@@ -204,7 +204,8 @@ def cmd_plan(a) -> None:
         raise UserError(f"--gpu {a.gpu}: unknown; choose one of {', '.join(GPU_PEAK)} or give --peak-tflops")
     peak = a.peak_tflops * 1e12 if a.peak_tflops else GPU_PEAK.get(gpu, 0.0)
     memory = a.memory_gb * 1e9 if a.memory_gb else GPU_MEMORY.get(gpu, 80e9)
-    common = dict(vocab_size=a.vocab_size, gpus=a.gpus, peak_flops=peak, mfu=a.mfu, memory=memory, fsdp=a.fsdp)
+    common = dict(vocab_size=a.vocab_size, gpus=a.gpus, peak_flops=peak, mfu=a.mfu, memory=memory, fsdp=a.fsdp,
+                  activation_checkpointing=a.activation_checkpointing)
     plans = [make_plan(a.preset, a.batch_size, a.seq_len, a.steps, **common)]
     names = [f"{a.batch_size} x {a.steps:,} steps"]
     if a.compare_batch or a.compare_steps:
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-gb", type=float, default=0.0, help="per-device memory (default: from --gpu, else 80)")
     s.add_argument("--mfu", type=float, default=0.45)
     s.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state over --gpus")
+    s.add_argument("--activation-checkpointing", action="store_true",
+                   help="as train.activation_checkpointing=true: less activation memory, ~1/3 more time")
     s.add_argument("--compare-batch", type=int, default=0)
     s.add_argument("--compare-steps", type=int, default=0)
     s.set_defaults(fn=cmd_plan)
