@@ -39,7 +39,7 @@ from roberta.data.loader import Batch
 from roberta.distributed import Dist
 from roberta.model import build_model, padded_vocab_size, training_flops
 from roberta.optim import build_optimizer
-from roberta.perf import datasheet_peak, matmul_peak, sync
+from roberta.perf import datasheet_peak, enable_float8, matmul_peak, sync
 from roberta.precision import cpu_native_bf16
 from roberta.presets import get_preset
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -77,11 +77,17 @@ class Ours:
     """The trainer's step as its loop runs it: launch this batch, prepare (collate-free here: mask
     on the host) the next one while the device works, then the step's one host sync."""
 
-    def __init__(self, cfg: Config, device: torch.device, vocab: int, compile_mode: str | None = None):
-        self.name = ("ours+compile" if cfg.train.compile else "ours") + f" {cfg.train.precision}"
+    def __init__(self, cfg: Config, device: torch.device, vocab: int, compile_mode: str | None = None,
+                 liger: bool = False):
+        self.name = ("ours+compile" if cfg.train.compile else "ours") + ("+float8" if cfg.train.float8 else "") \
+            + ("+liger" if liger else "") + f" {cfg.train.precision}"
         self.precision = cfg.train.precision
         self.cfg, self.dist = cfg, Dist(device=device)
         self.model = build_model(cfg.model, device, seed=0)
+        if cfg.train.float8:  # the trainer's order: float8, then compile
+            enable_float8(self.model, device)
+        if liger:
+            use_liger(self.model)
         if cfg.train.compile:
             compile_model(self.model, compile_mode)
         self.opt = build_optimizer(self.model, cfg.optim, cfg.train.lr)
@@ -146,9 +152,35 @@ class HF:
         return int(masked)
 
 
+def use_liger(model: torch.nn.Module) -> None:
+    """Liger-Kernel's Triton LayerNorm in every LayerNorm, and its fused linear + cross-entropy for
+    the sparse head's decoder (no logits materialised). Benchmark-only: measured before adopting."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss, LigerLayerNorm
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.LayerNorm):
+                ln = LigerLayerNorm(child.normalized_shape[0], eps=child.eps, bias=True).to(child.weight.device)
+                ln.load_state_dict(child.state_dict())
+                setattr(parent, name, ln)
+    head, flce = model.lm_head, LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+    def loss_sum(h, targets, decoder_weight):  # (n, C) masked positions -> summed loss
+        x = head.layer_norm(torch.nn.functional.gelu(head.dense(h)))
+        return flce(decoder_weight, x, targets, head.bias)
+
+    head.loss_sum = loss_sum
+
+
+def _variant(**train):
+    return lambda cfg, dev, vocab: Ours(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train)), dev,
+                                        vocab)
+
+
 IMPLS = {"ours": lambda cfg, dev, vocab: Ours(cfg, dev, vocab), "HF": lambda cfg, dev, vocab: HF(cfg, dev, vocab),
-         "ours+compile": lambda cfg, dev, vocab: Ours(dataclasses.replace(cfg, train=dataclasses.replace(
-             cfg.train, compile=True)), dev, vocab)}
+         "ours+compile": _variant(compile=True), "ours+compile+float8": _variant(compile=True, float8=True),
+         "ours+compile+liger": lambda cfg, dev, vocab: Ours(dataclasses.replace(cfg, train=dataclasses.replace(
+             cfg.train, compile=True)), dev, vocab, liger=True)}
 
 
 def bench(args) -> list[dict]:
@@ -235,7 +267,7 @@ def main(argv=None) -> None:
         for r in rows:
             r["peak_tflops"] = max(x["measured_peak_tflops"] for x in rows if x["precision"] == r["precision"])
             r["mfu"] = r["tflops"] / r["peak_tflops"]
-    print(f"{'preset':<7}{'seq':>5}{'batch':>6}  {'impl':<13}{'prec':<6}{'step s':>8}{'tokens/s':>11}{'TFLOP/s':>9}"
+    print(f"{'preset':<7}{'seq':>5}{'batch':>6}  {'impl':<20}{'prec':<6}{'step s':>8}{'tokens/s':>11}{'TFLOP/s':>9}"
           f"{'MFU':>7}{'@load':>7}{'vs HF fp32':>11}{'vs HF same':>11}")
     speedups = {}
 
@@ -251,7 +283,7 @@ def main(argv=None) -> None:
         if r["impl"] != "HF":
             speedups[f"{r['preset']}@{r['seq_len']} {r['impl']} {r['precision']}"] = {"vs_hf_fp32": vs32,
                                                                                      "vs_hf_same": vs_same}
-        print(f"{r['preset']:<7}{r['seq_len']:>5}{r['batch']:>6}  {r['impl']:<13}{r['precision']:<6}{r['step_s']:>8.3f}"
+        print(f"{r['preset']:<7}{r['seq_len']:>5}{r['batch']:>6}  {r['impl']:<20}{r['precision']:<6}{r['step_s']:>8.3f}"
               f"{r['tokens_per_s']:>11,.0f}{r['tflops']:>9.2f}{r['mfu']:>7.1%}{r['mfu_at_load']:>7.1%}"
               f"{vs32:>10.2f}x{vs_same:>10.2f}x")
     if args.device.startswith("cuda"):
