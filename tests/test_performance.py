@@ -121,7 +121,7 @@ def test_activation_checkpointing_gives_the_same_losses_and_weights():
     same losses, same weights after two steps, at the default precision; parameter names unchanged."""
     import test_train as tt
 
-    cfg = tt.one_layer_config("model.layers=2")
+    cfg = tt.one_layer_config("model.layers=2", "train.precision=auto")  # the default, not the equivalence tests' fp32
     plain_losses, plain = _steps(cfg, False)
     ck_losses, ck = _steps(cfg, True)
     assert plain_losses == ck_losses
