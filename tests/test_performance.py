@@ -226,3 +226,14 @@ def test_gpu_speed_script_dry_run_on_cpu(tmp_path):
     assert "float8: skipped" in r.stdout and "done:" in r.stdout
     assert json.loads((tmp_path / "out" / "speed.log").read_text().strip().splitlines()[-1])["rows"][0]["impl"] == "ours"
     assert '"eval_loss"' in (tmp_path / "out" / "parity.txt").read_text()
+
+
+def test_finetune_and_evaluate_take_precision():
+    from roberta.cli import _finetune_config, build_parser
+
+    for cmd in (["finetune", "--checkpoint", "ck", "--glue", "sst2", "--out", "o"],
+                ["evaluate", "--checkpoint", "ck", "--data", "d"]):
+        assert build_parser().parse_args(cmd + ["--precision", "fp32"]).precision == "fp32"
+        assert build_parser().parse_args(cmd).precision == "auto"
+    assert _finetune_config(build_parser().parse_args(["evaluate", "--checkpoint", "ck", "--glue-dir", "g",
+                                                       "--precision", "bf16"])).precision == "bf16"
