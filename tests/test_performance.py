@@ -147,6 +147,19 @@ def test_activation_checkpointing_composes_with_compile():
     assert both == pytest.approx(eager, rel=1e-5)
 
 
+@pytest.mark.slow
+def test_activation_checkpointing_composes_with_fsdp2(data_dir, tmp_path):
+    """2 gloo ranks under FSDP2 with checkpointed blocks end with the parameters of 1 plain process."""
+    import test_train as tt
+
+    sets = tt.NO_DROPOUT + ["train.max_steps=3", "train.lr=1e-3"]
+    results = tt.wait_all(tt.launch(data_dir, tmp_path / "two", *sets, "train.fsdp=true",
+                                    "train.activation_checkpointing=true", world=2))
+    assert all(rc == 0 for rc, _ in results), results
+    tt.run_inprocess(data_dir, tmp_path / "one", *sets)
+    assert tt.max_diff(tt.weights(tmp_path / "one", 3), tt.weights(tmp_path / "two", 3)) <= 1e-6
+
+
 PEAK_SCRIPT = textwrap.dedent("""
     import resource, sys, torch
     from roberta.config import ModelConfig
