@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--sample", default="64M")
     ap.add_argument("--vocab-size", type=int, default=50265)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "roberta_prepare_scale"))
+    ap.add_argument("--reuse-tokenizer", action="store_true",
+                    help="keep the sampled tokenizer of an earlier run in --work (its stage is not measured again)")
     ap.add_argument("--held-out", type=int, default=10000, help="IMDB test reviews to tokenise")
     a = ap.parse_args()
     sizes = [int(x) for x in a.copies.split(",")]
@@ -105,11 +107,13 @@ def main() -> None:
         return out, run_measured(roberta("train-tokenizer", *map(str, files[:n]), "--out", str(out), "--vocab-size",
                                          str(a.vocab_size), *extra), env=env)
 
-    sampled_all, r = tokenizer(max(sizes), a.sample)  # the tokenizer every prepare uses
-    report("train-tokenizer --sample-bytes " + a.sample, max(sizes), r,
-           held_out_tokens=held_out_tokens(sampled_all, held))
+    sampled_all = work / f"tok_{max(sizes)}_sample{a.sample}"  # the tokenizer every prepare uses
+    if not (a.reuse_tokenizer and (sampled_all / "tokenizer.json").is_file()):
+        sampled_all, r = tokenizer(max(sizes), a.sample)
+        report("train-tokenizer --sample-bytes " + a.sample, max(sizes), r,
+               held_out_tokens=held_out_tokens(sampled_all, held))
     todo = [("prepare", n) for n in sizes] + [("tokenizers", n) for n in tok_sizes]
-    todo.sort(key=lambda x: mb[x[1]])  # small first: the big ones are the ones an interruption may cost
+    todo.sort(key=lambda x: (mb[x[1]], x[0] == "prepare"))  # small first: an interruption costs the big ones
     for stage, n in todo:
         if stage == "prepare":
             r = run_measured(roberta("prepare", *map(str, files[:n]), "--tokenizer", str(sampled_all), "--out",
