@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from roberta import checkpoint as ckpt
 from roberta.config import OptimConfig
 from roberta.distributed import autocast, pick_device
-from roberta.precision import resolve_precision
 from roberta.errors import UserError
 from roberta.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
 from roberta.optim import build_optimizer, lr_at, set_lr
+from roberta.precision import resolve_precision
 from roberta.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
 
