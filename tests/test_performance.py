@@ -60,7 +60,8 @@ def test_precision_is_a_checked_key():
 
 
 def test_layer_norm_computes_in_fp32_under_cpu_autocast():
-    """CPU autocast would run LayerNorm in bf16; ours normalises in fp32 and returns the input's dtype."""
+    """Under CPU autocast LayerNorm gets bf16 (autocast does not upcast it there, unlike CUDA); its
+    output equals an fp32 LayerNorm's rounded once to bf16, in the input's dtype."""
     from roberta.model import LayerNorm
 
     ln = LayerNorm(64)

@@ -24,7 +24,8 @@ class LayerNorm(nn.LayerNorm):
     In fp32 both casts are no-ops. Same parameters and names as nn.LayerNorm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics on every device: CPU autocast, unlike CUDA's, would run it in bf16
+        # fp32 on every device by construction: CUDA autocast upcasts layer_norm, CPU autocast passes
+        # bf16 through (today's CPU kernel accumulates in fp32 anyway; this does not depend on it)
         return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
