@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from roberta.errors import UserError
 
+Precision = typing.Literal["auto", "fp32", "bf16"]  # roberta.precision says what each means
 FORMATS = ("full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp")
 REPORTERS = ("tensorboard", "wandb")  # train.report_to: where metrics.jsonl's records also go
 
@@ -92,6 +93,9 @@ class TrainConfig:
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     dist_timeout: str = "10m"  # a collective waiting longer (a rank died) stops every rank with an error
     report_to: str = "none"  # "none" | comma-separated "tensorboard", "wandb" (metrics.jsonl is always written)
+    precision: Precision = "auto"  # bf16 autocast on a GPU and on a CPU with native bf16, else fp32
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
+    float8: bool = False  # float8 matmuls via torchao on Hopper-class GPUs (bf16 elsewhere in the model)
 
 
 @dataclass
@@ -124,6 +128,11 @@ def all_keys(cfg: Config) -> list[str]:
 
 
 def _parse_value(key: str, raw: str, typ) -> object:
+    if typing.get_origin(typ) is typing.Literal:
+        choices = typing.get_args(typ)
+        if raw.strip() not in choices:
+            raise UserError(f"--set {key}={raw}: choose one of {', '.join(choices)}")
+        return raw.strip()
     if typ is bool:
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -223,6 +232,8 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.warmup_fraction={t.warmup_fraction}: must be in [0, 1)")
     if not t.lr > 0:
         raise UserError(f"train.lr={t.lr}: must be > 0")
+    if t.precision not in typing.get_args(Precision):
+        raise UserError(f"train.precision={t.precision}: choose one of {', '.join(typing.get_args(Precision))}")
     if t.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"train.device={t.device}: choose auto, cpu or cuda")
     report_targets(t.report_to)

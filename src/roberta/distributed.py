@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import torch
 import torch.distributed as tdist
 
 from roberta.errors import UserError
+from roberta.precision import autocast  # noqa: F401  (the precision policy; the loops take it from here)
 
 DEFAULT_TIMEOUT_S = 600.0  # train.dist_timeout's default: a dead rank stops the others within this
 
@@ -43,11 +45,6 @@ def pick_device(pref: str, local_rank: int = 0, option: str = "") -> torch.devic
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
-
-
-def autocast(device: torch.device):
-    """The precision policy, one place: bf16 autocast on a GPU, plain fp32 on a CPU (no bf16 path there)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -104,6 +101,17 @@ def broadcast_object(obj, dist: Dist):
     box = [obj]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def checkpoint_blocks(model: torch.nn.Module) -> None:
+    """Activation checkpointing, per transformer block, in place: a block keeps only its input
+    for backward and recomputes the rest (torch's non-reentrant checkpoint, which also replays
+    the block's dropout masks). Applied from outside the model code, before compile and
+    FSDP2 (torchtitan's order): the instance's `forward` is wrapped, so parameter names -- hence
+    checkpoints -- do not change, and compile and fully_shard's hooks see the same module."""
+    from torch.utils.checkpoint import checkpoint
+    for layer in model.roberta.layers:
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
 
 
 def wrap_model(model: torch.nn.Module, dist: Dist, fsdp: bool = False) -> torch.nn.Module:

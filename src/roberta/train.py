@@ -28,7 +28,7 @@ from roberta.data.loader import Batch, BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import (Dist, autocast, all_gather_object, all_reduce_sum, broadcast_object, full_state,
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks,
-                                 barrier, no_sync, shutdown, to_device, wrap_model)
+                                 barrier, checkpoint_blocks, no_sync, shutdown, to_device, wrap_model)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
 from roberta.interrupt import GracefulStop, TrainingInterrupted
@@ -36,7 +36,8 @@ from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, seq
 from roberta.model import (build_model, count_parameters, max_seq_len, padded_vocab_size, positions_for,
                            training_flops)
 from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_if_finite
-from roberta.perf import PeakFlops
+from roberta.perf import PeakFlops, enable_float8
+from roberta.precision import resolve_precision
 from roberta.runlog import RunLog, last_record, truncate_metrics
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, tokenizer_fingerprint
 
@@ -239,7 +240,7 @@ def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config,
     for i, mb in enumerate(prep.micro):
         inputs, labels, positions, attn, nsp = (None if x is None else to_device(x, device) for x in mb)
         with no_sync(model, skip=i < len(prep.micro) - 1):
-            with autocast(device):
+            with autocast(device, cfg.train.precision):
                 out = model(inputs, labels, attn, nsp, masked_positions=positions)
                 loss = out["mlm_loss_sum"] * mlm_scale
                 if "nsp_loss_sum" in out:
@@ -428,6 +429,10 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
             raise UserError(f"{latest}: was trained with a different model config; resume with the same "
                             "--preset/--set (and --checkpoint)")
         ckpt.load_state(model, ckpt.load_weights(latest), latest / "model.safetensors")
+    if t.float8:  # model transforms in torchtitan's order: float8, checkpointing, compile, sharding
+        enable_float8(model, dist.device)
+    if t.activation_checkpointing:
+        checkpoint_blocks(model)
     if t.compile:
         compile_model(model)
     ddp_model = wrap_model(model, dist, fsdp=t.fsdp)
@@ -443,18 +448,20 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
     budget = Budget(cfg)
     if latest is not None and budget.done(state) and (done_before := completed_summary(out, state.step)):
         return done_before
-    peak = PeakFlops(dist.device, t.peak_flops)
+    precision, why = resolve_precision(t.precision, dist.device)
+    peak = PeakFlops(dist.device, t.peak_flops, bf16=precision == "bf16")
     n_params = count_parameters(model)
     if dist.is_main:
         print(f"model: {n_params / 1e6:.2f}M parameters ({cfg.model.layers}x{cfg.model.hidden}); "
               f"{len(plan):,} training sequences ({cfg.data.format}, seq_len {cfg.data.seq_len}); "
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
               f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
+        print(f"precision: {precision} ({why})")
     log = RunLog(out, dist.is_main, progress, *budget.bar(), initial=budget.bar_position(state),
                  step=state.step, report_to=t.report_to, config=cfg.to_dict())
 
     def evaluate() -> dict:
-        with autocast(dist.device):
+        with autocast(dist.device, t.precision):
             r = mlm_loss(model, evals, dist.device)
         log.write({"step": state.step, "tokens": state.tokens, "eval_loss": r["mlm_loss"],
                    "eval_perplexity": r["perplexity"], "eval_tokens": r["tokens"], "eval_split": eval_split})
