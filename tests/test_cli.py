@@ -249,7 +249,7 @@ def test_every_flag_of_every_command_has_help_and_every_command_an_example():
         text = parser.format_help()
         assert "\nexample:\n  roberta " in text or "\nexample:\n  torchrun" in text, name
         for action in parser._actions:  # defaults are shown (0 / off / unset ones say what they mean)
-            if action.option_strings and action.default not in (None, False, 0, "", argparse.SUPPRESS):
+            if action.option_strings and action.default not in (None, False, 0, "", [], argparse.SUPPRESS):
                 assert f"(default: {action.default})" in " ".join(text.split()), (name, action.option_strings)
 
 

@@ -249,5 +249,5 @@ def test_finetune_and_evaluate_take_precision():
                 ["evaluate", "--checkpoint", "ck", "--data", "d"]):
         assert build_parser().parse_args(cmd + ["--precision", "fp32"]).precision == "fp32"
         assert build_parser().parse_args(cmd).precision == "auto"
-    assert _finetune_config(build_parser().parse_args(["evaluate", "--checkpoint", "ck", "--glue-dir", "g",
+    assert _finetune_config(build_parser().parse_args(["glue", "--checkpoint", "ck", "--glue-dir", "g",
                                                        "--precision", "bf16"])).precision == "bf16"
