@@ -234,3 +234,23 @@ def test_probe_cli_with_random_baseline_writes_the_comparison(tmp_path, tiny_che
     assert m["delta"] == pytest.approx(m["value"] - m["baseline_value"])
     assert m["interval"][0] <= m["delta"] <= m["interval"][1]
     assert json.loads(r.stdout.strip().splitlines()[-1]).keys() == {"task", "metric", "value", "baseline_value", "delta", "interval"}
+
+
+def test_ablate_probe_column_comes_from_probe_run(tmp_path, tokenizer_dir):
+    from roberta.ablate import read_run
+    from roberta.probe import probe_run
+
+    run = tmp_path / "arm" / "seed0"
+    save_tiny_checkpoint(run, tokenizer_dir)
+    (run / "summary.json").write_text(json.dumps({"tokens": 1, "flops": 1.0, "elapsed": 1.0, "eval_loss": 1.0,
+                                                  "eval_perplexity": 2.7}))
+    glue = tmp_path / "glue" / "SST-2"
+    for split, seed in (("train", 0), ("dev", 1)):
+        write(glue / f"{split}.tsv", "sentence\tlabel\n" + "".join(
+            f"{r['review']}\t{int(r['sentiment'] == 'pos')}\n" for r in _separable(80, seed)))
+    probe_run(run, str(tmp_path / "glue"), ["sst2"], max_train=60)
+    result = read_run(run)
+    assert set(result.tasks) == {"probe-sst2"} and result.task_metric["probe-sst2"] == "accuracy"
+    assert result.tasks["probe-sst2"] > 0.7  # keyword sentiment is linearly readable even at random init
+    r = run_cli("ablate", "masking", "--data", tmp_path, "--budget-tokens", "1e3", "--out", tmp_path / "a", "--probe", "sst2")
+    assert r.returncode == 2 and "--probe TASK needs --glue-dir" in r.stderr

@@ -93,7 +93,8 @@ def arm_config(base_preset: str, sets: list[str], arm: Arm, budget_tokens: int, 
 def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str = "tiny",
                  sets: list[str] | None = None, seeds: int = 1, glue_dir: str | None = None,
                  glue_tasks: list[str] | None = None, custom: str | None = None, lr_rule: str = "sqrt",
-                 progress: bool = True, finetune_args: dict | None = None) -> dict:
+                 progress: bool = True, finetune_args: dict | None = None,
+                 probe_tasks: list[str] | None = None) -> dict:
     from roberta.train import pretrain
 
     if budget_tokens <= 0:
@@ -119,6 +120,10 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
                 pretrain(str(data), str(run_dir), cfg, explicit, resume=run_dir.exists(), progress=progress)
             if glue_dir and glue_tasks:
                 finetune_run(run_dir, glue_dir, glue_tasks, finetune_args or {})
+            if glue_dir and probe_tasks:  # frozen features: a signal where fine-tuning cannot separate arms
+                from roberta.probe import probe_run
+
+                probe_run(run_dir, glue_dir, probe_tasks)
     return make_report(run_dirs, outdir, title=f"{kind} ablation at {budget_tokens:,} tokens per arm")
 
 

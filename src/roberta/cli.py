@@ -273,11 +273,15 @@ def cmd_ablate(a) -> None:
     from roberta.ablate import run_ablation
 
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
+    probes = [t for t in (a.probe or "").split(",") if t]
+    if probes and not a.glue_dir:
+        raise UserError("--probe TASK needs --glue-dir DIR")
     result = run_ablation(a.kind, a.data, int(float(a.budget_tokens)), a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
                           lr_rule=a.lr_rule, progress=not a.quiet,
                           finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
-                                         "threads": 1})
+                                         "threads": 1},
+                          probe_tasks=probes)
     print(Path(a.out, "report.md").read_text())
     print(json.dumps(result))
 
@@ -438,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs per task (best dev epoch kept)")
     s.add_argument("--ft-max-train", type=int, default=0, help="fine-tuning examples per task (0 = all)")
     s.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds per task (median reported)")
+    s.add_argument("--probe", default="", metavar="TASK[,TASK]",
+                   help="add a frozen-feature probe column per arm (e.g. sst2; needs --glue-dir)")
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
     s.add_argument("--quiet", action="store_true")

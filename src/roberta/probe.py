@@ -180,3 +180,17 @@ def probe(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: ProbeCon
 
 
 __all__ = ["probe", "ProbeConfig", "features", "fit_logistic", "fit_ridge", "choose_penalty"]
+
+
+def probe_run(run_dir: Path, glue_dir: str, tasks: list[str], max_train: int = 2000) -> None:
+    """`roberta ablate --probe TASK`: probe a finished arm on each GLUE task (skipping those done),
+    written as run_dir/glue/probe-TASK/metrics.json, so the report shows a `probe-TASK` column."""
+    from roberta.tasks import glue_task
+
+    for name in tasks:
+        target = Path(run_dir) / "glue" / f"probe-{name}"
+        if (target / "metrics.json").is_file():
+            continue
+        task = glue_task(name, glue_dir)
+        task.name = f"probe-{name}"
+        probe(task, run_dir, target, ProbeConfig(max_train=max_train, threads=1))
