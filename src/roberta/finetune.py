@@ -286,7 +286,7 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
         f"{s.train.lengths.mean():.1f} tokens; {s.device}; {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
     if cfg.from_scratch and len(cfg.lrs) == 1:
         log(f"note: one lr ({cfg.lrs[0]:g}) for a from-scratch baseline; a random init usually wants a higher lr "
-            "than a pretrained model, so compare both arms with the same --lr-grid (README, 'Does pretraining help?')")
+            "than a pretrained model, so tune each arm over its own --lr-grid (`finetune --baseline scratch` does; docs/downstream.md)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
