@@ -4,7 +4,7 @@
           roberta.optim, 6% warmup then linear decay, dev after every epoch, best epoch kept)
     HF:   the checkpoint exported with `roberta export-hf`, loaded as
           transformers.RobertaForSequenceClassification, trained by transformers.Trainer
-          (DataCollatorWithPadding, group_by_length, the same lr / epochs / batch / warmup /
+          (DataCollatorWithPadding, length-grouped sampling, the same lr / epochs / batch / warmup /
           weight decay / Adam betas and eps / dropout / seeds, eval every epoch, best epoch kept)
 
 Both tokenize with the checkpoint's tokenizer, truncated to the same --max-len. The dev score is the
@@ -96,16 +96,18 @@ def run_hf(task, ck: Path, a, work: Path) -> dict:
     def accuracy(p):
         return {"accuracy": float((np.asarray(p.predictions).argmax(-1) == p.label_ids).mean())}
 
+    # transformers 5 takes warmup as steps: the same fraction of all steps as ours
+    warmup_steps = int(round(a.warmup * a.epochs * -(-len(train) // a.batch_size)))
     values, t0 = [], time.perf_counter()
     for seed in range(a.seeds):
         model = RobertaForSequenceClassification.from_pretrained(hf_dir, num_labels=len(task.labels),
                                                                  hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
         args = TrainingArguments(
             output_dir=str(work / f"hf-run{seed}"), learning_rate=a.lr, num_train_epochs=a.epochs,
-            per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=64, warmup_ratio=a.warmup,
+            per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=64, warmup_steps=warmup_steps,
             weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, lr_scheduler_type="linear",
             seed=seed, eval_strategy="epoch", save_strategy="no", logging_strategy="no", report_to=[],
-            use_cpu=True, group_by_length=True, disable_tqdm=True, dataloader_num_workers=0)
+            use_cpu=True, train_sampling_strategy="group_by_length", disable_tqdm=True, dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                           data_collator=DataCollatorWithPadding(tok), compute_metrics=accuracy)
         trainer.train()
