@@ -108,14 +108,23 @@ def finetune_with_baseline(task, checkpoint, out, cfg, baseline_lrs: tuple[float
         raise UserError("--baseline scratch compares a pretrained checkpoint with scratch; drop --from-scratch")
     out = Path(out)
     log("== arm 1/2: pretrained ==")
-    summary = finetune(task, checkpoint, out, cfg, log)
+    finetune(task, checkpoint, out, cfg, log)
     log("== arm 2/2: same architecture from random init ==")
     scratch_cfg = dataclasses.replace(cfg, from_scratch=True, save_model=False, lrs=baseline_lrs or cfg.lrs)
-    base = finetune(task, checkpoint, out / BASELINE_DIR, scratch_cfg, log)
-    r = compare_runs(out, out / BASELINE_DIR)
+    finetune(task, checkpoint, out / BASELINE_DIR, scratch_cfg, log)
+    return add_comparison(out, out / BASELINE_DIR, log)
+
+
+def add_comparison(out: Path, baseline_dir: Path, log=print) -> dict:
+    """Pair two finished finetune outputs (the pretrained arm in OUT, the scratch arm in
+    baseline_dir) and add baseline_value, delta, interval and verdict to OUT/metrics.json."""
+    out, baseline_dir = Path(out), Path(baseline_dir)
+    summary = json.loads((out / "metrics.json").read_text())
+    base = json.loads((baseline_dir / "metrics.json").read_text())
+    r = compare_runs(out, baseline_dir)
     summary.update({"baseline": "scratch", "baseline_value": r["baseline_value"], "baseline_lr": base["lr"],
                     "baseline_per_seed": base["per_seed"], "delta": r["delta"], "interval": r["interval"],
                     "verdict": r["verdict"], "comparison": {k: r[k] for k in ("seeds", "dev_examples", "bootstrap_samples")}})
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    log(format_comparison({**r, "value": summary["value"]}, "pretrained", f"scratch (lr {base['lr']:g})"))
+    log(format_comparison(r, "pretrained", f"scratch (lr {base['lr']:g})"))
     return summary
