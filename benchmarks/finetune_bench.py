@@ -124,7 +124,7 @@ def main() -> None:
     p.add_argument("--max-train", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)  # a random-init tiny learns SST-2 at 1e-3, stays at the majority class at 3e-4 in 2 epochs
+    p.add_argument("--lr", type=float, default=1e-3)  # a random init wants a high lr (FINDINGS.md)
     p.add_argument("--warmup", type=float, default=0.06)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--max-len", type=int, default=66)
