@@ -107,6 +107,7 @@ def run_hf(task, ck: Path, a, work: Path) -> dict:
             per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=64, warmup_steps=warmup_steps,
             weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, lr_scheduler_type="linear",
             seed=seed, eval_strategy="epoch", save_strategy="no", logging_strategy="no", report_to=[],
+            max_grad_norm=0.0,  # ours (and fairseq's RoBERTa fine-tuning) does not clip; the Trainer clips at 1.0 by default
             use_cpu=True, train_sampling_strategy="group_by_length", disable_tqdm=True, dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                           data_collator=DataCollatorWithPadding(tok), compute_metrics=accuracy)
