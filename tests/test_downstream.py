@@ -4,7 +4,6 @@ from-scratch baseline, and frozen-feature probes."""
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 
