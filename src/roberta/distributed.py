@@ -13,7 +13,7 @@ import torch
 import torch.distributed as tdist
 
 from roberta.errors import UserError
-from roberta.precision import autocast  # noqa: F401  (the precision policy; the loops take it from here)
+from roberta.precision import autocast  # noqa: F401  (re-exported: the precision policy)
 
 DEFAULT_TIMEOUT_S = 600.0  # train.dist_timeout's default: a dead rank stops the others within this
 
