@@ -168,6 +168,17 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("ablate masking --data {data} --budget-tokens abc --out {new}", "--max-tokens abc"),
     ("import-hf --out {new}", "--checkpoint"),
     ("ablate masking --data {data} --out {new}", "--max-tokens"),
+    # predict
+    ("predict --checkpoint {ck} {tsv} --out {new}", "not a fine-tuned model"),
+    ("predict --checkpoint {missing} {tsv} --out {new}", "not a fine-tuned model"),
+    ("predict --checkpoint {data} {tsv} --out {new}", "not a fine-tuned model"),
+    ("predict --checkpoint {ck} {tsv} --out {new} --batch-size many", "--batch-size"),
+    # probe
+    ("probe --checkpoint {missing} --out {new} --train {tsv} --dev {tsv}", "no such checkpoint"),
+    ("probe --checkpoint {ck} --out {new}", "--train"),
+    ("probe --checkpoint {ck} --out {new} --glue sst2", "--glue-dir"),
+    ("probe --checkpoint {ck} --out {new} --glue sst9 --glue-dir {empty}", "invalid choice"),
+    ("probe --checkpoint {data} --out {new} --train {tsv} --dev {tsv}", "prepared data, not a checkpoint"),
     # fill-mask
     ("fill-mask --checkpoint {ck} --top-k 0 'a <mask> b'", "--top-k 0", SUBPROCESS),
     ("fill-mask --checkpoint {ck} --top-k -1 'a <mask> b'", "--top-k -1"),

@@ -96,7 +96,7 @@ def documented_commands() -> list[tuple[str, str]]:
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         if page.name in ("commands.md", "config.md"):  # generated from the parser itself
             continue
-        for block in re.findall(r"^```(?:bash|sh)\n(.*?)^```", page.read_text(), flags=re.M | re.S):
+        for block in re.findall(r"^```(?:bash|sh)?\n(.*?)^```", page.read_text(), flags=re.M | re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 m = re.match(r"^\s*(?:torchrun\s.*?-m\s+)?roberta\s+(.*)$", line)
                 args = re.sub(r"\s+#.*$", "", m.group(1)).strip() if m else ""
