@@ -255,7 +255,7 @@ def cmd_predict(a) -> None:
     from roberta.predict import Finetuned, predict_files
     from roberta.tasks import Columns, first_row_columns, read_examples
 
-    model = Finetuned(a.checkpoint, device=a.device)
+    model = Finetuned(a.checkpoint, device=a.device, precision=a.precision)
     examples, has_labels = [], True
     for path in a.inputs:
         names = first_row_columns(path)
@@ -668,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU when there is one, else the CPU")
+    _add_precision(s)
     _add_quiet(s)
     s.set_defaults(fn=cmd_predict)
 

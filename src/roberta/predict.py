@@ -59,7 +59,7 @@ def finetuned_dir(path: str | Path) -> Path | None:
 class Finetuned:
     """A fine-tuned classifier / regressor: `predict(texts_or_pairs)` -> one dict per input."""
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", precision: str = "auto"):
         d = finetuned_dir(path)
         if d is None:
             raise UserError(f"{path}: not a fine-tuned model (no model/{RECORD}); pass the --out directory of "
@@ -70,6 +70,7 @@ class Finetuned:
         self.labels, self.regression = tuple(lab["labels"]), bool(lab["regression"])
         cfg = ckpt.load_config(d)
         self.device = pick_device(device, option=f"--device {device}")
+        self.precision = precision  # roberta.precision: auto = bf16 on a GPU and on a CPU that has it
         self.model = build_classifier(cfg.model, max(len(self.labels), 1), self.device)
         ckpt.load_state(self.model, ckpt.load_weights(d), d / "model.safetensors")
         self.model.eval()
@@ -89,7 +90,7 @@ class Finetuned:
         batches = length_batches(data.lengths, batch_size, None)
         with torch.no_grad():
             for idx in tqdm(batches, desc="predict", unit="batch", disable=None if progress else True):
-                logits = forward(self.model, data.ids, idx)
+                logits = forward(self.model, data.ids, idx, self.precision)
                 per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).cpu().numpy()
         sums = np.zeros((len(examples), n_out))
         np.add.at(sums, data.owner, per_input)  # long="chunk": average each example's chunks
