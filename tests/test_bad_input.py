@@ -129,6 +129,9 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("evaluate --checkpoint {ck} --data {data} --max-sequences 0", "--max-sequences"),
     ("evaluate --checkpoint {ck} --data {data} --seq-len -1", "--seq-len"),
     ("evaluate --checkpoint {ck} --data {data} --split test", "invalid choice"),
+    ("evaluate --checkpoint {ck} --data {data} --threads -1", "--threads -1"),
+    ("evaluate --checkpoint {ck} --data {data} --precision fp8", "invalid choice"),
+    ("pretrain --data {data} --out {new} --precision fp16", "invalid choice"),
     # finetune
     ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --max-train -3", "--max-train -3", SUBPROCESS),
     ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --lr -1", "--lr -1"),
@@ -173,6 +176,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("predict --checkpoint {missing} {tsv} --out {new}", "not a fine-tuned model"),
     ("predict --checkpoint {data} {tsv} --out {new}", "not a fine-tuned model"),
     ("predict --checkpoint {ck} {tsv} --out {new} --batch-size many", "--batch-size"),
+    ("predict --checkpoint {ck} {tsv} --out {new} --threads -1", "--threads -1"),
     # probe
     ("probe --checkpoint {missing} --out {new} --train {tsv} --dev {tsv}", "no such checkpoint"),
     ("probe --checkpoint {ck} --out {new}", "--train"),

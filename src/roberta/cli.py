@@ -88,7 +88,7 @@ def cmd_pretrain(a) -> int:
 
     if a.config and a.preset != "tiny":
         raise UserError("pass --config (a saved run) or --preset, not both; --set works on top of either")
-    for flag, key in (("threads", "train.threads"), ("device", "train.device")):  # the shorthands
+    for flag, key in (("threads", "train.threads"), ("device", "train.device"), ("precision", "train.precision")):
         if getattr(a, flag) is not None:
             a.set = [*a.set, f"{key}={getattr(a, flag)}"]
     cfg, explicit = _config(a.preset, a.set, a.config)
@@ -140,6 +140,7 @@ def cmd_evaluate(a) -> None:
     from roberta.precision import autocast, resolve_precision
     from roberta.tokenizer import check_same_tokenizer
 
+    _set_threads(a.threads)
     model, ck = load_model(a.checkpoint)
     meta = read_meta(a.data)
     # the model's vocabulary may be padded past the tokenizer's (model.vocab_multiple)
@@ -255,6 +256,7 @@ def cmd_predict(a) -> None:
     from roberta.predict import Finetuned, predict_files
     from roberta.tasks import Columns, first_row_columns, read_examples
 
+    _set_threads(a.threads)
     model = Finetuned(a.checkpoint, device=a.device, precision=a.precision)
     examples, has_labels = [], True
     for path in a.inputs:
@@ -306,7 +308,7 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-train", type=int, default=0, help="fine-tune on a fixed random subsample of N examples (0 = all)")
     s.add_argument("--max-dev", type=int, default=0, help="evaluate on a fixed random subsample of N examples (0 = all)")
     s.add_argument("--from-scratch", action="store_true", help="same architecture, random init: the baseline")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    _add_threads(s)
     _add_precision(s)
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU when there is one (bf16 autocast there), else the CPU")
@@ -517,6 +519,19 @@ def _add_sets(s: argparse.ArgumentParser, what: str = "") -> None:
                    help="override one config key, e.g. train.max_steps=500 (repeatable; docs/config.md)" + what)
 
 
+def _add_threads(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    if n < 0:
+        raise UserError(f"--threads {n}: must be >= 0 (0 = torch's default)")
+    if n:
+        torch.set_num_threads(n)
+
+
 def _add_precision(s: argparse.ArgumentParser) -> None:
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast or fp32 (auto: bf16 on a GPU and on a CPU with native bf16)")
@@ -615,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads: shorthand for --set train.threads=N (default: the preset's, 0 = torch's)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="shorthand for --set train.device=DEVICE (default: auto, a GPU when there is one)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="shorthand for --set train.precision=P (default: auto, bf16 on a GPU and on a CPU with native bf16)")
     _add_quiet(s)
     s.set_defaults(fn=cmd_pretrain)
 
@@ -627,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="valid", choices=["valid", "train"], help="which split to score")
     s.add_argument("--seq-len", type=int, default=0, help="tokens per sequence (0 = the model's maximum)")
     s.add_argument("--max-sequences", type=int, default=1024, help="score at most this many sequences")
+    _add_threads(s)
     _add_precision(s)
     _add_quiet(s)
     s.set_defaults(fn=cmd_evaluate)
@@ -668,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU when there is one, else the CPU")
+    _add_threads(s)
     _add_precision(s)
     _add_quiet(s)
     s.set_defaults(fn=cmd_predict)
@@ -683,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     _renamed(s, "--max-len", "--seq-len", type=int)
     s.add_argument("--max-train", type=int, default=0, help="a fixed random subsample of N training examples (0 = all)")
     s.add_argument("--max-dev", type=int, default=0, help="a fixed random subsample of N dev examples (0 = all)")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    _add_threads(s)
     _add_quiet(s)
     s.set_defaults(fn=cmd_probe)
 
