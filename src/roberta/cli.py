@@ -448,6 +448,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32, width=min(100, shutil.get_terminal_size().columns))
 
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):  # argparse measures command names 2 columns short
+            self._action_max_length += 2
+
     def _get_help_string(self, action: argparse.Action) -> str:
         text, default = action.help or "", action.default
         if default is None or isinstance(default, bool) or default in ("", [], argparse.SUPPRESS) or "%(default)" in text:
@@ -713,9 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=5, help="candidates per <mask> (at most the vocabulary)")
     s.set_defaults(fn=cmd_fill_mask)
 
-    s = _command(sub, "export-hf", "write a checkpoint as a Hugging Face RobertaForMaskedLM directory",
-                 "roberta export-hf --checkpoint runs/r --out hf-model")
-    s.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run (its latest checkpoint)")
+    s = _command(sub, "export-hf", "write a checkpoint or a fine-tuned model as a Hugging Face model directory",
+                 "roberta export-hf --checkpoint runs/r --out hf-model        # RobertaForMaskedLM\n"
+                 "roberta export-hf --checkpoint ft/mine --out hf-classifier  # RobertaForSequenceClassification")
+    s.add_argument("--checkpoint", required=True,
+                   help="a checkpoint or run (-> RobertaForMaskedLM), or a finetune --out (-> a sequence classifier)")
     s.add_argument("--out", required=True, help="the transformers model directory to write")
     _add_overwrite(s)
     s.set_defaults(fn=cmd_export_hf)
