@@ -40,7 +40,9 @@ from roberta.optim import build_optimizer
 from roberta.perf import datasheet_peak, matmul_peak, sync
 from roberta.presets import get_preset
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from roberta.train import Masker, PreparedStep, compile_model, launch_step, prepare_step
+from roberta.masking import Masker
+from roberta.parallelize import compile_model
+from roberta.train import PreparedStep, launch_step, prepare_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
 VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
@@ -79,7 +81,7 @@ class Ours:
         if cfg.train.compile:
             compile_model(self.model, compile_mode)
         self.opt = build_optimizer(self.model, cfg.optim, cfg.train.lr)
-        self.masker = Masker(cfg, {f"t{i}": i for i in range(vocab)})  # random tokens: the tokenizer's ids
+        self.masker = Masker.for_run(cfg, {f"t{i}": i for i in range(vocab)})  # random tokens: the tokenizer's ids
         self.step_i = 0
         self.upcoming: tuple[torch.Tensor, PreparedStep] | None = None
 

@@ -221,8 +221,10 @@ def test_fill_mask_cli_prints_each_mask_and_clamps_top_k(small_run):
 
 def test_pretrain_warns_when_the_data_length_overrides_the_presets(tmp_path, data_dir, capsys):
     from roberta.cli import seq_len_warning
+    from roberta.config import apply_overrides
     from roberta.presets import tiny
 
-    note = seq_len_warning("tiny", tiny(), set(), str(data_dir))  # data prepared at 64, tiny says 128
+    note = seq_len_warning("tiny", tiny(), str(data_dir))  # data prepared at 64, tiny says 128
     assert "--seq-len 64" in note and "tiny's 128" in note and "--set data.seq_len=128" in note
-    assert seq_len_warning("tiny", tiny(), {"data.seq_len"}, str(data_dir)) is None
+    given = apply_overrides(tiny(), ["data.seq_len=128"])
+    assert seq_len_warning("tiny", given, str(data_dir)) is None

@@ -226,7 +226,7 @@ def test_continue_pretraining_an_imported_model(tmp_path, tokenizer_dir, data_di
     tok = load_tokenizer(tokenizer_dir)
     import_hf(_hf_dir_with_tokenizer(tmp_path / "hf", tok, tok.get_vocab_size()), tmp_path / "imported")
     cfg = tiny_config(max_steps=2, lr=1e-9)  # the preset's 2 x 64: the checkpoint's 1 x 32 must win
-    summary = pretrain(str(data_dir), str(tmp_path / "run"), cfg, explicit=set(), progress=False,
+    summary = pretrain(str(data_dir), str(tmp_path / "run"), cfg, progress=False,
                        init_from=str(tmp_path / "imported"))
     assert summary["step"] == 2
     run_cfg = ckpt.load_config(Path(summary["checkpoint"]))
@@ -243,7 +243,7 @@ def test_continue_pretraining_refuses_another_vocabulary(tmp_path, tokenizer_dir
     swapped = [*range(10), 11, 10, *range(12, vocab)]  # two ordinary tokens trade ids
     import_hf(_hf_dir_with_tokenizer(tmp_path / "hf", renumber_tokenizer(tok, swapped), vocab), tmp_path / "imported")
     with pytest.raises(UserError, match="vocabulary"):
-        pretrain(str(data_dir), str(tmp_path / "run"), tiny_config(max_steps=1), explicit=set(),
+        pretrain(str(data_dir), str(tmp_path / "run"), tiny_config(max_steps=1),
                  progress=False, init_from=str(tmp_path / "imported"))
 
 
@@ -254,7 +254,7 @@ def test_export_then_import_then_evaluate_on_the_original_data(tmp_path, tokeniz
     from roberta.tokenizer import tokenizer_fingerprint, tokenizer_hash
 
     run = tmp_path / "run"
-    pretrain(str(data_dir), str(run), tiny_config(max_steps=1), explicit=set(), progress=False)
+    pretrain(str(data_dir), str(run), tiny_config(max_steps=1), progress=False)
     export_hf(run, tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     assert tokenizer_hash(tmp_path / "imported") != tokenizer_hash(tokenizer_dir)  # the bytes differ...
@@ -290,7 +290,7 @@ def test_prepared_data_from_before_fingerprints_still_loads(tmp_path, tokenizer_
     meta = json.loads((old / "meta.json").read_text())
     del meta["tokenizer_fingerprint"]
     (old / "meta.json").write_text(json.dumps(meta))
-    summary = pretrain(str(old), str(tmp_path / "run"), tiny_config(max_steps=1), explicit=set(), progress=False)
+    summary = pretrain(str(old), str(tmp_path / "run"), tiny_config(max_steps=1), progress=False)
     export_hf(tmp_path / "run", tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     check_same_tokenizer(tmp_path / "imported", old, meta, "the checkpoint")  # no error

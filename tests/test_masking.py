@@ -18,7 +18,7 @@ from roberta.masking import (IGNORE, apply_compact_masks, compact_masks, mask_co
                              masking_stats, sequence_keys, token_hashes, word_start_table)
 from roberta.presets import tiny
 from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, SPECIAL_IDS, load_tokenizer
-from roberta.train import Masker
+from roberta.masking import Masker
 
 VOCAB = 1000  # small, so a random replacement that could hit a special token would, often
 B, T = 2048, 512  # 1,048,576 tokens
@@ -157,7 +157,7 @@ def masker(**masking) -> Masker:
     cfg = tiny()
     cfg = dataclasses.replace(cfg, masking=dataclasses.replace(cfg.masking, **masking),
                               model=dataclasses.replace(cfg.model, vocab_size=VOCAB))
-    return Masker(cfg, {})
+    return Masker.for_run(cfg, {})
 
 
 @pytest.mark.parametrize("dupe_factor", [10, 3])
@@ -286,7 +286,7 @@ def test_generator_path_reproducible_with_seeded_generator(ids):
 def test_masker_draws_replacements_from_the_tokenizer_vocabulary():
     cfg = tiny()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))  # padded model vocab
-    m = Masker(cfg, {f"t{i}": i for i in range(600)})
+    m = Masker.for_run(cfg, {f"t{i}": i for i in range(600)})
     ids = make_batch(512, 128, vocab=600)
     inputs, labels = m(ids, torch.zeros(512, dtype=torch.int64), torch.arange(512))
     assert (inputs < 600).all() and (labels != IGNORE).any()

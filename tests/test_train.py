@@ -39,7 +39,7 @@ DEFAULT_SETS = [s for s in BASE_SETS if not s.startswith("train.peak_flops=")]
 def run_inprocess(data_dir, out, *sets, resume=False, base=BASE_SETS, progress=False):
     all_sets = base + list(sets)
     cfg = apply_overrides(tiny(), all_sets)
-    return pretrain(str(data_dir), str(out), cfg, {s.split("=")[0] for s in all_sets}, resume=resume,
+    return pretrain(str(data_dir), str(out), cfg, resume=resume,
                     progress=progress)
 
 
@@ -114,12 +114,13 @@ def test_lr_schedule_against_hand_computed_values():
 
 
 def test_budget_steps_tokens_and_warmup_conversion():
-    from roberta.train import Budget, TrainState
+    from roberta.optim import Budget
+    from roberta.train import TrainState
     cfg = apply_overrides(tiny(), ["train.max_steps=200", "train.warmup_steps=20"])
     b = Budget(cfg)
     assert b.warmup == pytest.approx(0.1) and b.progress(TrainState(step=50)) == pytest.approx(0.25)
     # a token budget: 16 x 128 = 2048 tokens per step, 204,800 tokens = 100 steps, warmup 20 steps = 20%
-    cfg = apply_overrides(tiny(), ["train.max_tokens=204800", "train.warmup_steps=20"])
+    cfg = apply_overrides(tiny(), ["train.max_tokens=204800", "train.warmup_steps=20", "data.seq_len=128"])
     b = Budget(cfg)
     assert b.steps_estimate == 100 and b.warmup == pytest.approx(0.2)
     assert b.progress(TrainState(step=999, tokens=102400)) == pytest.approx(0.5)  # tokens override steps
@@ -155,7 +156,7 @@ def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_
     from roberta.data.formats import build_plan
     from roberta.data.loader import BatchStream, collate
     from roberta.data.prepare import load_split
-    from roberta.train import Masker
+    from roberta.masking import Masker
 
     from roberta.data.prepare import read_meta
 
@@ -168,7 +169,7 @@ def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_
     split = load_split(data_dir, "train")
     plan = build_plan(split, "full-sentences", 64, seed=0)
     stream = BatchStream(plan, 8, 0)
-    masker = Masker(cfg, {})
+    masker = Masker.for_run(cfg, {})
     tokens = masked = 0
     flops = 0.0
     for step in (1, 2):
@@ -501,10 +502,10 @@ def test_step_if_finite_skips_the_update_and_the_step_count(fused):
 
 def one_layer_config(*sets: str):
     """A 1 x 64 model whose 1,000-token vocabulary is padded to 1,024 rows: a step takes milliseconds."""
-    import dataclasses
+    from roberta.config import resolve_run
 
     cfg = apply_overrides(tiny(), ["model.layers=1", "model.hidden=64", "model.heads=2", "model.ffn=128", *sets])
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+    return resolve_run(cfg, {"vocab_size": 1000, "seq_len": 64})
 
 
 def random_micro_batches(step: int, micro_batches: int = 1, rows: int = 8, seq_len: int = 64) -> list:
@@ -523,9 +524,14 @@ def test_compiled_training_matches_eager():
     from roberta.distributed import Dist
     from roberta.model import build_model
     from roberta.optim import build_optimizer
-    from roberta.train import Masker, compile_model, train_step
+    from roberta.masking import Masker
+    from roberta.parallelize import compile_model
+    from roberta.train import launch_step, prepare_step
 
     cfg = one_layer_config("model.dropout=0", "model.attention_dropout=0")
+
+    def train_step(model, opt, micro_batches, masker, dist, cfg) -> dict:  # prepare -> launch -> wait
+        return launch_step(model, opt, prepare_step(micro_batches, masker, cfg), dist, cfg).result()
 
     def losses(compiled: bool) -> list[float]:
         model = build_model(cfg.model, "cpu", seed=0)
@@ -533,7 +539,7 @@ def test_compiled_training_matches_eager():
             compile_model(model)
         opt, out = build_optimizer(model, cfg.optim, 1e-3), []
         for step in range(3):
-            out.append(train_step(model, opt, random_micro_batches(step), Masker(cfg, {}), Dist(), cfg)["loss"])
+            out.append(train_step(model, opt, random_micro_batches(step), Masker.for_run(cfg, {}), Dist(), cfg)["loss"])
         return out
 
     eager, compiled = losses(False), losses(True)
@@ -549,7 +555,8 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     from roberta.interrupt import GracefulStop
     from roberta.model import build_model
     from roberta.optim import build_optimizer
-    from roberta.train import Masker, launch_step, prepare_step
+    from roberta.masking import Masker
+    from roberta.train import launch_step, prepare_step
 
     cfg = one_layer_config()
     asked = GracefulStop()
@@ -559,8 +566,8 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     opt = build_optimizer(model, cfg.optim, 1e-3)
     mbs = random_micro_batches(0, micro_batches=2)
     dist = Dist(device=dev)
-    launch_step(model, opt, prepare_step(mbs, Masker(cfg, {}), cfg), dist, cfg).result()  # warm-up
-    prep = prepare_step(mbs, Masker(cfg, {}), cfg, with_stats=True)
+    launch_step(model, opt, prepare_step(mbs, Masker.for_run(cfg, {}), cfg), dist, cfg).result()  # warm-up
+    prep = prepare_step(mbs, Masker.for_run(cfg, {}), cfg, with_stats=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -756,11 +763,12 @@ def test_resuming_a_finished_run_says_so(data_dir, tmp_path, capsys):
 def test_the_progress_bar_counts_the_budget_that_ends_the_run(data_dir, tmp_path, capsys):
     """Under a token budget the step count is an estimate (padding makes more steps): the bar
     counts percent of the budget and ends at 100, never "0/10 ... 12it"."""
-    from roberta.train import Budget, TrainState
+    from roberta.optim import Budget
+    from roberta.train import TrainState
 
     b = Budget(apply_overrides(tiny(), ["train.max_steps=7"]))
     assert b.bar() == (7, "step") and b.bar_position(TrainState(step=3)) == 3
-    b = Budget(apply_overrides(tiny(), ["train.max_tokens=20480"]))
+    b = Budget(apply_overrides(tiny(), ["train.max_tokens=20480", "data.seq_len=128"]))
     assert b.bar() == (100, "%") and b.bar_position(TrainState(step=99, tokens=30000)) == 100
     run_inprocess(data_dir, tmp_path / "run", "train.max_tokens=3000", "train.max_steps=0", progress=True)
     last = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]

@@ -83,14 +83,14 @@ def load_custom_arms(path: str | None) -> list[Arm]:
     return [Arm(name, flat(body)) for name, body in spec.items()]
 
 
-def arm_config(base_preset: str, sets: list[str], arm: Arm, budget_tokens: int, seed: int) -> tuple[Config, set[str]]:
+def arm_config(base_preset: str, sets: list[str], arm: Arm, budget_tokens: int, seed: int,
+               data_seq_len: int) -> Config:
+    """The arm's config: the preset, then an evaluation interval giving about ten points on the
+    loss-vs-tokens curve, then --set and the arm's own settings (which may set it otherwise)."""
     overrides = list(sets) + arm.overrides + [f"train.max_tokens={budget_tokens}", f"train.seed={seed}"]
     cfg = apply_overrides(get_preset(base_preset), overrides)
-    explicit = {o.split("=", 1)[0] for o in overrides}
-    if "train.eval_interval" not in explicit:  # about ten points on the loss-vs-tokens curve
-        steps = max(1, budget_tokens // (cfg.train.batch_size * cfg.data.seq_len))
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_interval=max(1, steps // 10)))
-    return cfg, explicit
+    steps = max(1, budget_tokens // (cfg.train.batch_size * (cfg.data.seq_len or data_seq_len)))
+    return apply_overrides(get_preset(base_preset), [f"train.eval_interval={max(1, steps // 10)}", *overrides])
 
 
 def arm_definition(cfg: Config, budget_tokens: int, data: str) -> dict:
@@ -150,7 +150,7 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
         raise UserError("ablate: --budget-tokens must be > 0")
     if seeds < 1:
         raise UserError(f"ablate: --seeds {seeds}: must be >= 1")
-    read_meta(data)  # a missing or unprepared --data is an error before anything is written
+    data_seq_len = int(read_meta(data).get("seq_len") or 0)  # a missing or unprepared --data: an error before anything is written
     sets = sets or []
     base = apply_overrides(get_preset(preset), list(sets))
     arms = arms_for(kind, base, custom, lr_rule)
@@ -162,16 +162,16 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
     for arm in arms:
         for seed in range(seeds):
             run_dir = outdir / arm.name / f"seed{seed}"
-            cfg, explicit = arm_config(preset, sets, arm, budget_tokens, seed)
+            cfg = arm_config(preset, sets, arm, budget_tokens, seed, data_seq_len)
             definition = arm_definition(cfg, budget_tokens, data)
             state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=False) if not overwrite else None
-            plan.append((arm, seed, run_dir, cfg, explicit, definition, state))
+            plan.append((arm, seed, run_dir, cfg, definition, state))
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "ablation.json").write_text(json.dumps(
         {"kind": kind, "data": str(data), "budget_tokens": budget_tokens, "preset": preset, "sets": sets,
          "seeds": seeds, "arms": [dataclasses.asdict(a) for a in arms]}, indent=2))
     run_dirs = []
-    for arm, seed, run_dir, cfg, explicit, definition, state in plan:
+    for arm, seed, run_dir, cfg, definition, state in plan:
         run_dirs.append(run_dir)
         if state is None:  # --overwrite: decided now, so a refused plan never deletes anything
             state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=True)
@@ -183,7 +183,7 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
             print(f"ablate: {arm.name} seed {seed}{verb}: {' '.join(arm.overrides)} -> {run_dir}")
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / ARM_FILE).write_text(json.dumps(definition, indent=2))
-            pretrain(str(data), str(run_dir), cfg, explicit, resume=state == "interrupted", progress=progress)
+            pretrain(str(data), str(run_dir), cfg, resume=state == "interrupted", progress=progress)
         if glue_dir and glue_tasks:
             finetune_run(run_dir, glue_dir, glue_tasks, finetune_args or {})
     return make_report(run_dirs, outdir, title=f"{kind} ablation at {budget_tokens:,} tokens per arm")

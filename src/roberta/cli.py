@@ -18,9 +18,7 @@ def _config(preset: str, sets: list[str]):
     from roberta.config import apply_overrides
     from roberta.presets import get_preset
 
-    cfg = apply_overrides(get_preset(preset), sets or [])
-    explicit = {s.split("=", 1)[0].strip() for s in sets or []}
-    return cfg, explicit
+    return apply_overrides(get_preset(preset), sets or [])
 
 
 def cmd_train_tokenizer(a) -> None:
@@ -59,13 +57,13 @@ def cmd_pretrain(a) -> int:
     from roberta.interrupt import TrainingInterrupted
     from roberta.train import pretrain
 
-    cfg, explicit = _config(a.preset, a.set)
-    note = seq_len_warning(a.preset, cfg, explicit, a.data)
+    cfg = _config(a.preset, a.set)
+    note = seq_len_warning(a.preset, cfg, a.data)
     if note and int(os.environ.get("RANK", "0")) == 0:
         print(f"warning: {note}", file=sys.stderr)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.init_from)
+        summary = pretrain(a.data, a.out, cfg, resume=a.resume, progress=not a.quiet, init_from=a.init_from)
     except TrainingInterrupted as e:
         if main_rank:
             print(f"stopped by {signal.Signals(e.signum).name} after step {e.step}; checkpoint {e.checkpoint}. "
@@ -84,19 +82,20 @@ def cmd_pretrain(a) -> int:
     return 0
 
 
-def seq_len_warning(preset: str, cfg, explicit: set[str], data: str) -> str | None:
+def seq_len_warning(preset: str, cfg, data: str) -> str | None:
     """The sequence length is the data's (`prepare --seq-len`, default 512) unless data.seq_len is
     set; a preset's own length (tiny: 128) otherwise silently gives way, and a step costs several
     times more than the preset table suggests. Say so where it bites."""
     from roberta.data.prepare import read_meta
+    from roberta.presets import SEQ_LEN
 
-    if "data.seq_len" in explicit:
+    if cfg.data.seq_len is not None:  # given: the run trains at it
         return None
-    prepared = read_meta(data).get("seq_len")
-    if not prepared or int(prepared) == cfg.data.seq_len:
+    prepared, sized_for = read_meta(data).get("seq_len"), SEQ_LEN.get(preset)
+    if not prepared or not sized_for or int(prepared) == sized_for:
         return None
     return (f"{data} was prepared with --seq-len {prepared}, so pretraining runs at {prepared} tokens per "
-            f"sequence, not preset {preset}'s {cfg.data.seq_len}; pass --set data.seq_len={cfg.data.seq_len} "
+            f"sequence, not preset {preset}'s {sized_for}; pass --set data.seq_len={sized_for} "
             f"to train at the preset's length")
 
 

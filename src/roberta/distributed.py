@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from roberta.config import TrainConfig, parse_duration
 from roberta.errors import UserError
 
-DEFAULT_TIMEOUT_S = 600.0  # train.dist_timeout's default: a dead rank stops the others within this
+DEFAULT_TIMEOUT_S = parse_duration(TrainConfig().dist_timeout)  # a dead rank stops the others within this
 
 
 @dataclass
@@ -43,11 +44,6 @@ def pick_device(pref: str, local_rank: int = 0, option: str = "") -> torch.devic
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
-
-
-def autocast(device: torch.device):
-    """The precision policy, one place: bf16 autocast on a GPU, plain fp32 on a CPU (no bf16 path there)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -104,20 +100,6 @@ def broadcast_object(obj, dist: Dist):
     box = [obj]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def wrap_model(model: torch.nn.Module, dist: Dist, fsdp: bool = False) -> torch.nn.Module:
-    if not dist.active:
-        return model
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for layer in model.roberta.layers:
-            fully_shard(layer)
-        fully_shard(model)
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    return DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-               gradient_as_bucket_view=True)
 
 
 @contextlib.contextmanager

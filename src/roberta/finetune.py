@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from roberta import checkpoint as ckpt
 from roberta.config import OptimConfig
-from roberta.distributed import autocast, pick_device
+from roberta.distributed import pick_device
+from roberta.parallelize import autocast
 from roberta.errors import UserError
 from roberta.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from roberta.tokenizer import WORD_START
+from roberta.config import Config, MaskingConfig
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, WORD_START
 
 IGNORE = -100
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -274,3 +275,29 @@ def masking_stats(counts) -> dict:
     real, n, masked, kept = (float(c) for c in counts)
     return {"mask_rate": n / max(real, 1), "mask_share": masked / max(n, 1),
             "random_share": (n - masked - kept) / max(n, 1), "keep_share": kept / max(n, 1)}
+
+
+class Masker:
+    """Masks a batch as a MaskingConfig says: dynamic (fresh per epoch) or static (epoch %
+    dupe_factor), keyed by (seed, epoch, sequence index) so a mask never depends on batch order."""
+
+    def __init__(self, m: MaskingConfig, seed: int, vocab_size: int, word_start: torch.Tensor | None = None):
+        self.m, self.seed, self.vocab_size, self.word_start = m, seed, vocab_size, word_start
+
+    @classmethod
+    def for_run(cls, cfg: Config, vocab: dict[str, int]) -> "Masker":
+        # random replacements come from the tokenizer's ids, even if model.vocab_size pads beyond them
+        vocab_size = min(cfg.model.vocab_size, max(vocab.values()) + 1) if vocab else cfg.model.vocab_size
+        word_start = word_start_table(vocab, vocab_size) if cfg.masking.whole_word else None
+        return cls(cfg.masking, cfg.train.seed, vocab_size, word_start)
+
+    def __call__(self, input_ids: torch.Tensor, epochs: torch.Tensor, indices: torch.Tensor):
+        """(B, T) ids, (B,) epochs and sequence indices -> (inputs, labels), on the host: the trainer
+        masks while the device runs the previous step, and knows the masked count without a sync."""
+        if self.m.kind == "static":
+            epochs = epochs % self.m.dupe_factor
+        keys = sequence_keys(self.seed, epochs, indices)
+        return mask_tokens(input_ids, vocab_size=self.vocab_size, mask_token_id=MASK_ID,
+                           special_token_ids=SPECIAL_IDS, mask_prob=self.m.mask_prob,
+                           mask_token_prob=self.m.mask_token_prob, random_token_prob=self.m.random_token_prob,
+                           exact_count=self.m.exact_count, seq_keys=keys, word_start=self.word_start)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from roberta.config import ModelConfig
+from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for  # noqa: F401 (re-exported)
 from roberta.masking import IGNORE  # the label of a position the MLM loss skips
 
 
@@ -139,7 +139,7 @@ class LMHead(nn.Module):
     def loss_sum(self, h: torch.Tensor, targets: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of the logits at h (n, C) against targets (n,), IGNORE skipped.
         The softmax is fp32 (.float() is a no-op in fp32, autocast's own choice under bf16).
-        A method of its own so that roberta.train.compile_model compiles the whole head with its
+        A method of its own so that roberta.parallelize.compile_model compiles the whole head with its
         loss: the fp32 cast, log-softmax and loss then run as fused kernels, not eager ones."""
         return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
 
@@ -255,23 +255,6 @@ def _materialise(model: nn.Module, device: str | torch.device, seed: int | None)
         torch.manual_seed(seed)
     init_weights(model)
     return model
-
-
-def max_seq_len(cfg: ModelConfig) -> int:
-    """The longest input the position table holds (positions start at padding_idx + 1)."""
-    return cfg.max_positions - cfg.pad_token_id - 1
-
-
-def padded_vocab_size(tokenizer_size: int, multiple: int) -> int:
-    """The model's vocabulary rows for a tokenizer: rounded up to model.vocab_multiple, so the
-    vocabulary GEMMs get tensor-core-friendly shapes (50,265 -> 50,304). The extra rows are never
-    an input or a target; the softmax learns to give them nothing."""
-    return -(-tokenizer_size // multiple) * multiple
-
-
-def positions_for(seq_len: int, pad_token_id: int = 1) -> int:
-    """Position rows a seq_len input needs: RoBERTa's offset makes 512 tokens need 514."""
-    return seq_len + pad_token_id + 1
 
 
 def count_parameters(model: nn.Module) -> int:

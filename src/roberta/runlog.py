@@ -112,6 +112,11 @@ class RunLog:
         for sink in self.sinks:
             sink.write(record["step"], scalars)
 
+    def print(self, line: str) -> None:
+        """A line on the console (rank 0, unless quiet) that does not break the progress bar."""
+        if self.enabled and not self.bar.disable:
+            tqdm.write(line, file=sys.stdout)
+
     def progress(self, position: float | None = None, **postfix) -> None:
         """Advance the bar by one, or to `position` (in the bar's unit)."""
         self.bar.update(1 if position is None else position - self.bar.n)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from roberta.config import NSP_FORMATS  # noqa: F401 (defined once, in config; re-exported)
 from roberta.data.prepare import Split
 
 SEP_DOC, SEP_PAIR = -1, -2
 SEP_LEN = {SEP_DOC: 1, SEP_PAIR: 2}
-NSP_FORMATS = ("segment-pair+nsp", "sentence-pair+nsp")
 
 
 @dataclass
