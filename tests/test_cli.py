@@ -42,7 +42,7 @@ def test_pretrain_save_reload_evaluate_end_to_end(tmp_path, data_dir):
 
     # the checkpoint reloads into an identical model
     import roberta
-    from roberta.api import load_model
+    from roberta.checkpoint import load_model
 
     ck = run / "checkpoint-000008"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in ck.iterdir()}

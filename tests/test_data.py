@@ -14,7 +14,7 @@ import pytest
 from conftest import SHARED_DATA, run_cli
 from roberta.data import readers
 from roberta.data.prepare import (bounded_map, chunk_documents, encode_chunk, encoder, load_split, prepare, read_meta,
-                                  split_key)
+                                  _hash_fraction)
 from roberta.data.readers import MAX_DOC_CHARS, ReadStats, iter_documents, normalize
 from roberta.data.sentences import split_sentences
 from roberta.errors import UserError
@@ -74,6 +74,11 @@ def test_splitter_cuts_at_sentence_ends_but_not_abbreviations():
 
 
 # ---------------------------------------------------------------------------------- prepared data
+
+def split_key(text: str) -> float:
+    """A document's place in [0, 1): prepare splits train/valid by this hash of the text."""
+    return _hash_fraction(text.encode("utf-8", "surrogatepass"))
+
 
 def test_decoding_the_prepared_tokens_reproduces_every_document(data_dir, corpus_docs, tokenizer_dir):
     tok = load_tokenizer(tokenizer_dir)

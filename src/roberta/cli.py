@@ -79,6 +79,9 @@ def cmd_pretrain(a) -> int:
     print(f"done: step {summary['step']}, {summary['tokens']:,} tokens{loss}, "
           f"{'held-out' if held_out else 'train-split (no held-out split)'} perplexity "
           f"{summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+    ck = shlex.quote(str(summary["checkpoint"]))
+    print(f"next: roberta evaluate --checkpoint {ck} --data {shlex.quote(a.data)}   (held-out perplexity)\n"
+          f"      roberta finetune --checkpoint {ck} --train TRAIN.tsv --dev DEV.tsv --out FT   (a task)")
     return 0
 
 
@@ -104,7 +107,7 @@ def cmd_evaluate(a) -> None:
         raise UserError("evaluate: pass --data DIR (held-out MLM perplexity) or --glue-dir DIR (fine-tune on GLUE)")
     if a.glue_dir is not None:
         return _evaluate_glue(a)
-    from roberta.api import load_model
+    from roberta.checkpoint import load_model
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
     from roberta.model import max_seq_len

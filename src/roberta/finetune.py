@@ -34,6 +34,7 @@ from roberta.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
 from roberta.optim import build_optimizer, lr_at, set_lr
 from roberta.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
+from roberta.data.loader import pad_rows
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
 
 PAPER_LR_GRID = (1e-5, 2e-5, 3e-5)
@@ -110,22 +111,10 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
-def collate(ids: list[list[int]], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (B, T) input ids padded with <pad>, (B, T) attention mask (1 = real token)."""
-    rows = [ids[i] for i in idx]
-    T = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for r, row in enumerate(rows):
-        input_ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
-    return input_ids, mask
-
-
 def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray) -> torch.Tensor:
     """Logits (fp32) for the inputs idx, on the model's device; bf16 autocast on a GPU."""
     device = next(model.parameters()).device
-    input_ids, mask = (t.to(device, non_blocking=True) for t in collate(ids, idx))
+    input_ids, mask = (t.to(device, non_blocking=True) for t in pad_rows([ids[i] for i in idx]))
     with autocast(device):
         return model(input_ids, mask).float()
 

@@ -189,7 +189,7 @@ def _check_out(src: Path, out: Path) -> None:
 
 def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
     """Write OUT as a transformers RobertaForMaskedLM dir (config, safetensors, tokenizer). -> notes."""
-    from roberta.api import load_model  # validates weights against config.json
+    from roberta.checkpoint import load_model  # validates weights against config.json
 
     model, ck = load_model(checkpoint)
     config = hf_config(model.cfg)

@@ -102,6 +102,9 @@ class Embeddings(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.vocab_size is None or cfg.max_positions is None:
+            raise ValueError("ModelConfig.vocab_size / max_positions are None (derive them): resolve the config "
+                             "first (roberta.config.resolve_run), or give them")
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
@@ -173,7 +176,7 @@ class RobertaMLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, nsp_labels: torch.Tensor | None = None,
-                sparse: bool | None = None, masked_positions: torch.Tensor | None = None) -> dict:
+                masked_positions: torch.Tensor | None = None) -> dict:
         """Summed (not averaged) losses, so the caller can normalise over a whole global batch.
 
         Returns {"mlm_loss_sum", "mlm_count", "nsp_loss_sum"?, "nsp_count"?}. The sparse head
@@ -184,9 +187,8 @@ class RobertaMLM(nn.Module):
         """
         h = self.roberta(input_ids, attention_mask)  # (B, T, C)
         decoder = self.roberta.embeddings.word_embeddings.weight
-        sparse = self.cfg.sparse_head if sparse is None else sparse
         flat_labels = labels.reshape(-1)
-        if sparse:
+        if self.cfg.sparse_head:
             if masked_positions is None:
                 masked_positions = flat_labels.ne(IGNORE).nonzero().squeeze(1)
             loss = self.lm_head.loss_sum(h.flatten(0, 1).index_select(0, masked_positions),

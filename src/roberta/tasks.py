@@ -76,10 +76,6 @@ class TaskData:
     def regression(self) -> bool:
         return not self.labels
 
-    @property
-    def pairs(self) -> bool:
-        return self.train[0].pair is not None
-
 
 # ---------------------------------------------------------------------------------------- rows
 

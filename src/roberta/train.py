@@ -39,7 +39,7 @@ from roberta.optim import Budget, build_optimizer, set_lr, step_if_finite
 from roberta.parallelize import autocast, parallelize
 from roberta.perf import PeakFlops
 from roberta.runlog import RunLog, last_record, truncate_metrics
-from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, tokenizer_fingerprint
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, same_tokenizer
 
 
 @dataclass
@@ -232,10 +232,9 @@ def check_data(data_dir: str, meta: dict) -> None:
     tok_dir = Path(data_dir) / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         raise UserError(f"{data_dir}: prepared data has no tokenizer/ copy; run `roberta prepare` again")
-    expected = data_tokenizer_fingerprint(data_dir, meta)
-    if tokenizer_fingerprint(tok_dir) != expected:
+    if not same_tokenizer(tok_dir, data_dir, meta):
         raise UserError(f"{tok_dir}: tokenizer differs from the one the data was prepared with "
-                        f"(fingerprint {expected}); run `roberta prepare` again with the intended tokenizer")
+                        f"(fingerprint {data_tokenizer_fingerprint(data_dir, meta)}); run `roberta prepare` again with the intended tokenizer")
 
 
 def pretrain(data_dir: str, out: str, cfg: Config, resume: bool = False, progress: bool = True,
@@ -298,7 +297,7 @@ def init_from_model(init_from: str, data_dir: str, meta: dict) -> ModelConfig:
     ck = ckpt.resolve_checkpoint(init_from)
     saved = ckpt.load_config(ck).model
     if (ck / "tokenizer.json").is_file():
-        same = tokenizer_fingerprint(ck) == data_tokenizer_fingerprint(data_dir, meta)
+        same = same_tokenizer(ck, data_dir, meta)
     else:
         same = saved.vocab_size == meta["vocab_size"]
     if not same or saved.vocab_size < meta["vocab_size"]:
@@ -340,6 +339,19 @@ class Run:
         self.log.print(f"eval step {s.step}: {s.tokens:,} tokens, {held} loss {r['mlm_loss']:.4f}, "
                        f"perplexity {r['perplexity']:.2f}")
         return r
+
+    def finish(self, record: dict, last_eval: dict, already_complete: bool) -> dict:
+        """The run's summary (the last record, completed), written to summary.json on rank 0."""
+        s, main = self.state, self.dist.is_main
+        summary = {**record, **{k: v for k, v in dataclasses.asdict(s).items() if k != "data"},
+                   "final_lr": self.budget.lr(s, self.cfg.train.lr), "parameters": self.n_params,
+                   "peak_flops": self.meter.peak.value, "world_size": self.dist.world,
+                   "already_complete": already_complete, "eval_loss": last_eval["mlm_loss"],
+                   "eval_perplexity": last_eval["perplexity"], "eval_split": self.eval_split,
+                   "checkpoint": str(ckpt.latest_checkpoint(self.out)) if main else None}
+        if main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
 
     def save(self) -> None:
         weights, opt_state = full_state(self.parallel_model, self.optimizer, self.dist)  # collectives: every rank
@@ -419,6 +431,16 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
                log, meter, latest, rng, tok_dir, n_params, done_before)
 
 
+def train_record(state: TrainState, r: dict, lr: float, rates: dict) -> dict:
+    """A training step's metrics.jsonl record (also the base of the run's summary)."""
+    return {"step": state.step, "sequences": state.sequences, "tokens": state.tokens,
+            "masked_tokens": state.masked_tokens, "flops": state.flops,
+            "loss": r["loss"], "loss_bits": r["loss"] / math.log(2), "nsp_loss": r["nsp_loss"],
+            "lr": lr, "grad_norm": r["grad_norm"], **rates, "elapsed": state.elapsed,
+            "skipped_steps": state.skipped_steps,
+            **{k: r[k] for k in ("mask_rate", "mask_share", "random_share", "keep_share") if k in r}}
+
+
 def is_log_step(step: int, interval: int) -> bool:
     """step: the steps done before this one; the first step is always logged."""
     return step == 0 or (step + 1) % interval == 0
@@ -462,12 +484,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, resume, progress, dist: Dist, in
         bad_in_row = check_finite(r, bad_in_row, t.max_bad_steps, state.step, lr)
         done = budget.done(state)
         if log_now or done:  # one record: metrics.jsonl, the integrations, and the summary
-            record = {"step": state.step, "sequences": state.sequences, "tokens": state.tokens,
-                      "masked_tokens": state.masked_tokens, "flops": state.flops,
-                      "loss": r["loss"], "loss_bits": r["loss"] / math.log(2), "nsp_loss": r["nsp_loss"],
-                      "lr": lr, "grad_norm": r["grad_norm"], **run.meter.read(), "elapsed": state.elapsed,
-                      "skipped_steps": state.skipped_steps,
-                      **{k: r[k] for k in ("mask_rate", "mask_share", "random_share", "keep_share") if k in r}}
+            record = train_record(state, r, lr, run.meter.read())
             run.log.write(record)
         run.log.progress(budget.bar_position(state), loss=f"{r['loss']:.3f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}")
         if state.step % t.eval_interval == 0 or done:
@@ -486,12 +503,4 @@ def _pretrain(data_dir, out: Path, cfg: Config, resume, progress, dist: Dist, in
     if last_saved != state.step:
         run.save()
     run.log.close()
-    summary = {**record, **dataclasses.asdict(state), "final_lr": budget.lr(state, t.lr),
-               "parameters": run.n_params, "peak_flops": run.meter.peak.value, "world_size": dist.world,
-               "already_complete": run.latest is not None and state.step == first_step,
-               "eval_loss": last_eval["mlm_loss"], "eval_perplexity": last_eval["perplexity"],
-               "eval_split": run.eval_split, "checkpoint": str(ckpt.latest_checkpoint(out)) if dist.is_main else None}
-    summary.pop("data")
-    if dist.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return run.finish(record, last_eval, already_complete=run.latest is not None and state.step == first_step)
