@@ -111,7 +111,7 @@ def test_a_stale_arm_is_refused_and_overwrite_reruns_it(tmp_path, data_dir, caps
     # another budget, another arm definition, another preset: each refused, naming the arm and the difference
     for change, needle in ((dict(budget_tokens=1200), "train.max_tokens 600 -> 1200"),
                            (dict(sets=SMALL + ["train.warmup_fraction=0.2"]), "train.warmup_fraction 0.06 -> 0.2"),
-                           (dict(preset="base"), "data.seq_len 128 -> 512")):
+                           (dict(preset="base"), "train.warmup_steps 0 -> 24000")):
         kw = dict(budget_tokens=600, sets=SMALL, custom=str(arms), progress=False) | change
         with pytest.raises(UserError, match=r"arm a seed 0 .*" + re.escape(needle) + r".*--overwrite"):
             run_ablation("custom", str(data_dir), kw.pop("budget_tokens"), str(out), **kw)

@@ -20,6 +20,7 @@ from roberta import checkpoint as ckpt
 from roberta.errors import UserError
 from roberta.hf import export_hf, import_hf, renumber_tokenizer
 from roberta.model import RobertaMLM, build_model, count_parameters, max_seq_len, padded_vocab_size
+from roberta.config import resolve_run
 from roberta.presets import base, large, tiny
 from roberta.tokenizer import load_tokenizer, save_tokenizer
 from roberta.train import pretrain
@@ -29,8 +30,9 @@ from conftest import run_cli, tiny_config
 transformers = pytest.importorskip("transformers")
 
 # the paper's tiny preset, and two layers of roberta-base's width with its 514 position rows
-SHAPES = {"tiny": dict(tiny().model.__dict__, layers=4),
-          "base-width": dict(base().model.__dict__, layers=2)}
+TINY = resolve_run(tiny(), {"vocab_size": 1000, "seq_len": 128}).model  # 130 position rows
+SHAPES = {"tiny": dict(TINY.__dict__, layers=4),
+          "base-width": dict(resolve_run(base(), {"vocab_size": 1000, "seq_len": 512}).model.__dict__, layers=2)}
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> None:
@@ -160,7 +162,7 @@ def test_import_moves_a_released_roberta_vocabulary_into_place(tmp_path, tokeniz
                                             ({"glu": True}, "gated")])
 def test_export_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir, option, message):
     cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
-        tiny().model, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, **option))
+        TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, **option))
     ckpt.save_checkpoint(tmp_path / "run", 1, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
     with pytest.raises(UserError, match=message):
         export_hf(tmp_path / "run", tmp_path / "hf")
@@ -169,7 +171,7 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir
 
 def test_export_leaves_out_the_nsp_head_and_says_so(tmp_path, tokenizer_dir):
     cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
-        tiny().model, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, nsp_head=True))
+        TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, nsp_head=True))
     ckpt.save_checkpoint(tmp_path / "run", 1, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
     notes = export_hf(tmp_path / "run", tmp_path / "hf")
     assert any("NSP" in n for n in notes)
@@ -201,7 +203,7 @@ def test_import_without_transformers_says_how_to_install(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("preset", [base, large])
 def test_parameter_counts_equal_transformers(preset):
-    cfg = dataclasses.replace(preset().model, vocab_size=50265)
+    cfg = dataclasses.replace(resolve_run(preset(), {"vocab_size": 50265, "seq_len": 512}).model, vocab_size=50265)
     with torch.device("meta"):
         ours = RobertaMLM(cfg)
         theirs = transformers.RobertaForMaskedLM(transformers.RobertaConfig(
