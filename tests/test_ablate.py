@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from roberta.ablate import arms_for, finetune_run, load_custom_arms, make_report, run_ablation, verdict
+from roberta.study.ablate import arms_for, finetune_run, load_custom_arms, run_ablation
+from roberta.study.report import make_report, verdict
 from roberta.errors import UserError
 from roberta.presets import tiny
 

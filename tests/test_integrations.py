@@ -4,7 +4,6 @@ Hugging Face fixtures are written here with `datasets`, the hub cache is laid ou
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -23,7 +22,7 @@ from roberta.config import apply_overrides
 from roberta.data.readers import ReadStats, iter_documents
 from roberta.errors import UserError
 from roberta.presets import tiny
-from roberta.runreport import read_metrics
+from roberta.runlog import read_metrics
 from roberta.train import pretrain
 
 from conftest import tiny_config

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, tiny_config
 from roberta.config import ModelConfig
 from roberta.model import training_flops
-from roberta.plan import make_plan
+from roberta.study.plan import make_plan
 
 
 def test_flops_by_hand():

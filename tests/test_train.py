@@ -153,7 +153,7 @@ def test_lr_scaling_applies_to_the_run(data_dir, tmp_path):
 # --- accounting --------------------------------------------------------------------------------
 
 def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_path):
-    from roberta.data.formats import build_plan
+    from roberta.data.formats import build_sequences
     from roberta.data.loader import BatchStream, collate
     from roberta.data.prepare import load_split
     from roberta.masking import Masker
@@ -167,7 +167,7 @@ def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_
     # Replay the two global batches the run drew, and count by hand.
     cfg = apply_overrides(tiny(), BASE_SETS + ["model.vocab_size=1000"])
     split = load_split(data_dir, "train")
-    plan = build_plan(split, "full-sentences", 64, seed=0)
+    plan = build_sequences(split, "full-sentences", 64, seed=0)
     stream = BatchStream(plan, 8, 0)
     masker = Masker.for_run(cfg, {})
     tokens = masked = 0
@@ -526,12 +526,12 @@ def test_compiled_training_matches_eager():
     from roberta.optim import build_optimizer
     from roberta.masking import Masker
     from roberta.parallelize import compile_model
-    from roberta.train import launch_step, prepare_step
+    from roberta.train import launch_step, mask_step
 
     cfg = one_layer_config("model.dropout=0", "model.attention_dropout=0")
 
     def train_step(model, opt, micro_batches, masker, dist, cfg) -> dict:  # prepare -> launch -> wait
-        return launch_step(model, opt, prepare_step(micro_batches, masker, cfg), dist, cfg).result()
+        return launch_step(model, opt, mask_step(micro_batches, masker, cfg), dist, cfg).result()
 
     def losses(compiled: bool) -> list[float]:
         model = build_model(cfg.model, "cpu", seed=0)
@@ -556,7 +556,7 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     from roberta.model import build_model
     from roberta.optim import build_optimizer
     from roberta.masking import Masker
-    from roberta.train import launch_step, prepare_step
+    from roberta.train import launch_step, mask_step
 
     cfg = one_layer_config()
     asked = GracefulStop()
@@ -566,8 +566,8 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     opt = build_optimizer(model, cfg.optim, 1e-3)
     mbs = random_micro_batches(0, micro_batches=2)
     dist = Dist(device=dev)
-    launch_step(model, opt, prepare_step(mbs, Masker.for_run(cfg, {}), cfg), dist, cfg).result()  # warm-up
-    prep = prepare_step(mbs, Masker.for_run(cfg, {}), cfg, with_stats=True)
+    launch_step(model, opt, mask_step(mbs, Masker.for_run(cfg, {}), cfg), dist, cfg).result()  # warm-up
+    prep = mask_step(mbs, Masker.for_run(cfg, {}), cfg, with_stats=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from roberta import checkpoint as ckpt
 from roberta.checkpoint import load_model
 from roberta.data.loader import pad_rows
 from roberta.errors import UserError

@@ -138,7 +138,7 @@ def cmd_evaluate(a) -> None:
 def _evaluate_glue(a) -> None:
     import tempfile
 
-    from roberta.finetune import evaluate_glue, glue_table
+    from roberta.downstream.finetune import evaluate_glue, glue_table
 
     with tempfile.TemporaryDirectory() as tmp:
         results = evaluate_glue(a.checkpoint, a.glue_dir, a.out or tmp, _finetune_config(a))
@@ -148,7 +148,7 @@ def _evaluate_glue(a) -> None:
 
 
 def _finetune_config(a):
-    from roberta.finetune import PAPER_LR_GRID, FinetuneConfig
+    from roberta.downstream.finetune import PAPER_LR_GRID, FinetuneConfig
 
     if a.lr_grid is not None and a.lr is not None:
         raise UserError("pass --lr or --lr-grid, not both")
@@ -176,8 +176,8 @@ def _finetune_config(a):
 
 
 def cmd_finetune(a) -> None:
-    from roberta.finetune import finetune
-    from roberta.tasks import file_task, glue_task
+    from roberta.downstream.finetune import finetune
+    from roberta.downstream.tasks import file_task, glue_task
 
     if a.glue:
         if a.train or a.dev or not a.glue_dir:
@@ -261,7 +261,7 @@ def cmd_quickstart(a) -> None:
 def cmd_plan(a) -> None:
     from dataclasses import asdict
 
-    from roberta.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
+    from roberta.study.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
 
     for name, lo in (("gpus", 1), ("vocab_size", 8), ("peak_tflops", 0), ("memory_gb", 0),
                      ("compare_batch", 0), ("compare_steps", 0)):
@@ -286,7 +286,7 @@ def cmd_plan(a) -> None:
 
 
 def cmd_ablate(a) -> None:
-    from roberta.ablate import run_ablation
+    from roberta.study.ablate import run_ablation
 
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
     try:
@@ -307,7 +307,7 @@ def cmd_report(a) -> None:
         return _report_run(Path(a.runs[0]))
     if a.out is None:
         raise UserError("report: comparing several runs writes report.md; give it a directory with --out DIR")
-    from roberta.ablate import make_report
+    from roberta.study.report import make_report
 
     result = make_report([Path(r) for r in a.runs], Path(a.out))
     print(Path(a.out, "report.md").read_text())
@@ -315,7 +315,8 @@ def cmd_report(a) -> None:
 
 
 def _report_run(run: Path) -> None:
-    from roberta.runreport import format_summary, run_summary, write_loss_plot
+    from roberta.runlog import write_loss_plot
+    from roberta.study.report import format_summary, run_summary
 
     summary = run_summary(run)
     print(format_summary(summary))

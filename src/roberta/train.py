@@ -24,7 +24,7 @@ import torch
 
 from roberta import checkpoint as ckpt
 from roberta.config import Config, ModelConfig, parse_duration, resolve_run
-from roberta.data.formats import batch_token_budget, build_plan
+from roberta.data.formats import batch_token_budget, build_sequences
 from roberta.data.loader import Batch, BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, barrier, broadcast_object, full_state,
@@ -120,7 +120,7 @@ def set_rng_state(state: dict[str, torch.Tensor], dist: Dist, seed: int) -> None
 
 
 @dataclass
-class PreparedStep:
+class MaskedStep:
     """This rank's share of one global batch, masked on the host, so that every shape and count
     is known without asking the device: per micro-batch (inputs, labels, flat indices of the
     masked positions, attention mask or None, NSP labels or None)."""
@@ -130,7 +130,9 @@ class PreparedStep:
     data_state: dict = field(default_factory=dict)  # the BatchStream position after this batch
 
 
-def prepare_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_stats: bool = False) -> PreparedStep:
+def mask_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_stats: bool = False) -> MaskedStep:
+    """Mask each micro-batch on the host and count what the step will see (masked tokens,
+    sequences, real tokens, FLOPs): the device never has to be asked."""
     micro, counts, stats = [], [0.0, 0.0, 0.0, 0.0], None
     for mb in micro_batches:
         inputs, labels = masker(mb.input_ids, mb.epochs, mb.indices)
@@ -144,7 +146,7 @@ def prepare_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_s
         if with_stats:  # realised masking, reported on logging steps
             c = mask_counts(mb.input_ids, inputs, labels, MASK_ID, SPECIAL_IDS)
             stats = c if stats is None else stats + c
-    return PreparedStep(micro, counts, stats)
+    return MaskedStep(micro, counts, stats)
 
 
 class PendingStep:
@@ -163,7 +165,7 @@ class PendingStep:
         return r
 
 
-def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config,
+def launch_step(model, optimizer, prep: MaskedStep, dist: Dist, cfg: Config,
                 stop: GracefulStop | None = None) -> PendingStep:
     """One optimizer step over this rank's micro-batches, queued on the device without waiting
     for it: inputs go up pinned and non-blocking, the sparse head gathers at host-known
@@ -318,7 +320,7 @@ class Run:
     state: TrainState
     budget: Budget
     stream: BatchStream
-    next_batch: Callable[[int], "PreparedStep"]  # step done so far -> the next global batch, masked
+    next_batch: Callable[[int], "MaskedStep"]  # step done so far -> the next global batch, masked
     evals: list
     eval_split: str  # "valid", or "train" when the data has no held-out split
     log: RunLog
@@ -377,7 +379,7 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
         torch.backends.cuda.matmul.allow_tf32 = True  # only the few fp32 matmuls outside autocast
     tok_dir = Path(data_dir) / "tokenizer"
     train_split, valid_split = load_split(data_dir, "train", verify=True), load_split(data_dir, "valid", verify=True)
-    order = build_plan(train_split, cfg.data.format, cfg.data.seq_len, seed=t.seed)
+    order = build_sequences(train_split, cfg.data.format, cfg.data.seq_len, seed=t.seed)
     if len(order) == 0:
         raise UserError(f"{data_dir}: no training sequences could be built")
     token_budget = batch_token_budget(train_split, cfg.data.format, t.batch_size, cfg.data.seq_len)
@@ -417,12 +419,12 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
     log = RunLog(out, dist.is_main, progress, *budget.bar(), initial=budget.bar_position(state),
                  step=state.step, report_to=t.report_to, config=cfg.to_dict()) if not done_before else None
 
-    def next_batch(step: int) -> PreparedStep:
+    def next_batch(step: int) -> MaskedStep:
         """Global batch number step + 1, collated and masked on the host (called while the device
         still runs the step before it); masking statistics on the steps that are logged."""
         draws = stream.next_batch()
         micro = [collate(train_split, order, d) for d in shard(draws, dist.rank, dist.world, accum)]
-        prep = prepare_step(micro, masker, cfg, with_stats=is_log_step(step, t.log_interval))
+        prep = mask_step(micro, masker, cfg, with_stats=is_log_step(step, t.log_interval))
         prep.data_state = stream.state_dict()
         return prep
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from roberta.data.formats import SequencePlan, materialize
+from roberta.data.formats import SequenceTable, materialize
 from roberta.data.prepare import Split
 from roberta.tokenizer import PAD_ID
 
@@ -46,7 +46,7 @@ def pad_rows(rows) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(ids), mask.long()
 
 
-def collate(split: Split, plan: SequencePlan, draws: list[tuple[int, int]]) -> Batch:
+def collate(split: Split, plan: SequenceTable, draws: list[tuple[int, int]]) -> Batch:
     """The draws' (epoch, sequence) as one padded Batch."""
     input_ids, attention_mask = pad_rows([materialize(split, plan, i) for _, i in draws])
     nsp = None if plan.nsp_labels is None else torch.as_tensor(plan.nsp_labels[[i for _, i in draws]])
@@ -65,7 +65,7 @@ class BatchStream:
     Either way a batch has at least `min_draws` draws and a multiple of `multiple_of`.
     """
 
-    def __init__(self, plan: SequencePlan, batch_size: int, seed: int, token_budget: int = 0,
+    def __init__(self, plan: SequenceTable, batch_size: int, seed: int, token_budget: int = 0,
                  min_draws: int = 1, multiple_of: int = 1):
         if len(plan) == 0:
             raise ValueError("BatchStream needs a plan with at least one sequence")

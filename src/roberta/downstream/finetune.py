@@ -30,12 +30,12 @@ from roberta.config import OptimConfig
 from roberta.distributed import pick_device
 from roberta.parallelize import autocast
 from roberta.errors import UserError
-from roberta.metrics import REGRESSION_METRICS, all_metrics
+from roberta.downstream.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
 from roberta.optim import build_optimizer, lr_at, set_lr
-from roberta.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
+from roberta.downstream.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
 from roberta.data.loader import pad_rows
-from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
+from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 PAPER_LR_GRID = (1e-5, 2e-5, 3e-5)
 SUBSAMPLE_SEED = 0  # one fixed subset, so pretrained and from-scratch runs see the same examples

@@ -1,62 +1,17 @@
-"""One pretraining run at a glance, from its metrics.jsonl: `loss.png` (written at the end of every
-run) and the summary `roberta report RUN` prints. A run still in progress, or one that was
-interrupted, is read as far as it got. (Comparisons of several runs: ablate.make_report.)"""
+"""`roberta report`: one pretraining run at a glance (the summary `roberta report RUN` prints, from
+its metrics.jsonl; a run still in progress, or one that was interrupted, is read as far as it
+got), and the comparison of several runs (an ablation's report.md, table and plot)."""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from roberta.errors import UserError
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no metrics.jsonl (not a `roberta pretrain` run directory)")
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not a JSON record ({e.msg}); was the file cut short?") from None
-    return records
-
-
-def loss_curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(tokens, train loss) and (tokens, held-out loss) points, in step order."""
-    train = [(r["tokens"], r["loss"]) for r in records if r.get("loss") is not None and "tokens" in r]
-    held_out = [(r["tokens"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None and "tokens" in r]
-    return train, held_out
-
-
-def write_loss_plot(run_dir: Path) -> Path:
-    """run_dir/loss.png: train and held-out MLM loss against tokens seen. Uses matplotlib's Agg
-    canvas directly, so no display is needed and pyplot's global state is left alone."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    train, held_out = loss_curves(read_metrics(run_dir))
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if train:
-        ax.plot(*zip(*train), color="C0", alpha=0.8, label="train (one batch)")
-    if held_out:
-        ax.plot(*zip(*held_out), color="C1", marker="o", markersize=4, label="held-out")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("MLM loss (nats)")
-    ax.set_title(f"{run_dir.resolve().name}: loss vs tokens")
-    ax.grid(alpha=0.3)
-    if train or held_out:
-        ax.legend()
-    fig.tight_layout()
-    path = run_dir / "loss.png"
-    fig.savefig(path, dpi=120)
-    return path
+from roberta.runlog import read_metrics
 
 
 def run_summary(run_dir: Path) -> dict:
@@ -93,3 +48,156 @@ def format_summary(s: dict) -> str:
         f"tokens/s: {num(s['tokens_per_s'], ',.0f')} over {num(s['elapsed'], ',.1f')} s "
         "(evaluation and checkpoints included)",
     ])
+
+
+# ---------------------------------------------------------------- several runs (an ablation)
+
+TIE = 5e-5  # a loss difference that prints as 0.0000 names no winner
+
+
+@dataclass
+class RunResult:
+    arm: str
+    seed: str
+    tokens: int
+    flops: float
+    elapsed: float
+    eval_loss: float
+    eval_perplexity: float
+    curve: list[tuple[int, float]]
+    tasks: dict[str, float]
+    task_metric: dict[str, str]
+
+
+def read_run(run_dir: Path) -> RunResult:
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(f"{run_dir}: no summary.json (not a finished `roberta pretrain` run)")
+    s = json.loads(summary_path.read_text())
+    curve = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            rec = json.loads(line)
+            if "eval_loss" in rec:
+                curve.append((rec["tokens"], rec["eval_loss"]))
+    tasks, task_metric = {}, {}
+    for m in sorted((run_dir / "glue").glob("*/metrics.json")):
+        r = json.loads(m.read_text())
+        tasks[r.get("task", m.parent.name)] = float(r["value"])
+        task_metric[r.get("task", m.parent.name)] = r.get("metric", "")
+    seeded = run_dir.name.startswith("seed")
+    return RunResult(arm=run_dir.parent.name if seeded else run_dir.name, seed=run_dir.name if seeded else "seed0",
+                     tokens=int(s["tokens"]), flops=float(s["flops"]), elapsed=float(s["elapsed"]),
+                     eval_loss=float(s["eval_loss"]), eval_perplexity=float(s["eval_perplexity"]),
+                     curve=curve, tasks=tasks, task_metric=task_metric)
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _spread(xs: list[float]) -> float:
+    return max(xs) - min(xs) if len(xs) > 1 else float("nan")
+
+
+def verdict(best: list[float], other: list[float]) -> str:
+    """A difference counts only if it exceeds the seed spread of both arms (needs >= 2 seeds)."""
+    if len(best) < 2 or len(other) < 2:
+        return "not established (one seed: no spread to compare against)"
+    gap = abs(_median(best) - _median(other))
+    return "real (exceeds the seed spread)" if gap > max(_spread(best), _spread(other)) else "within the seed spread"
+
+
+def make_report(run_dirs: list[Path], out: Path, title: str = "recipe comparison") -> dict:
+    results = [read_run(Path(r)) for r in run_dirs]
+    arms: dict[str, list[RunResult]] = {}
+    for r in results:
+        arms.setdefault(r.arm, []).append(r)
+    tasks = sorted({t for r in results for t in r.tasks})
+    out.mkdir(parents=True, exist_ok=True)
+
+    header = ["arm", "seeds", "tokens", "FLOPs", "wall (s)", "held-out loss", "perplexity"] + tasks
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = {}
+    for name, runs in arms.items():
+        ppl = [r.eval_perplexity for r in runs]
+        row = {"seeds": len(runs), "tokens": [r.tokens for r in runs], "flops": _median([r.flops for r in runs]),
+               "elapsed": _median([r.elapsed for r in runs]), "eval_loss": _median([r.eval_loss for r in runs]),
+               "eval_loss_all": [r.eval_loss for r in runs], "perplexity": _median(ppl),
+               "tasks": {t: [r.tasks[t] for r in runs if t in r.tasks] for t in tasks}}
+        table[name] = row
+        spread = f" ± {_spread(ppl) / 2:.1f}" if len(runs) > 1 else ""
+        cells = [name, str(len(runs)), f"{_median([r.tokens for r in runs]):,.0f}", f"{row['flops']:.3g}",
+                 f"{row['elapsed']:.0f}", f"{row['eval_loss']:.4f}", f"{row['perplexity']:.2f}{spread}"]
+        cells += [f"{_median(v) * 100:.1f}" if v else "–" for v in row["tasks"].values()]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lowest = min(table, key=lambda a: table[a]["eval_loss"])
+    verdicts = {name: verdict(table[lowest]["eval_loss_all"], table[name]["eval_loss_all"])
+                for name in table if name != lowest}
+    tied = [name for name, v in verdicts.items()
+            if table[name]["eval_loss"] - table[lowest]["eval_loss"] < TIE or v.startswith("within")]
+    best = None if tied else lowest
+    same = ("Same held-out masked tokens for every arm "
+            "(FULL-SENTENCES packing of the validation split, fixed masks).")
+    if tied:
+        lines += ["", f"No winner: {', '.join([lowest, *tied])} are tied on held-out loss (a difference under "
+                  f"{TIE:g} or within the seed spread). {same}"]
+    else:
+        lines += ["", f"Lowest held-out loss: **{lowest}**. {same}"]
+    for name, v in verdicts.items():
+        delta = table[name]["eval_loss"] - table[lowest]["eval_loss"]
+        lines.append(f"- {lowest} vs {name}: Δloss {delta:+.4f} — {'tie' if delta < TIE else v}")
+    tok = [t for row in table.values() for t in row["tokens"]]
+    lines.append(f"\nTokens per run: min {min(tok):,}, max {max(tok):,} "
+                 f"({'identical' if min(tok) == max(tok) else f'{(max(tok) - min(tok)) / max(tok):.2%} apart'}).")
+    lines += ["", "![held-out loss vs tokens](loss_vs_tokens.png)"]
+    if tasks:
+        lines.append("![task scores](tasks.png)")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plot(arms, tasks, out)
+    result = {"best": best, "lowest": lowest, "arms": {k: {kk: vv for kk, vv in v.items() if kk != "eval_loss_all"}
+                                     for k, v in table.items()}}
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _plot(arms: dict[str, list[RunResult]], tasks: list[str], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, runs) in enumerate(arms.items()):
+        for j, r in enumerate(runs):
+            if r.curve:
+                xs, ys = zip(*r.curve)
+                ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.5, label=name if j == 0 else None,
+                        marker="o", markersize=3)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("held-out MLM loss (nats)")
+    ax.set_title("held-out loss vs tokens")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_vs_tokens.png", dpi=120)
+    plt.close(fig)
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.5 * len(tasks), 3.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        names = list(arms)
+        for i, name in enumerate(names):
+            vals = [r.tasks[task] * 100 for r in arms[name] if task in r.tasks]
+            if vals:
+                ax.scatter([i] * len(vals), vals, color=f"C{i}", alpha=0.6)
+                ax.errorbar([i], [_median(vals)], yerr=[[_median(vals) - min(vals)], [max(vals) - _median(vals)]],
+                            fmt="_", color="black", capsize=6)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(task)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out / "tasks.png", dpi=120)
+    plt.close(fig)
+
