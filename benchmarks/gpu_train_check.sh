@@ -25,7 +25,7 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_
   2>&1 | tee "$OUT/gpu_tests.log" | tail -n 5
 
 echo "== 2. benchmark: ours eager, ours compiled, HF, one run"
-timeout 240 $PY benchmarks/train_bench.py --device $DEVICE --dtype $DTYPE --presets $PRESET --seq-lens $SEQS \
+timeout 240 $PY benchmarks/train_bench.py --device $DEVICE --precisions $DTYPE --presets $PRESET --seq-lens $SEQS \
   --batch $BATCH --impls ours,ours+compile,HF --warmup 3 --rounds 3 --steps 3 2>&1 | tee "$OUT/bench.log" | tail -n 12
 
 echo "== 3. the trainer on the GPU: prepare, 20 steps eager, resume to 30 compiled" | tee "$OUT/e2e.log"

@@ -28,6 +28,14 @@ def cmd_train_tokenizer(a) -> None:
     claim_out(a.out, a.overwrite, "train-tokenizer")
     stats = ReadStats()
     docs = iter_documents(a.inputs, a.text_field, stats)
+    if a.sample_bytes:
+        from roberta.data.sample import parse_bytes, sample_documents, text_bytes
+        want = parse_bytes(a.sample_bytes)
+        # a first streamed pass counts the text (its own stats: warnings and totals are reported once)
+        total = text_bytes(iter_documents(a.inputs, a.text_field, ReadStats()))
+        docs = sample_documents(docs, total, want, a.seed)
+        print(f"train-tokenizer: learning from a uniform document sample of ~{min(want, total):,} of {total:,} "
+              f"text bytes (seed {a.seed})")
     tok = train_tokenizer(docs, vocab_size=a.vocab_size, min_frequency=a.min_frequency)
     if stats.documents == 0:
         raise UserError(f"{' '.join(a.inputs)}: no documents found (empty corpus); {stats.summary()}")
@@ -111,6 +119,8 @@ def cmd_evaluate(a) -> None:
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
     from roberta.model import max_seq_len
+    from roberta.parallelize import autocast
+    from roberta.precision import resolve_precision
     from roberta.tokenizer import check_same_tokenizer
 
     model, ck = load_model(a.checkpoint)
@@ -131,7 +141,11 @@ def cmd_evaluate(a) -> None:
         other = "valid" if a.split == "train" else "train"
         raise UserError(f"{a.data}: its {a.split} split has no tokens to evaluate ({split.n_docs} documents); "
                         f"run `roberta prepare` with a larger --valid-fraction or corpus, or pass --split {other}")
-    result = mlm_loss(model, batches)
+    device = next(model.parameters()).device
+    precision, why = resolve_precision(a.precision, device)
+    print(f"precision: {precision} ({why})", file=sys.stderr)  # stdout is the JSON result
+    with autocast(device, precision):
+        result = mlm_loss(model, batches)
     print(json.dumps(result))
 
 
@@ -172,7 +186,7 @@ def _finetune_config(a):
     return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
                           max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
-                          from_scratch=a.from_scratch, threads=a.threads, device=a.device)
+                          from_scratch=a.from_scratch, threads=a.threads, device=a.device, precision=a.precision)
 
 
 def cmd_finetune(a) -> None:
@@ -215,6 +229,8 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-dev", type=int, default=0, help="evaluate on a fixed random subsample of N examples")
     s.add_argument("--from-scratch", action="store_true", help="same architecture, random init: the baseline")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast or fp32 (auto: bf16 on a GPU and on a CPU with native bf16)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU when there is one (bf16 autocast there), else the CPU")
 
@@ -272,7 +288,8 @@ def cmd_plan(a) -> None:
         raise UserError(f"--gpu {a.gpu}: unknown; choose one of {', '.join(GPU_PEAK)} or give --peak-tflops")
     peak = a.peak_tflops * 1e12 if a.peak_tflops else GPU_PEAK.get(gpu, 0.0)
     memory = a.memory_gb * 1e9 if a.memory_gb else GPU_MEMORY.get(gpu, 80e9)
-    common = dict(vocab_size=a.vocab_size, gpus=a.gpus, peak_flops=peak, mfu=a.mfu, memory=memory, fsdp=a.fsdp)
+    common = dict(vocab_size=a.vocab_size, gpus=a.gpus, peak_flops=peak, mfu=a.mfu, memory=memory, fsdp=a.fsdp,
+                  activation_checkpointing=a.activation_checkpointing)
     plans = [make_plan(a.preset, a.batch_size, a.seq_len, a.steps, **common)]
     names = [f"{a.batch_size} x {a.steps:,} steps"]
     if a.compare_batch or a.compare_steps:
@@ -342,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-frequency", type=int, default=2)
     s.add_argument("--text-field", default="text")
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
+    s.add_argument("--sample-bytes", default="",
+                   help="learn from a uniform document sample of about this much text (e.g. 1G); default: all of it")
+    s.add_argument("--seed", type=int, default=0, help="the document sample's seed (with --sample-bytes)")
     s.set_defaults(fn=cmd_train_tokenizer)
 
     s = sub.add_parser("prepare", help="tokenize a corpus into token shards")
@@ -430,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-gb", type=float, default=0.0, help="per-device memory (default: from --gpu, else 80)")
     s.add_argument("--mfu", type=float, default=0.45)
     s.add_argument("--fsdp", action="store_true", help="shard weights and optimizer state over --gpus")
+    s.add_argument("--activation-checkpointing", action="store_true",
+                   help="as train.activation_checkpointing=true: less activation memory, ~1/3 more time")
     s.add_argument("--compare-batch", type=int, default=0)
     s.add_argument("--compare-steps", type=int, default=0)
     s.set_defaults(fn=cmd_plan)

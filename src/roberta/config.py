@@ -19,6 +19,7 @@ from roberta.errors import UserError
 Format = Literal["full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp"]
 FORMATS: tuple[str, ...] = typing.get_args(Format)
 NSP_FORMATS = ("segment-pair+nsp", "sentence-pair+nsp")  # the formats that train next-sentence prediction
+Precision = Literal["auto", "fp32", "bf16"]  # train.precision; roberta.precision says what each means
 REPORTERS = ("tensorboard", "wandb")  # train.report_to: where metrics.jsonl's records also go
 
 
@@ -95,6 +96,9 @@ class TrainConfig:
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     dist_timeout: str = "10m"  # a collective waiting longer (a rank died) stops every rank with an error
     report_to: str = "none"  # "none" | comma-separated "tensorboard", "wandb" (metrics.jsonl is always written)
+    precision: Precision = "auto"  # bf16 autocast on a GPU and on a CPU with native bf16, else fp32
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
+    float8: bool = False  # float8 matmuls via torchao on Hopper-class GPUs (bf16 elsewhere in the model)
 
 
 @dataclass

@@ -21,10 +21,12 @@ class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm that returns its input's dtype. Under bf16 autocast LayerNorm computes in
     fp32 and would return fp32, which makes the whole residual stream fp32 and doubles the bytes
     every fused elementwise kernel moves; cast back, the stream stays bf16 (Megatron's default).
-    In fp32 (the CPU path) the cast is a no-op. Same parameters and names as nn.LayerNorm."""
+    In fp32 both casts are no-ops. Same parameters and names as nn.LayerNorm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).to(x.dtype)
+        # fp32 on every device by construction: CUDA autocast upcasts layer_norm, CPU autocast passes
+        # bf16 through (today's CPU kernel accumulates in fp32 anyway; this does not depend on it)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
 class SelfAttention(nn.Module):

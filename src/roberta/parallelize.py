@@ -1,26 +1,50 @@
 """How the model is run, applied from outside it (as torchtitan's parallelize.py): the precision
-policy (autocast), torch.compile per block, and data parallelism (DDP, or FSDP2 per block).
+policy (autocast; roberta.precision chooses it), float8, activation checkpointing and torch.compile
+per block, and data parallelism (DDP, or FSDP2 per block).
 The model code knows none of this; parameter names, hence checkpoints, are unchanged by it."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from roberta.config import TrainConfig
 from roberta.distributed import Dist
+from roberta.perf import enable_float8
+from roberta.precision import resolve_precision
 
 
 def parallelize(model: torch.nn.Module, t: TrainConfig, dist: Dist) -> torch.nn.Module:
-    """Compile (train.compile), then wrap for data parallelism (train.fsdp); returns the module
-    the loop calls (the model itself on one process)."""
+    """The model transforms in torchtitan's order: float8 (train.float8), activation
+    checkpointing (train.activation_checkpointing), compile (train.compile), then data
+    parallelism (train.fsdp: FSDP2, else DDP). Returns the module the loop calls (the model
+    itself on one process); the transforms change no parameter name."""
+    if t.float8:
+        enable_float8(model, dist.device)
+    if t.activation_checkpointing:
+        checkpoint_blocks(model)
     if t.compile:
         compile_model(model)
     return wrap_model(model, dist, fsdp=t.fsdp)
 
 
-def autocast(device: torch.device):
-    """The precision policy, one place: bf16 autocast on a GPU, plain fp32 on a CPU (no bf16 path there)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device | str, precision: str = "auto"):
+    """The precision policy as a context manager: bf16 autocast, or nothing (fp32)."""
+    device = torch.device(device)
+    chosen, _ = resolve_precision(precision, device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=chosen == "bf16")
+
+
+def checkpoint_blocks(model: torch.nn.Module) -> None:
+    """Activation checkpointing, per transformer block, in place: a block keeps only its input
+    for backward and recomputes the rest (torch's non-reentrant checkpoint, which also replays
+    the block's dropout masks). Applied from outside the model code, before compile and
+    FSDP2 (torchtitan's order): the instance's `forward` is wrapped, so parameter names -- hence
+    checkpoints -- do not change, and compile and fully_shard's hooks see the same module."""
+    from torch.utils.checkpoint import checkpoint
+    for layer in model.roberta.layers:
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
 
 
 def compile_model(model: torch.nn.Module, mode: str | None = None) -> None:

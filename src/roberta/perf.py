@@ -37,13 +37,13 @@ def datasheet_peak(device: torch.device) -> float:
     return next((peak for key, peak in GPU_PEAK_BF16.items() if key in name), 0.0)
 
 
-def matmul_peak(device: torch.device, n: int = 0, repeats: int = 5) -> float:
-    """Best FLOP/s of `repeats` n x n matmuls after one warm-up (fp32 on CPU, bf16 on GPU).
+def matmul_peak(device: torch.device, n: int = 0, repeats: int = 5, bf16: bool = False) -> float:
+    """Best FLOP/s of `repeats` n x n matmuls after one warm-up (fp32 on CPU unless bf16, bf16 on GPU).
     The operands come from a private generator: the probe runs inside training, and drawing
     from the global RNG would shift every later dropout mask (and break bit-exact resume)."""
     device = torch.device(device)
     n = n or (2048 if device.type == "cpu" else 8192)
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    dtype = torch.bfloat16 if bf16 or device.type != "cpu" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
@@ -58,9 +58,9 @@ def matmul_peak(device: torch.device, n: int = 0, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def peak_flops(device: torch.device, configured: float = 0.0) -> float:
-    """train.peak_flops when given, else the datasheet value, else the probe."""
-    return configured or datasheet_peak(device) or matmul_peak(device)
+def peak_flops(device: torch.device, configured: float = 0.0, bf16: bool = False) -> float:
+    """train.peak_flops when given, else the datasheet value, else the probe (in the run's precision)."""
+    return configured or datasheet_peak(device) or matmul_peak(device, bf16=bf16)
 
 
 class PeakFlops:
@@ -69,16 +69,38 @@ class PeakFlops:
     while another process loaded the machine) and, if still beaten, raised to the achieved rate.
     A configured or datasheet peak that is beaten is raised the same way (it was wrong)."""
 
-    def __init__(self, device: torch.device, configured: float = 0.0):
-        self.device = torch.device(device)
+    def __init__(self, device: torch.device, configured: float = 0.0, bf16: bool = False):
+        self.device, self.bf16 = torch.device(device), bf16
         self.probed = not (configured or datasheet_peak(self.device))
-        self.value = peak_flops(self.device, configured)
+        self.value = peak_flops(self.device, configured, bf16)
         self.reprobes = 0
 
     def mfu(self, achieved: float) -> float:
         """achieved: model FLOP/s per device over a logging window."""
         if achieved > self.value and self.probed and self.reprobes < MAX_REPROBES:
             self.reprobes += 1
-            self.value = max(self.value, matmul_peak(self.device))
+            self.value = max(self.value, matmul_peak(self.device, bf16=self.bf16))
         self.value = max(self.value, achieved)
         return achieved / self.value
+
+
+FLOAT8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs with float8 tensor cores
+
+
+def enable_float8(model: torch.nn.Module, device: torch.device) -> None:
+    """train.float8=true: the transformer blocks' linear layers as torchao float8 training
+    layers (dynamic tensorwise scaling; weights, gradients and optimizer state stay fp32/bf16).
+    Embeddings and the LM head stay bf16: the head is sparse and small, the embeddings a lookup.
+    Parameter names do not change. MFU is still counted against the bf16 peak."""
+    from roberta.errors import UserError
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < FLOAT8_MIN_CAPABILITY:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "a CPU"
+        raise UserError(f"train.float8=true: needs a GPU with float8 tensor cores (Hopper/Ada, compute capability "
+                        f">= 8.9); this run is on {where}; drop train.float8")
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        raise UserError("train.float8=true: needs torchao (pip install torchao); or drop train.float8") from None
+    convert_to_float8_training(
+        model, module_filter_fn=lambda m, fqn: fqn.startswith("roberta.layers.") and isinstance(m, torch.nn.Linear)
+        and m.in_features % 16 == 0 and m.out_features % 16 == 0)

@@ -38,6 +38,7 @@ from roberta.model import build_model, count_parameters, training_flops
 from roberta.optim import Budget, build_optimizer, set_lr, step_if_finite
 from roberta.parallelize import autocast, parallelize
 from roberta.perf import PeakFlops
+from roberta.precision import resolve_precision
 from roberta.runlog import RunLog, last_record, truncate_metrics
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, same_tokenizer
 
@@ -182,7 +183,7 @@ def launch_step(model, optimizer, prep: MaskedStep, dist: Dist, cfg: Config,
     for i, mb in enumerate(prep.micro):
         inputs, labels, positions, attn, nsp = (None if x is None else to_device(x, device) for x in mb)
         with no_sync(model, skip=i < len(prep.micro) - 1):
-            with autocast(device):
+            with autocast(device, cfg.train.precision):
                 out = model(inputs, labels, attn, nsp, masked_positions=positions)
                 loss = out["mlm_loss_sum"] * mlm_scale
                 if "nsp_loss_sum" in out:
@@ -332,7 +333,7 @@ class Run:
     done_before: dict | None = None  # a resumed run that had already finished: its summary
 
     def evaluate(self) -> dict:
-        with autocast(self.dist.device):
+        with autocast(self.dist.device, self.cfg.train.precision):
             r = mlm_loss(self.model, self.evals, self.dist.device)
         s = self.state
         self.log.write({"step": s.step, "tokens": s.tokens, "eval_loss": r["mlm_loss"],
@@ -411,11 +412,14 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
     budget = Budget(cfg)
     done_before = completed_summary(out, state.step) if latest is not None and budget.done(state) else None
     n_params = count_parameters(model)
+    precision, why = resolve_precision(t.precision, dist.device)
     if dist.is_main and not done_before:
         print(f"model: {n_params / 1e6:.2f}M parameters ({cfg.model.layers}x{cfg.model.hidden}); "
               f"{len(order):,} training sequences ({cfg.data.format}, seq_len {cfg.data.seq_len}); "
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
               f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
+        print(f"precision: {precision} ({why})")
+        print(f"precision: {precision} ({why})")
     log = RunLog(out, dist.is_main, progress, *budget.bar(), initial=budget.bar_position(state),
                  step=state.step, report_to=t.report_to, config=cfg.to_dict()) if not done_before else None
 
@@ -428,7 +432,8 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
         prep.data_state = stream.state_dict()
         return prep
 
-    meter = Throughput(PeakFlops(dist.device, t.peak_flops), dist.world, dist.is_main) if not done_before else None
+    meter = Throughput(PeakFlops(dist.device, t.peak_flops, bf16=precision == "bf16"), dist.world,
+                       dist.is_main) if not done_before else None
     return Run(cfg, dist, out, model, parallel_model, optimizer, state, budget, stream, next_batch, evals, eval_split,
                log, meter, latest, rng, tok_dir, n_params, done_before)
 

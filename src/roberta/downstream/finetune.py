@@ -33,8 +33,9 @@ from roberta.errors import UserError
 from roberta.downstream.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
 from roberta.optim import build_optimizer, lr_at, set_lr
-from roberta.downstream.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
 from roberta.data.loader import pad_rows
+from roberta.downstream.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
+from roberta.precision import resolve_precision
 from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 PAPER_LR_GRID = (1e-5, 2e-5, 3e-5)
@@ -58,7 +59,8 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     threads: int = 0  # torch intra-op threads; 0 = torch's default. On a shared CPU 1 can be several
     #                   times faster than 2: small fine-tuning matmuls wait on a descheduled thread
-    device: str = "auto"  # "auto" (a GPU when there is one) | "cpu" | "cuda"; bf16 autocast on a GPU
+    device: str = "auto"  # "auto" (a GPU when there is one) | "cpu" | "cuda"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" (roberta.precision): bf16 on a GPU and on a CPU that has it
 
 
 @dataclass
@@ -111,31 +113,31 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
-def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray) -> torch.Tensor:
-    """Logits (fp32) for the inputs idx, on the model's device; bf16 autocast on a GPU."""
+def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray, precision: str = "auto") -> torch.Tensor:
+    """Logits (fp32) for the inputs idx, on the model's device, under `precision`'s autocast."""
     device = next(model.parameters()).device
     input_ids, mask = (t.to(device, non_blocking=True) for t in pad_rows([ids[i] for i in idx]))
-    with autocast(device):
+    with autocast(device, precision):
         return model(input_ids, mask).float()
 
 
 @torch.no_grad()
-def predict(model: RobertaClassifier, data: Encoded, batch_size: int) -> np.ndarray:
+def predict(model: RobertaClassifier, data: Encoded, batch_size: int, precision: str = "auto") -> np.ndarray:
     """(n_examples, n_out): class probabilities, or regression values (n_out = 1), averaged over
     each example's chunks."""
     model.eval()
     n_out = model.classifier.out_proj.out_features
     per_input = np.zeros((len(data.ids), n_out))
     for idx in length_batches(data.lengths, batch_size, None):
-        logits = forward(model, data.ids, idx)
+        logits = forward(model, data.ids, idx, precision)
         per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).cpu().numpy()
     sums = np.zeros((len(data.y), n_out))
     np.add.at(sums, data.owner, per_input)
     return sums / np.bincount(data.owner, minlength=len(data.y))[:, None]
 
 
-def score(model: RobertaClassifier, data: Encoded, batch_size: int) -> dict[str, float]:
-    out = predict(model, data, batch_size)
+def score(model: RobertaClassifier, data: Encoded, batch_size: int, precision: str = "auto") -> dict[str, float]:
+    out = predict(model, data, batch_size, precision)
     regression = out.shape[1] == 1
     pred = out[:, 0] if regression else out.argmax(1)
     return all_metrics(pred, data.y, regression, out.shape[1])
@@ -163,6 +165,8 @@ class Setup:
     checkpoint: Path
     max_len: int
     device: torch.device
+    precision: str = "fp32"  # resolved: "fp32" | "bf16"
+    precision_why: str = ""
 
 
 def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
@@ -197,7 +201,8 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
                 raise UserError(f"{ck / 'model.safetensors'}: encoder weights do not fit config.json ({e})") from None
         return model
 
-    return Setup(task, train, dev, new_model, ck, max_len, device)
+    precision, why = resolve_precision(cfg.precision, device)
+    return Setup(task, train, dev, new_model, ck, max_len, device, precision, why)
 
 
 def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callable[[str], None]) -> dict:
@@ -213,7 +218,7 @@ def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callabl
         batches = length_batches(lengths, cfg.batch_size, rng)
         for idx in batches:
             set_lr(optimizer, lr_at(step / total_steps, cfg.warmup_fraction, lr))
-            logits = forward(model, s.train.ids, idx)
+            logits = forward(model, s.train.ids, idx, s.precision)
             y = torch.from_numpy(s.train.y[s.train.owner[idx]]).to(s.device)
             loss = F.mse_loss(logits[:, 0], y) if s.task.regression else F.cross_entropy(logits, y)
             loss.backward()
@@ -221,7 +226,7 @@ def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callabl
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             step += 1
-        scores = score(model, s.dev, cfg.eval_batch_size)
+        scores = score(model, s.dev, cfg.eval_batch_size, s.precision)
         loss_sum = float(loss_sum)  # one host sync per epoch, not per step
         history.append({"epoch": epoch, "train_loss": loss_sum / len(batches), **scores,
                         "seconds": time.perf_counter() - t0})
@@ -241,7 +246,7 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
     n_train, n_dev = len(s.train.y), len(s.dev.y)
     log(f"{task.name}: {n_train:,} train inputs -> {len(s.train.ids):,} sequences, {n_dev:,} dev examples "
         f"-> {len(s.dev.ids):,} sequences (max {s.max_len} tokens, {cfg.long}); mean train length "
-        f"{s.train.lengths.mean():.1f} tokens; {s.device}; {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
+        f"{s.train.lengths.mean():.1f} tokens; {s.device}, {s.precision} ({s.precision_why}); {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
     if cfg.from_scratch and len(cfg.lrs) == 1:
         log(f"note: one lr ({cfg.lrs[0]:g}) for a from-scratch baseline; a random init usually wants a higher lr "
             "than a pretrained model, so compare both arms with the same --lr-grid (README, 'Does pretraining help?')")

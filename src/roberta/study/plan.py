@@ -5,7 +5,9 @@ accounting as the trainer (roberta.model.training_flops), so a plan and a measur
 Memory is an estimate: fp32 master weights + grads + AdamW moments (16 bytes/parameter, sharded
 over devices with FSDP) plus activations for one micro-batch under bf16 autocast with a fused
 attention kernel (~34 * s * h bytes per layer per sequence; Korthikanti et al. 2022, without the
-s^2 term that flash attention removes).
+s^2 term that flash attention removes). With activation checkpointing (per block) a layer keeps
+only its bf16 input (2 * s * h bytes) and one block at a time holds its full activations during
+the recompute; the recompute costs one more forward of the blocks, ~1/3 more time.
 """
 
 from __future__ import annotations
@@ -59,13 +61,18 @@ def parameters(cfg: ModelConfig) -> int:
         return count_parameters(RobertaMLM(cfg))
 
 
-def activation_bytes_per_sequence(cfg: ModelConfig, seq_len: int) -> float:
+def activation_bytes_per_sequence(cfg: ModelConfig, seq_len: int, checkpointing: bool = False) -> float:
+    if checkpointing:  # every block's input, plus one block recomputed at a time
+        return 2.0 * seq_len * cfg.hidden * cfg.layers + 34.0 * seq_len * cfg.hidden
     return 34.0 * seq_len * cfg.hidden * cfg.layers
+
+
+RECOMPUTE_TIME = 4.0 / 3.0  # forward + backward = 3 forwards; checkpointing adds a fourth (blocks only)
 
 
 def make_plan(preset: str, batch_size: int, seq_len: int, steps: int, vocab_size: int = 50265,
               gpus: int = 1, peak_flops: float = 0.0, mfu: float = 0.45, memory: float = 80e9,
-              fsdp: bool = False) -> Plan:
+              fsdp: bool = False, activation_checkpointing: bool = False) -> Plan:
     if batch_size < 1 or steps < 1 or seq_len < 8:
         raise UserError("plan: --batch-size, --steps must be >= 1 and --seq-len >= 8")
     if not 0 < mfu <= 1:
@@ -75,7 +82,7 @@ def make_plan(preset: str, batch_size: int, seq_len: int, steps: int, vocab_size
     tokens = float(batch_size) * seq_len * steps
     flops = training_flops(cfg, tokens, tokens * MASK_PROB, seq_len)
     states = 16.0 * n / (gpus if fsdp else 1)
-    per_seq = activation_bytes_per_sequence(cfg, seq_len)
+    per_seq = activation_bytes_per_sequence(cfg, seq_len, activation_checkpointing)
     free = memory * 0.9 - states
     if free <= per_seq:
         raise UserError(f"plan: {preset} does not fit in {memory / 1e9:.0f} GB per device "
@@ -84,6 +91,7 @@ def make_plan(preset: str, batch_size: int, seq_len: int, steps: int, vocab_size
     micro = max(1, min(per_device, 2 ** int(math.log2(free / per_seq))))
     accumulation = math.ceil(per_device / micro)
     hours = flops / (gpus * peak_flops * mfu) / 3600 if peak_flops else float("nan")
+    hours *= RECOMPUTE_TIME if activation_checkpointing else 1.0
     return Plan(batch_size, seq_len, steps, tokens, flops, n,
                 scaled_lr(BERT_LR, batch_size, BERT_BATCH, "sqrt"), scaled_lr(BERT_LR, batch_size, BERT_BATCH, "linear"),
                 paper_lr(batch_size), micro, accumulation, states / 1e9, micro * per_seq / 1e9, hours)
