@@ -71,6 +71,7 @@ def test_custom_arms_toml_and_json(tmp_path):
         load_custom_arms(str(tmp_path / "bad.json"))
 
 
+@pytest.mark.slow
 def test_masking_ablation_runs_is_fair_and_resumable(tmp_path, data_dir, capsys):
     out = tmp_path / "abl"
     result = run_ablation("masking", str(data_dir), 1500, str(out), preset="tiny", sets=SMALL, progress=False)

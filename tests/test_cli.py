@@ -21,6 +21,7 @@ def _one_line_error(r, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_pretrain_save_reload_evaluate_end_to_end(tmp_path, data_dir):
     run = tmp_path / "run"
     r = run_cli("pretrain", "--data", data_dir, "--out", run, "--preset", "tiny", "--quiet",
@@ -71,6 +72,7 @@ def test_pretrain_save_reload_evaluate_end_to_end(tmp_path, data_dir):
     assert f"{preds[0]['score']:.4f}" in r.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_pretrain_refuses_to_overwrite_a_run(tmp_path, data_dir):
     args = ["pretrain", "--data", data_dir, "--out", tmp_path / "run", "--quiet", "--set", "model.layers=1",
             "--set", "model.hidden=32", "--set", "model.heads=2", "--set", "model.ffn=64",

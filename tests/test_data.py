@@ -196,6 +196,7 @@ def test_gzipped_jsonl_and_a_too_long_json_line(tmp_path, monkeypatch):
     assert docs == ["short", "after"] and stats.skipped == {"line over 1.0 KB": 1}
 
 
+@pytest.mark.slow
 def test_a_50mb_line_without_newline_streams_in_bounded_memory(tmp_path):
     f = tmp_path / "one_line.txt"
     unit = b"lorem ipsum dolor sit amet. " * 1000

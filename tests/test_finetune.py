@@ -227,6 +227,7 @@ def _separable(n: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_finetune_learns_a_separable_task_end_to_end(tmp_path, tiny_checkpoint):
     train = tmp_path / "train.jsonl.gz"
     with gzip.open(train, "wt") as f:
@@ -248,6 +249,7 @@ def test_finetune_learns_a_separable_task_end_to_end(tmp_path, tiny_checkpoint):
         assert run["value"] == max(scores) and scores[run["best_epoch"] - 1] == max(scores)
 
 
+@pytest.mark.slow
 def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_checkpoint):
     write(tmp_path / "t.tsv", "text\tlabel\na\tpos\nb\tneg\n")
     write(tmp_path / "d.tsv", "text\tlabel\na\tpos\nb\tmaybe\n")
@@ -274,6 +276,7 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
         assert r.returncode == 2 and "--device cuda: no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_from_scratch_starts_from_random_weights_and_warns_about_a_single_lr(tmp_path, tokenizer_dir):
     from roberta.checkpoint import load_weights
     from roberta.downstream.finetune import FinetuneConfig, setup

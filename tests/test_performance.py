@@ -195,6 +195,7 @@ def _peak_mb(checkpointing: bool) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_lowers_peak_memory():
     """Peak memory of one forward + backward (6 x 256 layers, 16 x 512 tokens, default precision),
     measured as the growth of the process's max RSS in a fresh process: checkpointing keeps
@@ -217,6 +218,7 @@ def test_plan_counts_activation_checkpointing():
 
 # --- float8 -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_float8_without_a_hopper_gpu_is_a_one_line_error(data_dir, tmp_path):
     from conftest import run_cli
 

@@ -50,6 +50,7 @@ def test_plan_matches_a_measured_run(tmp_path, data_dir):
     assert 0.8 * nominal <= summary["tokens"] <= nominal
 
 
+@pytest.mark.slow
 def test_plan_cli(tmp_path):
     r = run_cli("plan", "--preset", "base", "--batch-size", "8192", "--seq-len", "512", "--steps", "500000",
                 "--gpus", "8", "--gpu", "h100", "--compare-batch", "256", "--compare-steps", "1000000")

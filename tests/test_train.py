@@ -299,6 +299,7 @@ def test_the_matmul_probe_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path, uninterrupted):
     """kill -9 at some step after a checkpoint, then --resume, at the default settings: same loss
     at every step and the same final parameters as a run never interrupted (CPU, fp32, dropout on)."""
@@ -317,6 +318,7 @@ def test_sigkill_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path, uni
     assert steps_before < 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_finishes_the_step_checkpoints_and_resumes_exactly(data_dir, tmp_path, uninterrupted, sig):
     """Ctrl-C or a scheduler's SIGTERM, sent to `python -m roberta pretrain`: the step finishes, a
@@ -530,6 +532,7 @@ def random_micro_batches(step: int, micro_batches: int = 1, rows: int = 8, seq_l
     return [Batch(ids[c], torch.ones_like(ids[c]), torch.full((len(c),), step), c, None) for c in cuts]
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager():
     """train.compile=true (compiled blocks, embeddings and head loss, any masked count) trains
     the same network as eager: same losses over three steps, within fp32 reordering."""
