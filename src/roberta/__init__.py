@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 
 
 def load(path, device: str = "cpu"):
-    """Load a checkpoint (or a run directory's latest) for fill_mask / embed. See roberta.api."""
-    from roberta.api import load as _load
-    return _load(path, device)
+    """Load a checkpoint (or a run directory's latest) for fill_mask / embed, or a fine-tuned model
+    (a `roberta finetune` output directory or its model/) for predict. See roberta.api."""
+    from roberta.api import load_any
+    return load_any(path, device)
 

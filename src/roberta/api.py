@@ -88,3 +88,12 @@ class Pretrained:
 def load(path: str | Path, device: str = "cpu") -> Pretrained:
     model, ck = load_model(path, device)
     return Pretrained(model, load_tokenizer(ck), ck)
+
+
+def load_any(path: str | Path, device: str = "cpu"):
+    """A fine-tuned model (a `finetune` OUT or OUT/model) -> predict.Finetuned; else Pretrained."""
+    from roberta.downstream.predict import Finetuned, finetuned_dir
+
+    if finetuned_dir(path) is not None:
+        return Finetuned(path, device=device)
+    return load(path, device)

@@ -167,7 +167,8 @@ def _finetune_config(a):
     if a.lr_grid is not None and a.lr is not None:
         raise UserError("pass --lr or --lr-grid, not both")
     try:
-        lrs = tuple(float(x) for x in a.lr_grid.split(",")) if a.lr_grid is not None else (2e-5 if a.lr is None else a.lr,)
+        # neither: () = finetune.default_lr_grid, chosen from the checkpoint's size
+        lrs = tuple(float(x) for x in a.lr_grid.split(",")) if a.lr_grid is not None else ((a.lr,) if a.lr is not None else ())
     except ValueError:
         raise UserError(f"--lr-grid {a.lr_grid}: expected comma-separated numbers, e.g. "
                         f"{','.join(f'{x:g}' for x in PAPER_LR_GRID)}") from None
@@ -186,30 +187,86 @@ def _finetune_config(a):
     return FinetuneConfig(lrs=lrs, batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
                           max_len=a.max_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
-                          from_scratch=a.from_scratch, threads=a.threads, device=a.device, precision=a.precision)
+                          from_scratch=a.from_scratch, threads=a.threads, device=a.device, precision=a.precision,
+                          patience=getattr(a, "patience", 0))
 
 
 def cmd_finetune(a) -> None:
     from roberta.downstream.finetune import finetune
+
+    task = _task_from_args(a, "finetune")
+    if a.metric:
+        task.metric = a.metric
+    cfg = _finetune_config(a)
+    claim_out(a.out, a.overwrite, "finetune")
+    if a.baseline == "scratch":
+        from roberta.downstream.compare import finetune_with_baseline
+
+        r = finetune_with_baseline(task, a.checkpoint, a.out, cfg, _lr_list(a.baseline_lr_grid, "--baseline-lr-grid"))
+    else:
+        r = finetune(task, a.checkpoint, a.out, cfg)
+    print(f"{r['task']}: {r['metric']} {100 * r['value']:.2f} (median of {cfg.seeds} seed(s) at lr {r['lr']:g}; "
+          f"per seed {', '.join(f'{100 * v:.2f}' for v in r['per_seed'])}; best epochs {r['best_epoch']}) -> {a.out}/metrics.json")
+    keys = ("task", "metric", "value", "per_seed", "best_epoch") + (("baseline_value", "delta", "interval") if a.baseline else ())
+    print(json.dumps({k: r[k] for k in keys}))
+
+
+def _lr_list(text: str | None, flag: str) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected comma-separated numbers, e.g. 1e-3,3e-4,1e-4") from None
+
+
+def _task_from_args(a, command: str):
+    """--glue TASK --glue-dir D, or --train F --dev F with column flags (finetune's and probe's)."""
     from roberta.downstream.tasks import file_task, glue_task
 
     if a.glue:
         if a.train or a.dev or not a.glue_dir:
             raise UserError("--glue TASK needs --glue-dir DIR (and no --train/--dev)")
-        task = glue_task(a.glue, a.glue_dir)
-    elif a.train and a.dev:
-        task = file_task(a.train, a.dev, a.text_column, a.text_pair_column, a.label_column,
+        return glue_task(a.glue, a.glue_dir)
+    if a.train and a.dev:
+        return file_task(a.train, a.dev, a.text_column, a.text_pair_column, a.label_column,
                          regression=a.task == "regression", metric=None)
-    else:
-        raise UserError("finetune: pass --glue TASK --glue-dir DIR, or --train FILE --dev FILE")
+    raise UserError(f"{command}: pass --glue TASK --glue-dir DIR, or --train FILE --dev FILE")
+
+
+def cmd_predict(a) -> None:
+    from roberta.downstream.predict import Finetuned, predict_files
+    from roberta.downstream.tasks import Columns, first_row_columns, read_examples
+
+    model = Finetuned(a.checkpoint, device=a.device)
+    examples, has_labels = [], True
+    for path in a.inputs:
+        names = first_row_columns(path)
+        label = a.label_column or ("label" if "label" in names else None)
+        if a.label_column and a.label_column not in names:
+            raise UserError(f"{path}: no column {a.label_column!r} (has: {', '.join(map(str, names))}); "
+                            "choose it with --label-column, or leave it out to predict unlabelled rows")
+        has_labels = has_labels and label is not None
+        examples += read_examples(path, Columns(a.text_column, a.text_pair_column, label))
+    if a.text_pair_column is None and model.record.get("pairs"):
+        raise UserError(f"{model.path} was trained on sentence pairs; pass --text-pair-column")
+    metrics = predict_files(model, examples, has_labels, a.out, a.batch_size)
+    print(f"{len(examples):,} predictions -> {a.out}")
+    if metrics is not None:
+        print(f"{model.metric} {100 * metrics[model.metric]:.2f} on {len(examples):,} labelled rows")
+        print(json.dumps(metrics))
+
+
+def cmd_probe(a) -> None:
+    from roberta.downstream.probe import ProbeConfig, probe
+
+    task = _task_from_args(a, "probe")
     if a.metric:
         task.metric = a.metric
-    cfg = _finetune_config(a)
-    claim_out(a.out, a.overwrite, "finetune")
-    r = finetune(task, a.checkpoint, a.out, cfg)
-    print(f"{r['task']}: {r['metric']} {100 * r['value']:.2f} (median of {cfg.seeds} seed(s) at lr {r['lr']:g}; "
-          f"per seed {', '.join(f'{100 * v:.2f}' for v in r['per_seed'])}; best epochs {r['best_epoch']}) -> {a.out}/metrics.json")
-    print(json.dumps({k: r[k] for k in ("task", "metric", "value", "per_seed", "best_epoch")}))
+    cfg = ProbeConfig(max_len=a.max_len, max_train=a.max_train, max_dev=a.max_dev, threads=a.threads)
+    r = probe(task, a.checkpoint, a.out, cfg, baseline=a.baseline)
+    keys = ("task", "metric", "value") + (("baseline_value", "delta", "interval") if a.baseline else ())
+    print(json.dumps({k: r[k] for k in keys}))
 
 
 def _add_finetune_options(s: argparse.ArgumentParser) -> None:
@@ -233,6 +290,8 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                    help="bf16 autocast or fp32 (auto: bf16 on a GPU and on a CPU with native bf16)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: a GPU when there is one (bf16 autocast there), else the CPU")
+    s.add_argument("--patience", type=int, default=0,
+                   help="stop a run after N epochs without a dev improvement (default 0: never)")
 
 
 def cmd_fill_mask(a) -> None:
@@ -254,6 +313,14 @@ def cmd_export_hf(a) -> None:
     from roberta.hf import export_hf
 
     claim_out(a.out, a.overwrite, "export-hf")
+    from roberta.downstream.predict import finetuned_dir
+
+    if finetuned_dir(a.checkpoint) is not None:  # a finetune output: a sequence classifier
+        from roberta.downstream.hf_classifier import export_classifier
+
+        export_classifier(a.checkpoint, a.out)
+        print(f"exported -> {a.out} (transformers.AutoModelForSequenceClassification / pipeline('text-classification') load it)")
+        return
     for note in export_hf(a.checkpoint, a.out):
         print(f"note: {note}")
     print(f"exported -> {a.out} (transformers.AutoModelForMaskedLM / AutoTokenizer.from_pretrained load it)")
@@ -310,11 +377,15 @@ def cmd_ablate(a) -> None:
         budget = int(float(a.budget_tokens))
     except (ValueError, OverflowError):
         raise UserError(f"--budget-tokens {a.budget_tokens}: expected a number of tokens, e.g. 2e6") from None
+    probes = [t for t in (a.probe or "").split(",") if t]
+    if probes and not a.glue_dir:
+        raise UserError("--probe TASK needs --glue-dir DIR")
     result = run_ablation(a.kind, a.data, budget, a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
                           lr_rule=a.lr_rule, progress=not a.quiet, overwrite=a.overwrite,
                           finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
-                                         "threads": 1})
+                                         "threads": 1},
+                          probe_tasks=probes)
     print(Path(a.out, "report.md").read_text())
     print(json.dumps(result))
 
@@ -401,7 +472,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the dev metric that selects epoch and lr (default: the task's)")
     _add_finetune_options(s)
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing what is there")
+    s.add_argument("--baseline", choices=["scratch"], default=None,
+                   help="also fine-tune the same architecture from random init (same examples and seeds, its own "
+                        "lr grid) and report the difference with a 95%% paired-bootstrap interval")
+    s.add_argument("--baseline-lr-grid", default=None, metavar="LR,LR,...",
+                   help="the scratch arm's lr grid (default: the pretrained arm's)")
     s.set_defaults(fn=cmd_finetune)
+
+    s = sub.add_parser("predict", help="label new text with a fine-tuned model (`finetune` output)")
+    s.add_argument("--checkpoint", required=True, help="a `roberta finetune` --out directory (or its model/)")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help=".tsv / .csv / .jsonl / .jsonl.gz")
+    s.add_argument("--out", required=True, help="preds.jsonl: one JSON object per input row, in input order")
+    s.add_argument("--text-column", default="text")
+    s.add_argument("--text-pair-column", default=None)
+    s.add_argument("--label-column", default=None,
+                   help="gold labels: the metric is printed (default: a 'label' column when there is one)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("probe", help="frozen features + logistic regression: what the encoder already knows")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--glue", choices=["sst2", "cola", "mrpc", "rte", "stsb", "mnli", "qnli", "qqp"])
+    s.add_argument("--glue-dir")
+    s.add_argument("--train")
+    s.add_argument("--dev")
+    s.add_argument("--text-column", default="text")
+    s.add_argument("--text-pair-column", default=None)
+    s.add_argument("--label-column", default="label")
+    s.add_argument("--task", choices=["classification", "regression"], default="classification")
+    s.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None)
+    s.add_argument("--baseline", choices=["random"], default=None,
+                   help="also probe the same network at random init; report delta and a 95%% interval")
+    s.add_argument("--max-len", type=int, default=0)
+    s.add_argument("--max-train", type=int, default=0)
+    s.add_argument("--max-dev", type=int, default=0)
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(fn=cmd_probe)
 
     s = sub.add_parser("evaluate", help="held-out MLM perplexity (--data) or GLUE fine-tuning (--glue-dir)")
     s.add_argument("--checkpoint", required=True)
@@ -470,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs per task (best dev epoch kept)")
     s.add_argument("--ft-max-train", type=int, default=0, help="fine-tuning examples per task (0 = all)")
     s.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds per task (median reported)")
+    s.add_argument("--probe", default="", metavar="TASK[,TASK]",
+                   help="add a frozen-feature probe column per arm (e.g. sst2; needs --glue-dir)")
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
     s.add_argument("--quiet", action="store_true")

@@ -37,7 +37,7 @@ class Example:
 class Columns:
     text: Column
     pair: Column | None
-    label: Column
+    label: Column | None  # None: unlabelled rows (prediction), Example.label is ""
 
 
 @dataclass(frozen=True)
@@ -141,25 +141,38 @@ def _cell(row: dict, column: Column, where: str, what: str) -> str:
     return value
 
 
+def _rows(path: Path, header: bool) -> Iterator[tuple[int, dict]]:
+    if path.name.endswith(".tsv"):
+        return _tabular_rows(path, "\t", header)
+    if path.name.endswith(".csv"):
+        return _tabular_rows(path, ",", header)
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        return _jsonl_rows(path)
+    raise UserError(f"{path}: unsupported file type; use {', '.join(FILE_SUFFIXES)}")
+
+
+def first_row_columns(path: str | Path, header: bool = True) -> list[Column]:
+    """The column names of a file's first row ([] for an empty file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    for _, row in _rows(path, header):
+        return list(row)
+    return []
+
+
 def read_examples(path: str | Path, columns: Columns, header: bool = True) -> list[Example]:
     """Every row of a .tsv / .csv / .jsonl / .jsonl.gz file as an Example; errors name file:line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    if path.name.endswith(".tsv"):
-        rows = _tabular_rows(path, "\t", header)
-    elif path.name.endswith(".csv"):
-        rows = _tabular_rows(path, ",", header)
-    elif path.name.endswith((".jsonl", ".jsonl.gz")):
-        rows = _jsonl_rows(path)
-    else:
-        raise UserError(f"{path}: unsupported file type; use {', '.join(FILE_SUFFIXES)}")
+    rows = _rows(path, header)
     out = []
     for n, row in rows:
         where = f"{path}:{n}"
         out.append(Example(_cell(row, columns.text, where, "text"),
                            None if columns.pair is None else _cell(row, columns.pair, where, "pair"),
-                           _cell(row, columns.label, where, "label"), where))
+                           "" if columns.label is None else _cell(row, columns.label, where, "label"), where))
     if not out:
         raise UserError(f"{path}: no examples (the file is empty or has only a header)")
     return out

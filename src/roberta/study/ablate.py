@@ -141,7 +141,8 @@ def arm_state(run_dir: Path, definition: dict, label: str, overwrite: bool) -> s
 def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str = "tiny",
                  sets: list[str] | None = None, seeds: int = 1, glue_dir: str | None = None,
                  glue_tasks: list[str] | None = None, custom: str | None = None, lr_rule: str = "sqrt",
-                 progress: bool = True, finetune_args: dict | None = None, overwrite: bool = False) -> dict:
+                 progress: bool = True, finetune_args: dict | None = None, overwrite: bool = False,
+                 probe_tasks: list[str] | None = None) -> dict:
     from roberta.data.prepare import read_meta
     from roberta.train import pretrain
 
@@ -185,6 +186,10 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
             pretrain(str(data), str(run_dir), cfg, resume=state == "interrupted", progress=progress)
         if glue_dir and glue_tasks:
             finetune_run(run_dir, glue_dir, glue_tasks, finetune_args or {})
+        if glue_dir and probe_tasks:  # frozen features: a signal where fine-tuning cannot separate arms
+            from roberta.downstream.probe import probe_run
+
+            probe_run(run_dir, glue_dir, probe_tasks)
     return make_report(run_dirs, outdir, title=f"{kind} ablation at {budget_tokens:,} tokens per arm")
 
 
