@@ -123,6 +123,11 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("evaluate --checkpoint {ck} --data {data} --max-sequences 0", "--max-sequences"),
     ("evaluate --checkpoint {ck} --data {data} --seq-len -1", "--seq-len"),
     ("evaluate --checkpoint {ck} --data {data} --split test", "invalid choice"),
+    # predict, probe
+    ("predict --checkpoint {ck} --out {new} {tsv}", "not a fine-tuned model"),
+    ("predict --checkpoint {missing} --out {new} {tsv}", "not a fine-tuned model"),
+    ("probe --checkpoint {missing} --out {new} --train {tsv} --dev {tsv}", "no such checkpoint"),
+    ("probe --checkpoint {ck} --out {new}", "--glue"),
     # finetune
     ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --max-train -3", "--max-train -3", SUBPROCESS),
     ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --lr -1", "--lr -1"),

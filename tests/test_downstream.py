@@ -140,7 +140,11 @@ def test_regression_predicts_values_and_exports_with_problem_type(tmp_path, tiny
     batch = tok([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         theirs = hf(**batch).logits[:, 0].numpy()
-    ours = [p["value"] for p in roberta.load(tmp_path / "o").predict(pairs)]
+    from roberta.downstream.predict import Finetuned
+
+    assert isinstance(roberta.load(tmp_path / "o"), Finetuned)
+    # transformers computes in fp32; ours at the same precision (auto would be bf16 on a bf16 CPU)
+    ours = [p["value"] for p in Finetuned(tmp_path / "o", precision="fp32").predict(pairs)]
     assert np.abs(theirs - np.asarray(ours)).max() <= 1e-4
 
 

@@ -59,12 +59,12 @@ def finetuned_dir(path: str | Path) -> Path | None:
 class Finetuned:
     """A fine-tuned classifier / regressor: `predict(texts_or_pairs)` -> one dict per input."""
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", precision: str = "auto"):
         d = finetuned_dir(path)
         if d is None:
             raise UserError(f"{path}: not a fine-tuned model (no model/{RECORD}); pass the --out directory of "
                             "`roberta finetune`")
-        self.path = d
+        self.path, self.precision = d, precision  # "auto" | "fp32" | "bf16" (roberta.precision)
         self.record = json.loads((d / RECORD).read_text())
         lab = json.loads((d / "labels.json").read_text())
         self.labels, self.regression = tuple(lab["labels"]), bool(lab["regression"])
@@ -89,7 +89,7 @@ class Finetuned:
         batches = length_batches(data.lengths, batch_size, None)
         with torch.no_grad():
             for idx in tqdm(batches, desc="predict", unit="batch", disable=not progress):
-                logits = forward(self.model, data.ids, idx)
+                logits = forward(self.model, data.ids, idx, self.precision)
                 per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).cpu().numpy()
         sums = np.zeros((len(examples), n_out))
         np.add.at(sums, data.owner, per_input)  # long="chunk": average each example's chunks

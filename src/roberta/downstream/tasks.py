@@ -76,6 +76,11 @@ class TaskData:
     def regression(self) -> bool:
         return not self.labels
 
+    @property
+    def pairs(self) -> bool:
+        """Whether the task's inputs are sentence pairs (saved with a fine-tuned model)."""
+        return self.train[0].pair is not None
+
 
 # ---------------------------------------------------------------------------------------- rows
 
