@@ -31,6 +31,10 @@ def test_pretrain_save_reload_evaluate_end_to_end(tmp_path, data_dir):
                 "--set", "train.log_interval=2", "--set", "train.peak_flops=1e11",
                 "--set", "train.eval_sequences=16")
     assert r.returncode == 0, r.stderr
+    # the end: one done line naming the checkpoint, then the commands that use it
+    assert r.stdout.count("done: step 8") == 1 and f"checkpoint {run}/checkpoint-000008" in r.stdout
+    assert f"next: roberta evaluate --checkpoint {run}/checkpoint-000008 --data {data_dir}" in r.stdout
+    assert "roberta finetune --checkpoint" in r.stdout
     # metrics.jsonl: training records with the contract's keys, and eval records
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in records if "loss" in x]

@@ -784,3 +784,17 @@ def test_the_progress_bar_counts_the_budget_that_ends_the_run(data_dir, tmp_path
     run_inprocess(data_dir, tmp_path / "run", "train.max_tokens=3000", "train.max_steps=0", progress=True)
     last = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
     assert "100%|" in last and "of the budget" in last and "it]" not in last and "it/s" not in last, last
+
+
+def test_each_held_out_evaluation_is_printed_on_the_console(data_dir, tmp_path, capsys):
+    """With the progress bar on (the CLI without --quiet), every evaluation prints a line with its
+    step, tokens, loss and perplexity -- the numbers metrics.jsonl records for it."""
+    run_inprocess(data_dir, tmp_path / "run", "train.max_steps=4", "train.eval_interval=2", progress=True)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("eval step")]
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+    assert len(lines) == len(evals) == 2
+    for line, e in zip(lines, evals):
+        assert line == (f"eval step {e['step']}: {e['tokens']:,} tokens, held-out loss {e['eval_loss']:.4f}, "
+                        f"perplexity {e['eval_perplexity']:.2f}")
+    run_inprocess(data_dir, tmp_path / "quiet", "train.max_steps=2", "train.eval_interval=2", progress=False)
+    assert "eval step" not in capsys.readouterr().out
