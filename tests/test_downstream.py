@@ -50,6 +50,7 @@ def finetuned(tmp_path_factory, tiny_checkpoint, sentiment_files):
     return out
 
 
+@pytest.mark.slow
 def test_finetune_writes_the_best_run_as_a_model_with_its_record(finetuned):
     metrics = json.loads((finetuned / "metrics.json").read_text())
     record = json.loads((finetuned / "model" / "finetune.json").read_text())
@@ -65,6 +66,7 @@ def test_finetune_writes_the_best_run_as_a_model_with_its_record(finetuned):
     assert record["value"] >= 0.9  # (that the weights are the best epoch's: the predict test)
 
 
+@pytest.mark.slow
 def test_predict_cli_and_api_agree_and_print_the_metric(tmp_path, finetuned, sentiment_files):
     _, dev = sentiment_files
     out = tmp_path / "preds.jsonl"
@@ -95,6 +97,7 @@ def test_predict_cli_and_api_agree_and_print_the_metric(tmp_path, finetuned, sen
     assert r.returncode == 2 and "not a fine-tuned model" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_export_hf_classifier_matches_our_logits_and_pipeline_labels(tmp_path, finetuned, sentiment_files):
     transformers = pytest.importorskip("transformers")
     _, dev = sentiment_files
@@ -117,6 +120,7 @@ def test_export_hf_classifier_matches_our_logits_and_pipeline_labels(tmp_path, f
     assert [p["label"] for p in pipe(texts)] == [p["label"] for p in ours.predict(texts)]
 
 
+@pytest.mark.slow
 def test_regression_predicts_values_and_exports_with_problem_type(tmp_path, tiny_checkpoint):
     transformers = pytest.importorskip("transformers")
     rows = _separable(60, 2)
@@ -163,6 +167,7 @@ def test_patience_stops_a_run_that_no_longer_improves(tmp_path, tiny_checkpoint,
     assert len(hist) - best == 1  # ... exactly `patience` of them
 
 
+@pytest.mark.slow
 def test_default_lr_grid_follows_the_checkpoints_size(tmp_path, tiny_checkpoint, sentiment_files):
     assert default_lr_grid(ModelConfig(hidden=256)) == SMALL_LR_GRID == (3e-4, 1e-4, 5e-5, 3e-5)
     assert default_lr_grid(ModelConfig(hidden=768)) == PAPER_LR_GRID
@@ -225,6 +230,7 @@ def test_probe_fits_recover_known_solutions():
     assert ((x @ W[:-1] + W[-1]).argmax(1) == labels).double().mean() > 0.97
 
 
+@pytest.mark.slow
 def test_probe_cli_with_random_baseline_writes_the_comparison(tmp_path, tiny_checkpoint, sentiment_files):
     train, dev = sentiment_files
     r = run_cli("probe", "--checkpoint", tiny_checkpoint, "--train", train, "--dev", dev, "--text-column", "review",
