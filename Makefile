@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: quickstart test bench install clean
+.PHONY: quickstart test test-all bench install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,12 @@ install: $(STAMP)
 quickstart: install
 	$(BIN)/roberta quickstart --out runs/quickstart
 
+# the fast suite by default; CI=true (set by .ci/run and by most CI services) or `make test-all` adds
+# the tests marked slow (torch.compile on CPU, multi-process gloo, real signals, the 50 MB file)
 test: install
+	$(BIN)/python -m pytest -q tests $(if $(filter true,$(CI)),,-m "not slow")
+
+test-all: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install

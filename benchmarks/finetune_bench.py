@@ -1,6 +1,6 @@
 """Our fine-tuning pipeline against the standard one, on the same checkpoint and data.
 
-    ours: `roberta.finetune.finetune` (RobertaClassifier, length-bucketed batches, AdamW from
+    ours: `roberta.downstream.finetune.finetune` (RobertaClassifier, length-bucketed batches, AdamW from
           roberta.optim, 6% warmup then linear decay, dev after every epoch, best epoch kept)
     HF:   the checkpoint exported with `roberta export-hf`, loaded as
           transformers.RobertaForSequenceClassification, trained by transformers.Trainer
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from roberta.finetune import FinetuneConfig, finetune, subsample
-from roberta.tasks import glue_task
+from roberta.downstream.finetune import FinetuneConfig, finetune, subsample
+from roberta.downstream.tasks import glue_task
 
 SHARED = Path(os.environ.get("ROBERTA_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 

@@ -42,7 +42,7 @@ MODEL=""
 [ "$SMALL" = 1 ] && MODEL="--set model.layers=1 --set model.hidden=64 --set model.heads=2 --set model.ffn=128"
 $PY -c "
 import json
-from roberta.corpus import stdlib_documents
+from roberta.data.corpus import stdlib_documents
 with open('$W/docs.jsonl', 'w') as f:
     for d in stdlib_documents():
         f.write(json.dumps({'text': d}) + '\n')

@@ -32,7 +32,7 @@ echo "== 3. the trainer on the GPU: prepare, 20 steps eager, resume to 30 compil
 timeout 80 bash -c "
 $PY -c \"
 import json
-from roberta.corpus import stdlib_documents
+from roberta.data.corpus import stdlib_documents
 with open('$W/docs.jsonl', 'w') as f:
     for d in stdlib_documents():
         f.write(json.dumps({'text': d}) + '\n')

@@ -43,7 +43,9 @@ from roberta.perf import datasheet_peak, enable_float8, matmul_peak, sync
 from roberta.precision import cpu_native_bf16
 from roberta.presets import get_preset
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from roberta.train import Masker, PreparedStep, compile_model, launch_step, prepare_step
+from roberta.masking import Masker
+from roberta.parallelize import compile_model
+from roberta.train import MaskedStep, launch_step, mask_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
 VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
@@ -91,16 +93,16 @@ class Ours:
         if cfg.train.compile:
             compile_model(self.model, compile_mode)
         self.opt = build_optimizer(self.model, cfg.optim, cfg.train.lr)
-        self.masker = Masker(cfg, {f"t{i}": i for i in range(vocab)})  # random tokens: the tokenizer's ids
+        self.masker = Masker.for_run(cfg, {f"t{i}": i for i in range(vocab)})  # random tokens: the tokenizer's ids
         self.step_i = 0
-        self.upcoming: tuple[torch.Tensor, PreparedStep] | None = None
+        self.upcoming: tuple[torch.Tensor, MaskedStep] | None = None
 
-    def prepare(self, ids: torch.Tensor) -> PreparedStep:
+    def prepare(self, ids: torch.Tensor) -> MaskedStep:
         B, micro = ids.shape[0], self.cfg.train.micro_batch_size
         mbs = [Batch(ids[a:a + micro], torch.ones_like(ids[a:a + micro]), torch.full((micro,), self.step_i),
                      torch.arange(a, a + micro), None) for a in range(0, B, micro)]
         self.step_i += 1
-        return prepare_step(mbs, self.masker, self.cfg)
+        return mask_step(mbs, self.masker, self.cfg)
 
     def step(self, ids: torch.Tensor, next_ids: torch.Tensor | None = None) -> int:
         """One optimizer step on (B, T) host ids (prepared during the last step if it was told);

@@ -28,7 +28,7 @@ FIXTURES = Path(__file__).parent / "data"
 
 @pytest.fixture(scope="session")
 def corpus_docs() -> list[str]:
-    """1,500 documents (0.86 MB): the first of roberta.corpus.stdlib_documents() on Python 3.11.7,
+    """1,500 documents (0.86 MB): the first of roberta.data.corpus.stdlib_documents() on Python 3.11.7,
     shipped fixed so that every machine tests on the same text."""
     with gzip.open(FIXTURES / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f]

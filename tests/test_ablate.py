@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from roberta.ablate import arms_for, finetune_run, load_custom_arms, make_report, run_ablation, verdict
+from roberta.study.ablate import arms_for, finetune_run, load_custom_arms, run_ablation
+from roberta.study.report import make_report, verdict
 from roberta.errors import UserError
 from roberta.presets import tiny
 
@@ -70,6 +71,7 @@ def test_custom_arms_toml_and_json(tmp_path):
         load_custom_arms(str(tmp_path / "bad.json"))
 
 
+@pytest.mark.slow
 def test_masking_ablation_runs_is_fair_and_resumable(tmp_path, data_dir, capsys):
     out = tmp_path / "abl"
     result = run_ablation("masking", str(data_dir), 1500, str(out), preset="tiny", sets=SMALL, progress=False)
@@ -111,7 +113,7 @@ def test_a_stale_arm_is_refused_and_overwrite_reruns_it(tmp_path, data_dir, caps
     # another budget, another arm definition, another preset: each refused, naming the arm and the difference
     for change, needle in ((dict(budget_tokens=1200), "train.max_tokens 600 -> 1200"),
                            (dict(sets=SMALL + ["train.warmup_fraction=0.2"]), "train.warmup_fraction 0.06 -> 0.2"),
-                           (dict(preset="base"), "data.seq_len 128 -> 512")):
+                           (dict(preset="base"), "train.warmup_steps 0 -> 24000")):
         kw = dict(budget_tokens=600, sets=SMALL, custom=str(arms), progress=False) | change
         with pytest.raises(UserError, match=r"arm a seed 0 .*" + re.escape(needle) + r".*--overwrite"):
             run_ablation("custom", str(data_dir), kw.pop("budget_tokens"), str(out), **kw)

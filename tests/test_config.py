@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roberta.config import Config, all_keys, apply_overrides, parse_duration
+from roberta.config import Config, ModelConfig, all_keys, apply_overrides, parse_duration, resolve_run
 from roberta.errors import UserError
 from roberta.presets import PRESETS, get_preset, tiny
 
@@ -54,8 +54,78 @@ def test_presets():
     assert set(PRESETS) == {"tiny", "small", "base", "large"}
     base = get_preset("base")
     assert (base.model.layers, base.model.hidden, base.model.heads, base.model.ffn) == (12, 768, 12, 3072)
-    assert base.model.max_positions == 514 and base.data.seq_len == 512
+    assert resolve_run(base, {"vocab_size": 50265, "seq_len": 512}).model.max_positions == 514
     large = get_preset("large")
     assert (large.model.layers, large.model.hidden, large.model.heads, large.model.ffn) == (24, 1024, 16, 4096)
     with pytest.raises(UserError, match="unknown preset"):
         get_preset("huge")
+
+
+# resolve_run's rules, one row each: (--set items on the tiny preset, data meta, world size,
+# resumed checkpoint's model fields, --init-from checkpoint's model fields) -> expected resolved values
+# (dotted keys), or the UserError it raises. META: a 1,000-token tokenizer, data prepared at 64.
+META = {"vocab_size": 1000, "seq_len": 64}
+RESOLVED = ModelConfig(**{**tiny().model.__dict__, "vocab_size": 1024, "max_positions": 66, "nsp_head": False})
+RESOLVE_CASES = [
+    # derived: data.seq_len from the data, vocabulary padded to vocab_multiple, positions, NSP head from the format
+    ([], META, 1, None, None, {"data.seq_len": 64, "model.vocab_size": 1024, "model.max_positions": 66,
+                               "model.nsp_head": False, "train.micro_batch_size": 16}),
+    (["data.format=segment-pair+nsp"], META, 1, None, None, {"model.nsp_head": True}),
+    (["model.vocab_multiple=1"], META, 1, None, None, {"model.vocab_size": 1000}),
+    # given: taken as it is, or refused when it cannot work
+    (["data.seq_len=32"], META, 1, None, None, {"data.seq_len": 32, "model.max_positions": 34}),
+    (["model.vocab_size=1100", "model.max_positions=200"], META, 1, None, None,
+     {"model.vocab_size": 1100, "model.max_positions": 200}),
+    (["model.vocab_size=100"], META, 1, None, None, "smaller than the data's vocabulary"),
+    (["model.max_positions=20"], META, 1, None, None, "needs model.max_positions >= 66"),
+    (["data.format=segment-pair+nsp", "model.nsp_head=false"], META, 1, None, None, "needs model.nsp_head=true"),
+    (["model.nsp_head=true"], META, 1, None, None, {"model.nsp_head": True}),  # an unused head is allowed
+    ([], {"vocab_size": 1000}, 1, None, None, "does not record its length"),
+    # hardware: micro-batches and lr scaling are resolved, so config.json re-runs as it ran
+    ([], META, 4, None, None, {"train.micro_batch_size": 4}),
+    (["train.micro_batch_size=3"], META, 2, None, None, "not divisible"),
+    (["train.lr_scaling=linear", "train.batch_size=512", "train.lr=1e-4"], META, 1, None, None,
+     {"train.lr": 2e-4, "train.lr_scaling": "none"}),
+    # --resume: the checkpoint's vocabulary rows are kept when only the multiple differs; else refused
+    ([], META, 1, {"vocab_size": 1000, "vocab_multiple": 1}, None, {"model.vocab_size": 1000,
+                                                                    "model.vocab_multiple": 1}),
+    ([], META, 1, {"layers": 8}, None, "different model config"),
+    (["model.vocab_size=1024"], META, 1, {"vocab_size": 1000, "vocab_multiple": 1}, None, "different model config"),
+    # --init-from: the checkpoint fixes the architecture, the preset keeps the recipe
+    ([], META, 1, None, {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64, "vocab_size": 1024, "max_positions": 130},
+     {"model.layers": 1, "model.hidden": 32, "model.max_positions": 130, "model.dropout": 0.1}),
+    (["data.seq_len=200"], META, 1, None, {"max_positions": 130, "vocab_size": 1024}, "holds sequences of up to 128"),
+]
+
+
+@pytest.mark.parametrize("sets,meta,world,resumed,init_from,expected", RESOLVE_CASES)
+def test_resolve_run(sets, meta, world, resumed, init_from, expected):
+    import dataclasses
+
+    cfg = apply_overrides(tiny(), sets)
+    resumed = dataclasses.replace(RESOLVED, **resumed) if resumed is not None else None
+    init_from = dataclasses.replace(RESOLVED, **init_from) if init_from is not None else None
+    if isinstance(expected, str):
+        with pytest.raises(UserError, match=expected):
+            resolve_run(cfg, meta, world, resumed, init_from)
+        return
+    run = resolve_run(cfg, meta, world, resumed, init_from)
+    for key, value in expected.items():
+        section, name = key.split(".")
+        assert getattr(getattr(run, section), name) == pytest.approx(value), key
+    assert None not in [getattr(getattr(run, s), f) for s in ("model", "data") for f in getattr(run, s).__dict__]
+    assert resolve_run(Config.from_dict(run.to_dict()), meta, world) == run  # config.json re-runs the same run
+
+
+def test_old_config_json_still_loads():
+    """A config.json written before "derive it" was None (and with keys since removed) loads as it ran."""
+    old = {"model": {"vocab_size": 1024, "max_positions": 66, "nsp_head": False, "retired_key": 1},
+           "data": {"seq_len": 64, "format": "full-sentences"}, "train": {"lr_scaling": "sqrt"}}
+    cfg = Config.from_dict(old)
+    assert (cfg.model.vocab_size, cfg.model.max_positions, cfg.model.nsp_head, cfg.data.seq_len) == (1024, 66, False, 64)
+    assert isinstance(cfg.model, ModelConfig)
+
+
+def test_derive_is_a_value_on_the_command_line():
+    cfg = apply_overrides(apply_overrides(tiny(), ["data.seq_len=32"]), ["data.seq_len=none"])
+    assert cfg.data.seq_len is None

@@ -14,7 +14,7 @@ import pytest
 from conftest import SHARED_DATA, run_cli
 from roberta.data import readers
 from roberta.data.prepare import (bounded_map, chunk_documents, encode_chunk, encoder, load_split, prepare, read_meta,
-                                  split_key)
+                                  _hash_fraction)
 from roberta.data.readers import MAX_DOC_CHARS, ReadStats, iter_documents, normalize
 from roberta.data.sentences import split_sentences
 from roberta.errors import UserError
@@ -74,6 +74,11 @@ def test_splitter_cuts_at_sentence_ends_but_not_abbreviations():
 
 
 # ---------------------------------------------------------------------------------- prepared data
+
+def split_key(text: str) -> float:
+    """A document's place in [0, 1): prepare splits train/valid by this hash of the text."""
+    return _hash_fraction(text.encode("utf-8", "surrogatepass"))
+
 
 def test_decoding_the_prepared_tokens_reproduces_every_document(data_dir, corpus_docs, tokenizer_dir):
     tok = load_tokenizer(tokenizer_dir)
@@ -191,6 +196,7 @@ def test_gzipped_jsonl_and_a_too_long_json_line(tmp_path, monkeypatch):
     assert docs == ["short", "after"] and stats.skipped == {"line over 1.0 KB": 1}
 
 
+@pytest.mark.slow
 def test_a_50mb_line_without_newline_streams_in_bounded_memory(tmp_path):
     f = tmp_path / "one_line.txt"
     unit = b"lorem ipsum dolor sit amet. " * 1000

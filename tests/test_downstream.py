@@ -15,12 +15,11 @@ from conftest import run_cli
 from test_finetune import _separable, save_tiny_checkpoint, write
 
 import roberta
-from roberta.compare import paired_bootstrap, verdict
+from roberta.downstream.compare import paired_bootstrap, verdict
 from roberta.config import ModelConfig
-from roberta.finetune import SMALL_LR_GRID, PAPER_LR_GRID, FinetuneConfig, default_lr_grid, finetune
-from roberta.predict import Finetuned
-from roberta.probe import fit_logistic, fit_ridge
-from roberta.tasks import file_task
+from roberta.downstream.finetune import SMALL_LR_GRID, PAPER_LR_GRID, FinetuneConfig, default_lr_grid, finetune
+from roberta.downstream.probe import fit_logistic, fit_ridge
+from roberta.downstream.tasks import file_task
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +50,7 @@ def finetuned(tmp_path_factory, tiny_checkpoint, sentiment_files):
     return out
 
 
+@pytest.mark.slow
 def test_finetune_writes_the_best_run_as_a_model_with_its_record(finetuned):
     metrics = json.loads((finetuned / "metrics.json").read_text())
     record = json.loads((finetuned / "model" / "finetune.json").read_text())
@@ -66,6 +66,7 @@ def test_finetune_writes_the_best_run_as_a_model_with_its_record(finetuned):
     assert record["value"] >= 0.9  # (that the weights are the best epoch's: the predict test)
 
 
+@pytest.mark.slow
 def test_predict_cli_and_api_agree_and_print_the_metric(tmp_path, finetuned, sentiment_files):
     _, dev = sentiment_files
     out = tmp_path / "preds.jsonl"
@@ -96,6 +97,7 @@ def test_predict_cli_and_api_agree_and_print_the_metric(tmp_path, finetuned, sen
     assert r.returncode == 2 and "not a fine-tuned model" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_export_hf_classifier_matches_our_logits_and_pipeline_labels(tmp_path, finetuned, sentiment_files):
     transformers = pytest.importorskip("transformers")
     _, dev = sentiment_files
@@ -118,6 +120,7 @@ def test_export_hf_classifier_matches_our_logits_and_pipeline_labels(tmp_path, f
     assert [p["label"] for p in pipe(texts)] == [p["label"] for p in ours.predict(texts)]
 
 
+@pytest.mark.slow
 def test_regression_predicts_values_and_exports_with_problem_type(tmp_path, tiny_checkpoint):
     transformers = pytest.importorskip("transformers")
     rows = _separable(60, 2)
@@ -141,8 +144,12 @@ def test_regression_predicts_values_and_exports_with_problem_type(tmp_path, tiny
     batch = tok([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         theirs = hf(**batch).logits[:, 0].numpy()
+    from roberta.downstream.predict import Finetuned
+
+    assert isinstance(roberta.load(tmp_path / "o"), Finetuned)
+    # transformers computes in fp32; ours at the same precision (auto would be bf16 on a bf16 CPU)
     ours = [p["value"] for p in Finetuned(tmp_path / "o", precision="fp32").predict(pairs)]
-    assert np.abs(theirs - np.asarray(ours)).max() <= 1e-4  # parity in fp32 (auto is bf16 on a CPU that has it)
+    assert np.abs(theirs - np.asarray(ours)).max() <= 1e-4
 
 
 def test_patience_stops_a_run_that_no_longer_improves(tmp_path, tiny_checkpoint, sentiment_files):
@@ -160,6 +167,7 @@ def test_patience_stops_a_run_that_no_longer_improves(tmp_path, tiny_checkpoint,
     assert len(hist) - best == 1  # ... exactly `patience` of them
 
 
+@pytest.mark.slow
 def test_default_lr_grid_follows_the_checkpoints_size(tmp_path, tiny_checkpoint, sentiment_files):
     assert default_lr_grid(ModelConfig(hidden=256)) == SMALL_LR_GRID == (3e-4, 1e-4, 5e-5, 3e-5)
     assert default_lr_grid(ModelConfig(hidden=768)) == PAPER_LR_GRID
@@ -222,6 +230,7 @@ def test_probe_fits_recover_known_solutions():
     assert ((x @ W[:-1] + W[-1]).argmax(1) == labels).double().mean() > 0.97
 
 
+@pytest.mark.slow
 def test_probe_cli_with_random_baseline_writes_the_comparison(tmp_path, tiny_checkpoint, sentiment_files):
     train, dev = sentiment_files
     r = run_cli("probe", "--checkpoint", tiny_checkpoint, "--train", train, "--dev", dev, "--text-column", "review",
@@ -237,8 +246,8 @@ def test_probe_cli_with_random_baseline_writes_the_comparison(tmp_path, tiny_che
 
 
 def test_ablate_probe_column_comes_from_probe_run(tmp_path, tokenizer_dir):
-    from roberta.ablate import read_run
-    from roberta.probe import probe_run
+    from roberta.study.report import read_run
+    from roberta.downstream.probe import probe_run
 
     run = tmp_path / "arm" / "seed0"
     save_tiny_checkpoint(run, tokenizer_dir)

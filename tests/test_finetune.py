@@ -13,9 +13,9 @@ import torch
 
 from conftest import run_cli, tiny_config
 from roberta.errors import UserError
-from roberta.finetune import best_epoch, encode, length_batches
-from roberta.metrics import accuracy, average_ranks, f1, matthews, pearson, spearman
-from roberta.tasks import GLUE_TASKS, Columns, file_task, find_glue_tasks, glue_task, label_order, read_examples, targets
+from roberta.downstream.finetune import best_epoch, encode, length_batches
+from roberta.downstream.metrics import accuracy, average_ranks, f1, matthews, pearson, spearman
+from roberta.downstream.tasks import GLUE_TASKS, Columns, file_task, find_glue_tasks, glue_task, label_order, read_examples, targets
 from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 
@@ -180,7 +180,7 @@ def test_length_batches_cover_every_input_once_with_little_padding():
 
 
 def test_truncation_frames_pairs_and_chunking_covers_long_texts(tokenizer_dir, tmp_path):
-    from roberta.tasks import Example
+    from roberta.downstream.tasks import Example
 
     tok = load_tokenizer(tokenizer_dir)
     long_text = " ".join(["the value of the attribute is returned"] * 40)
@@ -227,6 +227,7 @@ def _separable(n: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_finetune_learns_a_separable_task_end_to_end(tmp_path, tiny_checkpoint):
     train = tmp_path / "train.jsonl.gz"
     with gzip.open(train, "wt") as f:
@@ -248,6 +249,7 @@ def test_finetune_learns_a_separable_task_end_to_end(tmp_path, tiny_checkpoint):
         assert run["value"] == max(scores) and scores[run["best_epoch"] - 1] == max(scores)
 
 
+@pytest.mark.slow
 def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_checkpoint):
     write(tmp_path / "t.tsv", "text\tlabel\na\tpos\nb\tneg\n")
     write(tmp_path / "d.tsv", "text\tlabel\na\tpos\nb\tmaybe\n")
@@ -274,10 +276,11 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
         assert r.returncode == 2 and "--device cuda: no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_from_scratch_starts_from_random_weights_and_warns_about_a_single_lr(tmp_path, tokenizer_dir):
     from roberta.checkpoint import load_weights
-    from roberta.finetune import FinetuneConfig, setup
-    from roberta.tasks import file_task
+    from roberta.downstream.finetune import FinetuneConfig, setup
+    from roberta.downstream.tasks import file_task
 
     # "pretrained" weights that no fine-tuning seed's init reproduces
     tiny_checkpoint = save_tiny_checkpoint(tmp_path / "ck", tokenizer_dir, seed=12345)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roberta.data.formats import (NSP_FORMATS, SEP_DOC, SEP_PAIR, _truncate_pair, batch_token_budget, build_plan,
+from roberta.config import NSP_FORMATS
+from roberta.data.formats import (SEP_DOC, SEP_PAIR, _truncate_pair, batch_token_budget, build_sequences,
                                   full_sentences, materialize, segment_pairs, sentence_pairs)
 from roberta.data.loader import BatchStream, collate, shard
 from roberta.data.prepare import Split, load_split
@@ -48,7 +49,7 @@ def _doc_of(split, offset):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_sequence_is_framed_and_fits(train_split, fmt):
-    plan = build_plan(train_split, fmt, SEQ_LEN, seed=1)
+    plan = build_sequences(train_split, fmt, SEQ_LEN, seed=1)
     assert len(plan) > 100
     assert plan.lengths.max() <= SEQ_LEN and plan.lengths.min() >= 3
     for i in range(0, len(plan), 7):
@@ -64,7 +65,7 @@ def test_every_sequence_is_framed_and_fits(train_split, fmt):
 @pytest.mark.parametrize("fmt", ["full-sentences", "doc-sentences"])
 def test_packed_formats_keep_every_token_in_order(fmt):
     split = synthetic_split(300, long_every=17)  # includes sentences longer than seq_len
-    plan = build_plan(split, fmt, SEQ_LEN)
+    plan = build_sequences(split, fmt, SEQ_LEN)
     content = [(s, e) for i in range(len(plan)) for s, e in _pieces(plan, i) if s >= 0]
     assert content[0][0] == 0 and content[-1][1] == len(split.tokens)
     assert all(a[1] == b[0] for a, b in zip(content[:-1], content[1:]))  # contiguous: nothing dropped
@@ -73,7 +74,7 @@ def test_packed_formats_keep_every_token_in_order(fmt):
 
 def test_doc_sentences_never_crosses_a_document():
     split = synthetic_split(400, seed=2)
-    plan = build_plan(split, "doc-sentences", SEQ_LEN)
+    plan = build_sequences(split, "doc-sentences", SEQ_LEN)
     for i in range(len(plan)):
         pieces = _pieces(plan, i)
         assert all(s >= 0 for s, _ in pieces)
@@ -83,7 +84,7 @@ def test_doc_sentences_never_crosses_a_document():
 
 def test_full_sentences_separates_documents_with_one_eos():
     split = synthetic_split(400, seed=3)
-    plan = build_plan(split, "full-sentences", SEQ_LEN)
+    plan = build_sequences(split, "full-sentences", SEQ_LEN)
     crossings = 0
     for i in range(len(plan)):
         pieces = _pieces(plan, i)
@@ -101,7 +102,7 @@ def test_full_sentences_separates_documents_with_one_eos():
 @pytest.mark.parametrize("fmt", NSP_FORMATS)
 def test_nsp_labels_are_balanced_and_mean_what_they_say(fmt):
     split = synthetic_split(7000, seed=4)
-    plan = build_plan(split, fmt, SEQ_LEN, seed=5)
+    plan = build_sequences(split, fmt, SEQ_LEN, seed=5)
     labels = plan.nsp_labels
     assert len(labels) >= 10_000
     assert abs(labels.mean() - 0.5) <= 0.02
@@ -144,7 +145,7 @@ def _stream(split, plan, fmt, batch_size, seed, world=1, accum=1):
 def test_tokens_per_batch_are_within_10_percent_across_formats(train_split):
     means = {}
     for fmt in FORMATS:
-        plan = build_plan(train_split, fmt, SEQ_LEN, seed=0)
+        plan = build_sequences(train_split, fmt, SEQ_LEN, seed=0)
         stream = _stream(train_split, plan, fmt, batch_size=16, seed=0)
         tokens = [int(plan.lengths[[i for _, i in stream.next_batch()]].sum()) for _ in range(60)]
         means[fmt] = float(np.mean(tokens))
@@ -152,7 +153,7 @@ def test_tokens_per_batch_are_within_10_percent_across_formats(train_split):
     print(means)
     assert all(abs(m / ref - 1) <= 0.10 for m in means.values()), means
     # the short formats really needed more sequences per batch to get there
-    sizes = {fmt: len(_stream(train_split, build_plan(train_split, fmt, SEQ_LEN), fmt, 16, 0).next_batch())
+    sizes = {fmt: len(_stream(train_split, build_sequences(train_split, fmt, SEQ_LEN), fmt, 16, 0).next_batch())
              for fmt in FORMATS}
     assert sizes["sentence-pair+nsp"] > 1.2 * sizes["full-sentences"]
 
@@ -160,7 +161,7 @@ def test_tokens_per_batch_are_within_10_percent_across_formats(train_split):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_same_seed_gives_identical_batches(train_split, fmt):
     def batches(seed):
-        plan = build_plan(train_split, fmt, SEQ_LEN, seed=seed)
+        plan = build_sequences(train_split, fmt, SEQ_LEN, seed=seed)
         stream = _stream(train_split, plan, fmt, 8, seed)
         return [collate(train_split, plan, stream.next_batch()).input_ids for _ in range(5)]
     a, b, c = batches(7), batches(7), batches(8)
@@ -169,7 +170,7 @@ def test_same_seed_gives_identical_batches(train_split, fmt):
 
 
 def test_stream_resumes_where_it_stopped(train_split):
-    plan = build_plan(train_split, "doc-sentences", SEQ_LEN)
+    plan = build_sequences(train_split, "doc-sentences", SEQ_LEN)
     a = _stream(train_split, plan, "doc-sentences", 8, 3)
     for _ in range(len(plan) // 8 + 5):  # past an epoch boundary
         a.next_batch()
@@ -183,7 +184,7 @@ def test_stream_resumes_where_it_stopped(train_split):
 @pytest.mark.parametrize("fmt", ["full-sentences", "sentence-pair+nsp", "doc-sentences"])
 def test_every_rank_gets_the_same_number_of_micro_batches_and_sequences(train_split, fmt, world):
     accum = 2
-    plan = build_plan(train_split, fmt, SEQ_LEN)
+    plan = build_sequences(train_split, fmt, SEQ_LEN)
     stream = _stream(train_split, plan, fmt, batch_size=accum * world * 2, seed=0, world=world, accum=accum)
     for _ in range(30):
         draws = stream.next_batch()
@@ -202,7 +203,7 @@ def test_shard_refuses_a_batch_too_small_for_the_ranks():
 def test_over_long_sentences_are_split_not_dropped():
     split = synthetic_split(50, seed=9, long_every=5)
     for fmt in FORMATS:
-        plan = build_plan(split, fmt, SEQ_LEN, seed=0)
+        plan = build_sequences(split, fmt, SEQ_LEN, seed=0)
         assert plan.lengths.max() <= SEQ_LEN
     plan = full_sentences(split, SEQ_LEN, cross_documents=False)
     assert sum(e - s for i in range(len(plan)) for s, e in _pieces(plan, i)) == len(split.tokens)

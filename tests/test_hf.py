@@ -20,6 +20,7 @@ from roberta import checkpoint as ckpt
 from roberta.errors import UserError
 from roberta.hf import export_hf, import_hf, renumber_tokenizer
 from roberta.model import RobertaMLM, build_model, count_parameters, max_seq_len, padded_vocab_size
+from roberta.config import resolve_run
 from roberta.presets import base, large, tiny
 from roberta.tokenizer import load_tokenizer, save_tokenizer
 from roberta.train import pretrain
@@ -29,8 +30,9 @@ from conftest import run_cli, tiny_config
 transformers = pytest.importorskip("transformers")
 
 # the paper's tiny preset, and two layers of roberta-base's width with its 514 position rows
-SHAPES = {"tiny": dict(tiny().model.__dict__, layers=4),
-          "base-width": dict(base().model.__dict__, layers=2)}
+TINY = resolve_run(tiny(), {"vocab_size": 1000, "seq_len": 128}).model  # 130 position rows
+SHAPES = {"tiny": dict(TINY.__dict__, layers=4),
+          "base-width": dict(resolve_run(base(), {"vocab_size": 1000, "seq_len": 512}).model.__dict__, layers=2)}
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> None:
@@ -160,7 +162,7 @@ def test_import_moves_a_released_roberta_vocabulary_into_place(tmp_path, tokeniz
                                             ({"glu": True}, "gated")])
 def test_export_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir, option, message):
     cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
-        tiny().model, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, **option))
+        TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, **option))
     ckpt.save_checkpoint(tmp_path / "run", 1, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
     with pytest.raises(UserError, match=message):
         export_hf(tmp_path / "run", tmp_path / "hf")
@@ -169,7 +171,7 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir
 
 def test_export_leaves_out_the_nsp_head_and_says_so(tmp_path, tokenizer_dir):
     cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
-        tiny().model, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, nsp_head=True))
+        TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, nsp_head=True))
     ckpt.save_checkpoint(tmp_path / "run", 1, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
     notes = export_hf(tmp_path / "run", tmp_path / "hf")
     assert any("NSP" in n for n in notes)
@@ -201,7 +203,7 @@ def test_import_without_transformers_says_how_to_install(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("preset", [base, large])
 def test_parameter_counts_equal_transformers(preset):
-    cfg = dataclasses.replace(preset().model, vocab_size=50265)
+    cfg = dataclasses.replace(resolve_run(preset(), {"vocab_size": 50265, "seq_len": 512}).model, vocab_size=50265)
     with torch.device("meta"):
         ours = RobertaMLM(cfg)
         theirs = transformers.RobertaForMaskedLM(transformers.RobertaConfig(
@@ -226,7 +228,7 @@ def test_continue_pretraining_an_imported_model(tmp_path, tokenizer_dir, data_di
     tok = load_tokenizer(tokenizer_dir)
     import_hf(_hf_dir_with_tokenizer(tmp_path / "hf", tok, tok.get_vocab_size()), tmp_path / "imported")
     cfg = tiny_config(max_steps=2, lr=1e-9)  # the preset's 2 x 64: the checkpoint's 1 x 32 must win
-    summary = pretrain(str(data_dir), str(tmp_path / "run"), cfg, explicit=set(), progress=False,
+    summary = pretrain(str(data_dir), str(tmp_path / "run"), cfg, progress=False,
                        init_from=str(tmp_path / "imported"))
     assert summary["step"] == 2
     run_cfg = ckpt.load_config(Path(summary["checkpoint"]))
@@ -243,7 +245,7 @@ def test_continue_pretraining_refuses_another_vocabulary(tmp_path, tokenizer_dir
     swapped = [*range(10), 11, 10, *range(12, vocab)]  # two ordinary tokens trade ids
     import_hf(_hf_dir_with_tokenizer(tmp_path / "hf", renumber_tokenizer(tok, swapped), vocab), tmp_path / "imported")
     with pytest.raises(UserError, match="vocabulary"):
-        pretrain(str(data_dir), str(tmp_path / "run"), tiny_config(max_steps=1), explicit=set(),
+        pretrain(str(data_dir), str(tmp_path / "run"), tiny_config(max_steps=1),
                  progress=False, init_from=str(tmp_path / "imported"))
 
 
@@ -254,7 +256,7 @@ def test_export_then_import_then_evaluate_on_the_original_data(tmp_path, tokeniz
     from roberta.tokenizer import tokenizer_fingerprint, tokenizer_hash
 
     run = tmp_path / "run"
-    pretrain(str(data_dir), str(run), tiny_config(max_steps=1), explicit=set(), progress=False)
+    pretrain(str(data_dir), str(run), tiny_config(max_steps=1), progress=False)
     export_hf(run, tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     assert tokenizer_hash(tmp_path / "imported") != tokenizer_hash(tokenizer_dir)  # the bytes differ...
@@ -290,7 +292,7 @@ def test_prepared_data_from_before_fingerprints_still_loads(tmp_path, tokenizer_
     meta = json.loads((old / "meta.json").read_text())
     del meta["tokenizer_fingerprint"]
     (old / "meta.json").write_text(json.dumps(meta))
-    summary = pretrain(str(old), str(tmp_path / "run"), tiny_config(max_steps=1), explicit=set(), progress=False)
+    summary = pretrain(str(old), str(tmp_path / "run"), tiny_config(max_steps=1), progress=False)
     export_hf(tmp_path / "run", tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     check_same_tokenizer(tmp_path / "imported", old, meta, "the checkpoint")  # no error

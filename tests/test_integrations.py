@@ -4,7 +4,6 @@ Hugging Face fixtures are written here with `datasets`, the hub cache is laid ou
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -23,7 +22,7 @@ from roberta.config import apply_overrides
 from roberta.data.readers import ReadStats, iter_documents
 from roberta.errors import UserError
 from roberta.presets import tiny
-from roberta.runreport import read_metrics
+from roberta.runlog import read_metrics
 from roberta.train import pretrain
 
 from conftest import tiny_config
@@ -384,8 +383,9 @@ def _exported(tmp_path: Path, tokenizer_dir: Path, seed: int) -> tuple[dict[str,
     from roberta.hf import export_hf
     from roberta.model import build_model
 
-    cfg = tiny_config()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+    from roberta.config import resolve_run
+
+    cfg = resolve_run(tiny_config(), {"vocab_size": 1000, "seq_len": 128})  # 1,024 rows, 130 positions
     model = build_model(cfg.model, seed=seed)
     ck = ckpt.save_checkpoint(tmp_path / f"run{seed}", 1, model, cfg, tokenizer_dir)
     export_hf(ck, tmp_path / f"hf{seed}")

@@ -66,6 +66,7 @@ def test_corrupt_meta_is_a_clear_error(tmp_path, data_dir):
     assert r.returncode == 2 and "meta.json" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_malicious_pickles_are_never_executed(tmp_path, data_dir):
     from roberta.train import pretrain
 
@@ -113,6 +114,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, data_dir):
     import subprocess
     import sys

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import roberta
-from roberta.masking import (IGNORE, apply_compact_masks, compact_masks, mask_counts, mask_tokens,
+from roberta.masking import (IGNORE, mask_counts, mask_tokens,
                              masking_stats, sequence_keys, token_hashes, word_start_table)
 from roberta.presets import tiny
 from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, SPECIAL_IDS, load_tokenizer
-from roberta.train import Masker
+from roberta.masking import Masker
 
 VOCAB = 1000  # small, so a random replacement that could hit a special token would, often
 B, T = 2048, 512  # 1,048,576 tokens
@@ -157,7 +157,7 @@ def masker(**masking) -> Masker:
     cfg = tiny()
     cfg = dataclasses.replace(cfg, masking=dataclasses.replace(cfg.masking, **masking),
                               model=dataclasses.replace(cfg.model, vocab_size=VOCAB))
-    return Masker(cfg, {})
+    return Masker.for_run(cfg, {})
 
 
 @pytest.mark.parametrize("dupe_factor", [10, 3])
@@ -181,6 +181,40 @@ def test_token_hashes_distinct_within_a_row():
     # exact counts rely on it: "h <= the k-th smallest h" then selects exactly k, with no ties
     h = token_hashes((64, 8192), seq_keys=keys_for(0, torch.arange(64)))
     assert all(len(torch.unique(row)) == 8192 for row in h)
+
+
+@dataclasses.dataclass
+class CompactMasks:
+    """The masks of B sequences as BERT-style records: selected positions and the id the model
+    sees there (<mask>, a random token, or the original), in CSR layout."""
+    offsets: torch.Tensor  # (B + 1,) int64: row b's records are offsets[b]:offsets[b + 1]
+    positions: torch.Tensor  # (N,) int16 (int32 when T > 32767)
+    replacements: torch.Tensor  # (N,) int32
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.offsets, self.positions, self.replacements))
+
+
+def compact_masks(inputs: torch.Tensor, labels: torch.Tensor) -> CompactMasks:
+    """Materialise `mask_tokens` output as (positions, replacement ids) for inspection or export."""
+    selected = labels != IGNORE
+    rows, cols = selected.nonzero(as_tuple=True)  # row-major: sorted by row, then position
+    offsets = torch.zeros(len(labels) + 1, dtype=torch.int64, device=labels.device)
+    offsets[1:] = selected.sum(1).cumsum(0)
+    pos_dtype = torch.int16 if labels.shape[1] <= 32767 else torch.int32
+    return CompactMasks(offsets, cols.to(pos_dtype), inputs[rows, cols].to(torch.int32))
+
+
+def apply_compact_masks(input_ids: torch.Tensor, masks: CompactMasks) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `compact_masks`: (inputs, labels) for the original (B, T) input_ids."""
+    rows = torch.repeat_interleave(torch.arange(len(input_ids), device=input_ids.device),
+                                   masks.offsets.diff())
+    cols = masks.positions.long()
+    inputs = input_ids.clone()
+    inputs[rows, cols] = masks.replacements.to(input_ids.dtype)
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[rows, cols] = input_ids[rows, cols]
+    return inputs, labels
 
 
 def test_compact_masks_round_trip(ids):
@@ -286,7 +320,7 @@ def test_generator_path_reproducible_with_seeded_generator(ids):
 def test_masker_draws_replacements_from_the_tokenizer_vocabulary():
     cfg = tiny()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))  # padded model vocab
-    m = Masker(cfg, {f"t{i}": i for i in range(600)})
+    m = Masker.for_run(cfg, {f"t{i}": i for i in range(600)})
     ids = make_batch(512, 128, vocab=600)
     inputs, labels = m(ids, torch.zeros(512, dtype=torch.int64), torch.arange(512))
     assert (inputs < 600).all() and (labels != IGNORE).any()

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from roberta import precision as prec
+from roberta.parallelize import autocast
 from roberta.config import Config, apply_overrides
 from roberta.errors import UserError
-from roberta.plan import make_plan
+from roberta.study.plan import make_plan
 
 NATIVE_BF16 = prec.cpu_native_bf16()[0]
 TWO_LAYERS = ["model.layers=2", "model.hidden=64", "model.heads=2", "model.ffn=128", "train.batch_size=8",
@@ -27,16 +28,16 @@ TWO_LAYERS = ["model.layers=2", "model.hidden=64", "model.heads=2", "model.ffn=1
 def test_auto_precision_follows_the_cpu_detection(monkeypatch):
     monkeypatch.setattr(prec, "cpu_native_bf16", lambda: (False, "no native bf16 on this CPU"))
     assert prec.resolve_precision("auto", "cpu") == ("fp32", "auto: no native bf16 on this CPU")
-    assert not prec.autocast(torch.device("cpu")).fast_dtype is None  # a context manager either way
-    with prec.autocast(torch.device("cpu"), "auto"):
+    assert not autocast(torch.device("cpu")).fast_dtype is None  # a context manager either way
+    with autocast(torch.device("cpu"), "auto"):
         assert not torch.is_autocast_enabled("cpu")
     chosen, why = prec.resolve_precision("bf16", "cpu")  # asked for: honoured, with the warning in the log
     assert chosen == "bf16" and "slower" in why
     monkeypatch.setattr(prec, "cpu_native_bf16", lambda: (True, "the CPU has avx512_bf16"))
     assert prec.resolve_precision("auto", "cpu") == ("bf16", "auto: the CPU has avx512_bf16")
-    with prec.autocast(torch.device("cpu"), "auto"):
+    with autocast(torch.device("cpu"), "auto"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    with prec.autocast(torch.device("cpu"), "fp32"):
+    with autocast(torch.device("cpu"), "fp32"):
         assert not torch.is_autocast_enabled("cpu")
     assert prec.resolve_precision("auto", "cuda")[0] == "bf16"  # no GPU needed to decide
     assert prec.resolve_precision("fp32", "cuda")[0] == "fp32"
@@ -55,7 +56,7 @@ def test_cpu_detection_reads_the_bf16_flags(monkeypatch):
 def test_precision_is_a_checked_key():
     assert Config().train.precision == "auto"
     assert apply_overrides(Config(), ["train.precision=fp32"]).train.precision == "fp32"
-    with pytest.raises(UserError, match=r"train.precision=fp16: choose one of auto, fp32, bf16"):
+    with pytest.raises(UserError, match=r"train.precision=fp16: choose auto, fp32 or bf16"):
         apply_overrides(Config(), ["train.precision=fp16"])
 
 
@@ -84,7 +85,7 @@ def test_bf16_training_matches_fp32(data_dir, tmp_path):
         sets = TWO_LAYERS + ["train.max_steps=40", "train.lr=2e-3"] + ([f"train.precision={precision}"] if precision else [])
         cfg = apply_overrides(tiny(), sets)
         out = tmp_path / (precision or "default")
-        pretrain(str(data_dir), str(out), cfg, {s.split("=")[0] for s in sets}, progress=False)
+        pretrain(str(data_dir), str(out), cfg, progress=False)
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         return [r["loss"] for r in rows if "loss" in r]
 
@@ -102,10 +103,12 @@ def test_bf16_training_matches_fp32(data_dir, tmp_path):
 def _steps(cfg, checkpointing: bool, steps: int = 2):
     """Losses and final weights of `steps` trainer steps on random data, dropout on."""
     import test_train as tt
-    from roberta.distributed import Dist, checkpoint_blocks
+    from roberta.distributed import Dist
+    from roberta.masking import Masker
+    from roberta.parallelize import checkpoint_blocks
     from roberta.model import build_model
     from roberta.optim import build_optimizer
-    from roberta.train import Masker, seed_dropout, train_step
+    from roberta.train import seed_dropout
 
     model = build_model(cfg.model, "cpu", seed=0)
     if checkpointing:
@@ -113,7 +116,7 @@ def _steps(cfg, checkpointing: bool, steps: int = 2):
     seed_dropout(0, 0)
     opt, losses = build_optimizer(model, cfg.optim, 1e-3), []
     for step in range(steps):
-        losses.append(train_step(model, opt, tt.random_micro_batches(step), Masker(cfg, {}), Dist(), cfg)["loss"])
+        losses.append(tt.train_step(model, opt, tt.random_micro_batches(step), Masker.for_run(cfg, {}), Dist(), cfg)["loss"])
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -133,10 +136,12 @@ def test_activation_checkpointing_gives_the_same_losses_and_weights():
 @pytest.mark.slow
 def test_activation_checkpointing_composes_with_compile():
     import test_train as tt
-    from roberta.distributed import Dist, checkpoint_blocks
+    from roberta.distributed import Dist
+    from roberta.masking import Masker
+    from roberta.parallelize import checkpoint_blocks
     from roberta.model import build_model
     from roberta.optim import build_optimizer
-    from roberta.train import Masker, compile_model, train_step
+    from roberta.parallelize import compile_model
 
     cfg = tt.one_layer_config("model.dropout=0", "model.attention_dropout=0", "train.precision=fp32")
     eager, _ = _steps(cfg, False, steps=3)
@@ -144,7 +149,7 @@ def test_activation_checkpointing_composes_with_compile():
     checkpoint_blocks(model)
     compile_model(model)
     opt = build_optimizer(model, cfg.optim, 1e-3)
-    both = [train_step(model, opt, tt.random_micro_batches(s), Masker(cfg, {}), Dist(), cfg)["loss"] for s in range(3)]
+    both = [tt.train_step(model, opt, tt.random_micro_batches(s), Masker.for_run(cfg, {}), Dist(), cfg)["loss"] for s in range(3)]
     assert both == pytest.approx(eager, rel=1e-5)
 
 
@@ -164,7 +169,7 @@ def test_activation_checkpointing_composes_with_fsdp2(data_dir, tmp_path):
 PEAK_SCRIPT = textwrap.dedent("""
     import resource, sys, torch
     from roberta.config import ModelConfig
-    from roberta.distributed import checkpoint_blocks
+    from roberta.parallelize import checkpoint_blocks
     from roberta.model import build_model
     torch.set_num_threads(1)
     cfg = ModelConfig(vocab_size=1024, layers=6, hidden=256, heads=4, ffn=1024, max_positions=514, dropout=0.1,
@@ -190,6 +195,7 @@ def _peak_mb(checkpointing: bool) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_lowers_peak_memory():
     """Peak memory of one forward + backward (6 x 256 layers, 16 x 512 tokens, default precision),
     measured as the growth of the process's max RSS in a fresh process: checkpointing keeps
@@ -212,6 +218,7 @@ def test_plan_counts_activation_checkpointing():
 
 # --- float8 -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_float8_without_a_hopper_gpu_is_a_one_line_error(data_dir, tmp_path):
     from conftest import run_cli
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, tiny_config
 from roberta.config import ModelConfig
 from roberta.model import training_flops
-from roberta.plan import make_plan
+from roberta.study.plan import make_plan
 
 
 def test_flops_by_hand():
@@ -50,6 +50,7 @@ def test_plan_matches_a_measured_run(tmp_path, data_dir):
     assert 0.8 * nominal <= summary["tokens"] <= nominal
 
 
+@pytest.mark.slow
 def test_plan_cli(tmp_path):
     r = run_cli("plan", "--preset", "base", "--batch-size", "8192", "--seq-len", "512", "--max-steps", "500000",
                 "--gpus", "8", "--gpu", "h100", "--compare-batch", "256", "--compare-steps", "1000000")

@@ -44,7 +44,7 @@ DEFAULT_SETS = [s for s in BASE_SETS if not s.startswith(("train.peak_flops=", "
 def run_inprocess(data_dir, out, *sets, resume=False, base=BASE_SETS, progress=False):
     all_sets = base + list(sets)
     cfg = apply_overrides(tiny(), all_sets)
-    return pretrain(str(data_dir), str(out), cfg, {s.split("=")[0] for s in all_sets}, resume=resume,
+    return pretrain(str(data_dir), str(out), cfg, resume=resume,
                     progress=progress)
 
 
@@ -119,12 +119,13 @@ def test_lr_schedule_against_hand_computed_values():
 
 
 def test_budget_steps_tokens_and_warmup_conversion():
-    from roberta.train import Budget, TrainState
+    from roberta.optim import Budget
+    from roberta.train import TrainState
     cfg = apply_overrides(tiny(), ["train.max_steps=200", "train.warmup_steps=20"])
     b = Budget(cfg)
     assert b.warmup == pytest.approx(0.1) and b.progress(TrainState(step=50)) == pytest.approx(0.25)
     # a token budget: 16 x 128 = 2048 tokens per step, 204,800 tokens = 100 steps, warmup 20 steps = 20%
-    cfg = apply_overrides(tiny(), ["train.max_tokens=204800", "train.warmup_steps=20"])
+    cfg = apply_overrides(tiny(), ["train.max_tokens=204800", "train.warmup_steps=20", "data.seq_len=128"])
     b = Budget(cfg)
     assert b.steps_estimate == 100 and b.warmup == pytest.approx(0.2)
     assert b.progress(TrainState(step=999, tokens=102400)) == pytest.approx(0.5)  # tokens override steps
@@ -157,10 +158,10 @@ def test_lr_scaling_applies_to_the_run(data_dir, tmp_path):
 # --- accounting --------------------------------------------------------------------------------
 
 def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_path):
-    from roberta.data.formats import build_plan
+    from roberta.data.formats import build_sequences
     from roberta.data.loader import BatchStream, collate
     from roberta.data.prepare import load_split
-    from roberta.train import Masker
+    from roberta.masking import Masker
 
     from roberta.data.prepare import read_meta
 
@@ -171,9 +172,9 @@ def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_
     # Replay the two global batches the run drew, and count by hand.
     cfg = apply_overrides(tiny(), BASE_SETS + ["model.vocab_size=1000"])
     split = load_split(data_dir, "train")
-    plan = build_plan(split, "full-sentences", 64, seed=0)
+    plan = build_sequences(split, "full-sentences", 64, seed=0)
     stream = BatchStream(plan, 8, 0)
-    masker = Masker(cfg, {})
+    masker = Masker.for_run(cfg, {})
     tokens = masked = 0
     flops = 0.0
     for step in (1, 2):
@@ -298,6 +299,7 @@ def test_the_matmul_probe_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path, uninterrupted):
     """kill -9 at some step after a checkpoint, then --resume, at the default settings: same loss
     at every step and the same final parameters as a run never interrupted (CPU, fp32, dropout on)."""
@@ -316,6 +318,7 @@ def test_sigkill_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path, uni
     assert steps_before < 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_finishes_the_step_checkpoints_and_resumes_exactly(data_dir, tmp_path, uninterrupted, sig):
     """Ctrl-C or a scheduler's SIGTERM, sent to `python -m roberta pretrain`: the step finishes, a
@@ -504,12 +507,19 @@ def test_step_if_finite_skips_the_update_and_the_step_count(fused):
     assert not hasattr(opt, "found_inf")  # not left behind for the next step
 
 
+def train_step(model, optimizer, micro_batches, masker, dist, cfg, with_stats: bool = False) -> dict:
+    """mask -> launch -> wait: one step, for tests without a loop to overlap."""
+    from roberta.train import launch_step, mask_step
+
+    return launch_step(model, optimizer, mask_step(micro_batches, masker, cfg, with_stats), dist, cfg).result()
+
+
 def one_layer_config(*sets: str):
     """A 1 x 64 model whose 1,000-token vocabulary is padded to 1,024 rows: a step takes milliseconds."""
-    import dataclasses
+    from roberta.config import resolve_run
 
     cfg = apply_overrides(tiny(), ["model.layers=1", "model.hidden=64", "model.heads=2", "model.ffn=128", *FP32, *sets])
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1024))
+    return resolve_run(cfg, {"vocab_size": 1000, "seq_len": 64})
 
 
 def random_micro_batches(step: int, micro_batches: int = 1, rows: int = 8, seq_len: int = 64) -> list:
@@ -522,13 +532,15 @@ def random_micro_batches(step: int, micro_batches: int = 1, rows: int = 8, seq_l
     return [Batch(ids[c], torch.ones_like(ids[c]), torch.full((len(c),), step), c, None) for c in cuts]
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager():
     """train.compile=true (compiled blocks, embeddings and head loss, any masked count) trains
     the same network as eager: same losses over three steps, within fp32 reordering."""
     from roberta.distributed import Dist
     from roberta.model import build_model
     from roberta.optim import build_optimizer
-    from roberta.train import Masker, compile_model, train_step
+    from roberta.masking import Masker
+    from roberta.parallelize import compile_model
 
     cfg = one_layer_config("model.dropout=0", "model.attention_dropout=0")
 
@@ -538,7 +550,7 @@ def test_compiled_training_matches_eager():
             compile_model(model)
         opt, out = build_optimizer(model, cfg.optim, 1e-3), []
         for step in range(3):
-            out.append(train_step(model, opt, random_micro_batches(step), Masker(cfg, {}), Dist(), cfg)["loss"])
+            out.append(train_step(model, opt, random_micro_batches(step), Masker.for_run(cfg, {}), Dist(), cfg)["loss"])
         return out
 
     eager, compiled = losses(False), losses(True)
@@ -554,7 +566,8 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     from roberta.interrupt import GracefulStop
     from roberta.model import build_model
     from roberta.optim import build_optimizer
-    from roberta.train import Masker, launch_step, prepare_step
+    from roberta.masking import Masker
+    from roberta.train import launch_step, mask_step
 
     cfg = one_layer_config()
     asked = GracefulStop()
@@ -564,8 +577,8 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     opt = build_optimizer(model, cfg.optim, 1e-3)
     mbs = random_micro_batches(0, micro_batches=2)
     dist = Dist(device=dev)
-    launch_step(model, opt, prepare_step(mbs, Masker(cfg, {}), cfg), dist, cfg).result()  # warm-up
-    prep = prepare_step(mbs, Masker(cfg, {}), cfg, with_stats=True)
+    launch_step(model, opt, mask_step(mbs, Masker.for_run(cfg, {}), cfg), dist, cfg).result()  # warm-up
+    prep = mask_step(mbs, Masker.for_run(cfg, {}), cfg, with_stats=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -761,12 +774,27 @@ def test_resuming_a_finished_run_says_so(data_dir, tmp_path, capsys):
 def test_the_progress_bar_counts_the_budget_that_ends_the_run(data_dir, tmp_path, capsys):
     """Under a token budget the step count is an estimate (padding makes more steps): the bar
     counts percent of the budget and ends at 100, never "0/10 ... 12it"."""
-    from roberta.train import Budget, TrainState
+    from roberta.optim import Budget
+    from roberta.train import TrainState
 
     b = Budget(apply_overrides(tiny(), ["train.max_steps=7"]))
     assert b.bar() == (7, "step") and b.bar_position(TrainState(step=3)) == 3
-    b = Budget(apply_overrides(tiny(), ["train.max_tokens=20480"]))
+    b = Budget(apply_overrides(tiny(), ["train.max_tokens=20480", "data.seq_len=128"]))
     assert b.bar() == (100, "%") and b.bar_position(TrainState(step=99, tokens=30000)) == 100
     run_inprocess(data_dir, tmp_path / "run", "train.max_tokens=3000", "train.max_steps=0", progress=True)
     last = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
     assert "100%|" in last and "of the budget" in last and "it]" not in last and "it/s" not in last, last
+
+
+def test_each_held_out_evaluation_is_printed_on_the_console(data_dir, tmp_path, capsys):
+    """With the progress bar on (the CLI without --quiet), every evaluation prints a line with its
+    step, tokens, loss and perplexity -- the numbers metrics.jsonl records for it."""
+    run_inprocess(data_dir, tmp_path / "run", "train.max_steps=4", "train.eval_interval=2", progress=True)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("eval step")]
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+    assert len(lines) == len(evals) == 2
+    for line, e in zip(lines, evals):
+        assert line == (f"eval step {e['step']}: {e['tokens']:,} tokens, held-out loss {e['eval_loss']:.4f}, "
+                        f"perplexity {e['eval_perplexity']:.2f}")
+    run_inprocess(data_dir, tmp_path / "quiet", "train.max_steps=2", "train.eval_interval=2", progress=False)
+    assert "eval step" not in capsys.readouterr().out

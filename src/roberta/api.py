@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from roberta import checkpoint as ckpt
-from roberta.distributed import pick_device
+from roberta.checkpoint import load_model
+from roberta.data.loader import pad_rows
 from roberta.errors import UserError
-from roberta.model import RobertaMLM, build_model, max_seq_len
+from roberta.model import RobertaMLM, max_seq_len
 from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, load_tokenizer
 
 
@@ -32,12 +32,8 @@ class Pretrained:
         its closing </s>."""
         enc = [e.ids if len(e.ids) <= self.max_len else e.ids[: self.max_len - 1] + [EOS_ID]
                for e in self.tokenizer.encode_batch(texts)]
-        T = max(len(e) for e in enc)
-        ids = torch.full((len(enc), T), PAD_ID, dtype=torch.long)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e)
-        ids = ids.to(self.device)
-        return ids, ids.ne(PAD_ID).long()
+        ids, mask = pad_rows(enc)
+        return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
     def fill_mask(self, text: str, top_k: int = 5) -> list[dict] | list[list[dict]]:
@@ -89,28 +85,6 @@ class Pretrained:
         return torch.cat(out)
 
 
-def _device(device: str | torch.device) -> torch.device:
-    """"auto", "cpu", "cuda", "cuda:1" or a torch.device; a GPU that is not there is a UserError."""
-    if str(device) == "auto":
-        return pick_device("auto")
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"device={device!r}: not a device; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={device!r}: no CUDA GPU is visible here; use 'cpu' (or 'auto')")
-    return d
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[RobertaMLM, Path]:
-    ck = ckpt.resolve_checkpoint(path)
-    cfg = ckpt.load_config(ck)
-    ckpt.check_tokenizer_fits(ck, cfg.model.vocab_size)
-    model = build_model(cfg.model, _device(device))
-    ckpt.load_state(model, ckpt.load_weights(ck), ck / "model.safetensors")
-    return model, ck
-
-
 def load(path: str | Path, device: str = "cpu") -> Pretrained:
     model, ck = load_model(path, device)
     return Pretrained(model, load_tokenizer(ck), ck)
@@ -118,7 +92,7 @@ def load(path: str | Path, device: str = "cpu") -> Pretrained:
 
 def load_any(path: str | Path, device: str = "cpu"):
     """A fine-tuned model (a `finetune` OUT or OUT/model) -> predict.Finetuned; else Pretrained."""
-    from roberta.predict import Finetuned, finetuned_dir
+    from roberta.downstream.predict import Finetuned, finetuned_dir
 
     if finetuned_dir(path) is not None:
         return Finetuned(path, device=device)

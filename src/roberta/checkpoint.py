@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from roberta.config import Config
 from roberta.errors import UserError
-from roberta.model import max_seq_len
+from roberta.distributed import pick_device
+from roberta.model import RobertaMLM, build_model, max_seq_len
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -263,3 +264,26 @@ def load_training_state(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict
         raise UserError(f"{ckpt}: corrupt training state ({e})") from None
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return unflatten_optimizer(tensors, state.pop("param_groups")), rng, state
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto", "cpu", "cuda", "cuda:1" or a torch.device; a GPU that is not there is a UserError."""
+    if str(device) == "auto":
+        return pick_device("auto")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device={device!r}: not a device; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={device!r}: no CUDA GPU is visible here; use 'cpu' (or 'auto')")
+    return d
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[RobertaMLM, Path]:
+    """A checkpoint (or a run directory's latest) as a model on `device`, and the checkpoint's path."""
+    ck = resolve_checkpoint(path)
+    cfg = load_config(ck)
+    check_tokenizer_fits(ck, cfg.model.vocab_size)
+    model = build_model(cfg.model, resolve_device(device))
+    load_state(model, load_weights(ck), ck / "model.safetensors")
+    return model, ck

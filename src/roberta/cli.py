@@ -18,12 +18,11 @@ from roberta.outdir import claim_out
 
 
 def _config(preset: str, sets: list[str], saved: str | None = None):
-    from roberta.config import Config, all_keys, apply_overrides
+    from roberta.config import Config, apply_overrides
     from roberta.presets import get_preset
 
     if saved is None:
-        cfg = apply_overrides(get_preset(preset), sets or [])
-        return cfg, {s.split("=", 1)[0].strip() for s in sets or []}
+        return apply_overrides(get_preset(preset), sets or [])
     path = Path(saved)
     if path.is_dir():  # a run directory (or a checkpoint): its config.json, else its latest checkpoint's
         from roberta.checkpoint import latest_checkpoint
@@ -32,13 +31,13 @@ def _config(preset: str, sets: list[str], saved: str | None = None):
         path = (latest or path) / "config.json"
     try:
         base = Config.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, TypeError) as e:
         raise UserError(f"--config {saved}: not a run's config.json ({e}); pass RUN/config.json of a pretraining "
                         "run") from None
-    # config.json holds the run as it ran: its lr already scaled by train.lr_scaling, and every key
-    # resolved (seq_len, vocabulary, positions), so all of them count as given
+    # config.json holds the run as it ran: nothing left to derive, the lr already scaled (runs written
+    # before lr_scaling was reset to none on resolution still say sqrt/linear: do not scale twice)
     base.train = dataclasses.replace(base.train, lr_scaling="none")
-    return apply_overrides(base, sets or []), set(all_keys(base))
+    return apply_overrides(base, sets or [])
 
 
 def cmd_train_tokenizer(a) -> None:
@@ -91,13 +90,13 @@ def cmd_pretrain(a) -> int:
     for flag, key in (("threads", "train.threads"), ("device", "train.device"), ("precision", "train.precision")):
         if getattr(a, flag) is not None:
             a.set = [*a.set, f"{key}={getattr(a, flag)}"]
-    cfg, explicit = _config(a.preset, a.set, a.config)
-    note = seq_len_warning(a.preset, cfg, explicit, a.data)
+    cfg = _config(a.preset, a.set, a.config)
+    note = seq_len_warning(a.preset, cfg, a.data)
     if note and int(os.environ.get("RANK", "0")) == 0:
         print(f"warning: {note}", file=sys.stderr)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
-        summary = pretrain(a.data, a.out, cfg, explicit, resume=a.resume, progress=not a.quiet, init_from=a.checkpoint)
+        summary = pretrain(a.data, a.out, cfg, resume=a.resume, progress=not a.quiet, init_from=a.checkpoint)
     except TrainingInterrupted as e:
         if main_rank:
             print(f"stopped by {signal.Signals(e.signum).name} after step {e.step}; checkpoint {e.checkpoint}. "
@@ -113,31 +112,36 @@ def cmd_pretrain(a) -> int:
     print(f"done: step {summary['step']}, {summary['tokens']:,} tokens{loss}, "
           f"{'held-out' if held_out else 'train-split (no held-out split)'} perplexity "
           f"{summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+    ck = shlex.quote(str(summary["checkpoint"]))
+    print(f"next: roberta evaluate --checkpoint {ck} --data {shlex.quote(a.data)}   (held-out perplexity)\n"
+          f"      roberta finetune --checkpoint {ck} --train TRAIN.tsv --dev DEV.tsv --out FT   (a task)")
     return 0
 
 
-def seq_len_warning(preset: str, cfg, explicit: set[str], data: str) -> str | None:
+def seq_len_warning(preset: str, cfg, data: str) -> str | None:
     """The sequence length is the data's (`prepare --seq-len`, default 512) unless data.seq_len is
     set; a preset's own length (tiny: 128) otherwise silently gives way, and a step costs several
     times more than the preset table suggests. Say so where it bites."""
     from roberta.data.prepare import read_meta
+    from roberta.presets import SEQ_LEN
 
-    if "data.seq_len" in explicit:
+    if cfg.data.seq_len is not None:  # given: the run trains at it
         return None
-    prepared = read_meta(data).get("seq_len")
-    if not prepared or int(prepared) == cfg.data.seq_len:
+    prepared, sized_for = read_meta(data).get("seq_len"), SEQ_LEN.get(preset)
+    if not prepared or not sized_for or int(prepared) == sized_for:
         return None
     return (f"{data} was prepared with --seq-len {prepared}, so pretraining runs at {prepared} tokens per "
-            f"sequence, not preset {preset}'s {cfg.data.seq_len}; pass --set data.seq_len={cfg.data.seq_len} "
+            f"sequence, not preset {preset}'s {sized_for}; pass --set data.seq_len={sized_for} "
             f"to train at the preset's length")
 
 
 def cmd_evaluate(a) -> None:
-    from roberta.api import load_model
+    from roberta.checkpoint import load_model
     from roberta.data.prepare import load_split, read_meta
     from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
     from roberta.model import max_seq_len
-    from roberta.precision import autocast, resolve_precision
+    from roberta.parallelize import autocast
+    from roberta.precision import resolve_precision
     from roberta.tokenizer import check_same_tokenizer
 
     _set_threads(a.threads)
@@ -170,7 +174,7 @@ def cmd_evaluate(a) -> None:
 def cmd_glue(a) -> None:
     import tempfile
 
-    from roberta.finetune import evaluate_glue, glue_table
+    from roberta.downstream.finetune import evaluate_glue, glue_table
 
     with tempfile.TemporaryDirectory() as tmp:
         results = evaluate_glue(a.checkpoint, a.glue_dir, a.out or tmp, _finetune_config(a))
@@ -180,7 +184,7 @@ def cmd_glue(a) -> None:
 
 
 def _finetune_config(a):
-    from roberta.finetune import PAPER_LR_GRID, FinetuneConfig
+    from roberta.downstream.finetune import PAPER_LR_GRID, FinetuneConfig
 
     if a.lr_grid is not None and a.lr is not None:
         raise UserError("pass --lr or --lr-grid, not both")
@@ -210,7 +214,7 @@ def _finetune_config(a):
 
 
 def cmd_finetune(a) -> None:
-    from roberta.finetune import finetune
+    from roberta.downstream.finetune import finetune
 
     task = _task_from_args(a, "finetune")
     if a.metric:
@@ -218,7 +222,7 @@ def cmd_finetune(a) -> None:
     cfg = _finetune_config(a)
     claim_out(a.out, a.overwrite, "finetune")
     if a.baseline == "scratch":
-        from roberta.compare import finetune_with_baseline
+        from roberta.downstream.compare import finetune_with_baseline
 
         r = finetune_with_baseline(task, a.checkpoint, a.out, cfg, _lr_list(a.baseline_lr_grid, "--baseline-lr-grid"))
     else:
@@ -240,7 +244,7 @@ def _lr_list(text: str | None, flag: str) -> tuple[float, ...]:
 
 def _task_from_args(a, command: str):
     """--glue TASK --glue-dir D, or --train F --dev F with column flags (finetune's and probe's)."""
-    from roberta.tasks import file_task, glue_task
+    from roberta.downstream.tasks import file_task, glue_task
 
     if a.glue:
         if a.train or a.dev or not a.glue_dir:
@@ -253,8 +257,8 @@ def _task_from_args(a, command: str):
 
 
 def cmd_predict(a) -> None:
-    from roberta.predict import Finetuned, predict_files
-    from roberta.tasks import Columns, first_row_columns, read_examples
+    from roberta.downstream.predict import Finetuned, predict_files
+    from roberta.downstream.tasks import Columns, first_row_columns, read_examples
 
     _set_threads(a.threads)
     model = Finetuned(a.checkpoint, device=a.device, precision=a.precision)
@@ -277,7 +281,7 @@ def cmd_predict(a) -> None:
 
 
 def cmd_probe(a) -> None:
-    from roberta.probe import ProbeConfig, probe
+    from roberta.downstream.probe import ProbeConfig, probe
 
     task = _task_from_args(a, "probe")
     if a.metric:
@@ -336,10 +340,10 @@ def cmd_export_hf(a) -> None:
     from roberta.hf import export_hf
 
     claim_out(a.out, a.overwrite, "export-hf")
-    from roberta.predict import finetuned_dir
+    from roberta.downstream.predict import finetuned_dir
 
     if finetuned_dir(a.checkpoint) is not None:  # a finetune output: a sequence classifier
-        from roberta.hf_classifier import export_classifier
+        from roberta.downstream.hf_classifier import export_classifier
 
         export_classifier(a.checkpoint, a.out)
         print(f"exported -> {a.out} (transformers.AutoModelForSequenceClassification / pipeline('text-classification') load it)")
@@ -367,7 +371,7 @@ def cmd_quickstart(a) -> None:
 def cmd_plan(a) -> None:
     from dataclasses import asdict
 
-    from roberta.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
+    from roberta.study.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
 
     for name, lo in (("gpus", 1), ("vocab_size", 8), ("peak_tflops", 0), ("memory_gb", 0),
                      ("compare_batch", 0), ("compare_steps", 0)):
@@ -393,7 +397,7 @@ def cmd_plan(a) -> None:
 
 
 def cmd_ablate(a) -> None:
-    from roberta.ablate import run_ablation
+    from roberta.study.ablate import run_ablation
 
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
     try:
@@ -418,7 +422,7 @@ def cmd_report(a) -> None:
         return _report_run(Path(a.runs[0]))
     if a.out is None:
         raise UserError("report: comparing several runs writes report.md; give it a directory with --out DIR")
-    from roberta.ablate import make_report
+    from roberta.study.report import make_report
 
     result = make_report([Path(r) for r in a.runs], Path(a.out))
     print(Path(a.out, "report.md").read_text())
@@ -426,7 +430,8 @@ def cmd_report(a) -> None:
 
 
 def _report_run(run: Path) -> None:
-    from roberta.runreport import format_summary, run_summary, write_loss_plot
+    from roberta.runlog import write_loss_plot
+    from roberta.study.report import format_summary, run_summary
 
     summary = run_summary(run)
     print(format_summary(summary))

@@ -12,57 +12,60 @@ import json
 import re
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from roberta.errors import UserError
 
-Precision = typing.Literal["auto", "fp32", "bf16"]  # roberta.precision says what each means
-FORMATS = ("full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp")
+Format = Literal["full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp"]
+FORMATS: tuple[str, ...] = typing.get_args(Format)
+NSP_FORMATS = ("segment-pair+nsp", "sentence-pair+nsp")  # the formats that train next-sentence prediction
+Precision = Literal["auto", "fp32", "bf16"]  # train.precision; roberta.precision says what each means
 REPORTERS = ("tensorboard", "wandb")  # train.report_to: where metrics.jsonl's records also go
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 8000  # taken from the tokenizer at pretraining time, rounded up to vocab_multiple
+    vocab_size: int | None = None  # embedding rows; None = the tokenizer's size rounded up to vocab_multiple
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (tensor-core GEMM shapes); 1 = exact
-    layers: int = 4
-    hidden: int = 256
-    heads: int = 4
-    ffn: int = 1024
-    max_positions: int = 130  # seq_len + padding_idx + 1 (RoBERTa's position offset)
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-5
-    pad_token_id: int = 1
-    norm: str = "post"  # "post" (the paper) | "pre"
-    bias: bool = True
+    layers: int = 4  # transformer blocks
+    hidden: int = 256  # width of the residual stream
+    heads: int = 4  # attention heads; hidden must divide by it
+    ffn: int = 1024  # inner width of each block's feed-forward network
+    max_positions: int | None = None  # position-table rows; None = seq_len + padding_idx + 1 (RoBERTa's offset)
+    dropout: float = 0.1  # dropout on embeddings, attention output and FFN output
+    attention_dropout: float = 0.1  # dropout on the attention probabilities
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    pad_token_id: int = 1  # the tokenizer's <pad> id; also RoBERTa's padding_idx for positions
+    norm: Literal["post", "pre"] = "post"  # LayerNorm after each residual add (the paper) or before each sublayer
+    bias: bool = True  # biases in the linear layers
     glu: bool = False  # gated FFN (GEGLU) instead of dense-GELU-dense
-    nsp_head: bool = False  # only for the +nsp input formats
+    nsp_head: bool | None = None  # next-sentence-prediction head; None = when data.format is a +nsp format
     sparse_head: bool = True  # project onto the vocabulary only at masked positions
 
 
 @dataclass
 class DataConfig:
-    seq_len: int = 128
-    format: str = "full-sentences"
+    seq_len: int | None = None  # tokens per training sequence; None = the length the data was prepared with
+    format: Format = "full-sentences"  # how documents become sequences (the paper's Section 4.2 inputs)
 
 
 @dataclass
 class MaskingConfig:
-    kind: str = "dynamic"  # "dynamic" | "static"
-    mask_prob: float = 0.15
+    kind: Literal["dynamic", "static"] = "dynamic"  # fresh masks every epoch, or dupe_factor fixed ones
+    mask_prob: float = 0.15  # share of (non-special) tokens selected for prediction
     mask_token_prob: float = 0.8  # of the selected: replaced by <mask>
     random_token_prob: float = 0.1  # of the selected: replaced by a random real token
     exact_count: bool = False  # exactly round(p * n) per sequence instead of Bernoulli(p)
-    whole_word: bool = False
+    whole_word: bool = False  # select whole words (every sub-token of a word together)
     dupe_factor: int = 10  # static masking: distinct masks per sequence
 
 
 @dataclass
 class OptimConfig:
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    weight_decay: float = 0.01
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.98  # AdamW second-moment decay (the paper: 0.98 for stability at large batches)
+    eps: float = 1e-6  # AdamW epsilon
+    weight_decay: float = 0.01  # decoupled weight decay
     decay_norm_and_bias: bool = True  # fairseq decays every parameter; HF excludes bias/LayerNorm
     grad_clip: float = 0.0  # 0 = off (the paper's default)
 
@@ -71,22 +74,22 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 16  # global, in sequences
     micro_batch_size: int = 0  # 0 = batch_size / world size (no accumulation)
-    lr: float = 5e-4
-    lr_scaling: str = "none"  # "none" | "sqrt" | "linear", relative to base_batch_size
-    base_batch_size: int = 256
-    warmup_steps: int = 0
+    lr: float = 5e-4  # peak learning rate (before lr_scaling), reached after warmup, then linear decay to 0
+    lr_scaling: Literal["none", "sqrt", "linear"] = "none"  # scale lr with batch_size / base_batch_size
+    base_batch_size: int = 256  # the batch size lr is given for when lr_scaling scales it
+    warmup_steps: int = 0  # linear warmup steps; 0 = use warmup_fraction
     warmup_fraction: float = 0.06  # used when warmup_steps == 0
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps; 0 = unset (max_tokens or max_time then ends the run)
     max_tokens: int = 0  # 0 = unset; otherwise overrides max_steps
     max_time: str = ""  # e.g. "2h", "90m", "30s"; empty = unset
-    seed: int = 0
-    eval_interval: int = 200
-    eval_sequences: int = 512
-    log_interval: int = 10
-    checkpoint_interval: int = 500
-    keep_checkpoints: int = 2
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    compile: bool = False
+    seed: int = 0  # seeds the init, the batch order, the masks and dropout
+    eval_interval: int = 200  # steps between held-out evaluations
+    eval_sequences: int = 512  # held-out sequences each evaluation scores (fixed masks)
+    log_interval: int = 10  # steps between metrics.jsonl records
+    checkpoint_interval: int = 500  # steps between checkpoints (one is also written at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 = keep all
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    compile: bool = False  # torch.compile the blocks and the LM head
     peak_flops: float = 0.0  # 0 = measure (CPU) or look up (GPU)
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
@@ -100,11 +103,11 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the network
+    data: DataConfig = field(default_factory=DataConfig)  # how prepared data becomes sequences
+    masking: MaskingConfig = field(default_factory=MaskingConfig)  # which tokens are predicted
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW
+    train: TrainConfig = field(default_factory=TrainConfig)  # batch, schedule, budget, logging, hardware
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,11 +131,13 @@ def all_keys(cfg: Config) -> list[str]:
 
 
 def _parse_value(key: str, raw: str, typ) -> object:
-    if typing.get_origin(typ) is typing.Literal:
-        choices = typing.get_args(typ)
-        if raw.strip() not in choices:
-            raise UserError(f"--set {key}={raw}: choose one of {', '.join(choices)}")
-        return raw.strip()
+    args = typing.get_args(typ)
+    if type(None) in args:  # `int | None`: "none" (or nothing) = derive it at run time
+        if raw.strip().lower() in ("", "none", "null", "auto"):
+            return None
+        typ = next(a for a in args if a is not type(None))
+    if typing.get_origin(typ) is Literal:
+        return raw.strip()  # validate() names the choices
     if typ is bool:
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -187,7 +192,7 @@ def check_bounds(cfg: Config) -> None:
         for key in keys:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
-            if value < bound:
+            if value is not None and value < bound:
                 unset = " (0 = unset)" if bound == 0 and key in ("train.max_steps", "train.max_tokens") else ""
                 raise UserError(f"{key}={value}: must be >= {bound}{unset}")
     for key in ("model.dropout", "model.attention_dropout", "optim.beta1", "optim.beta2"):
@@ -196,29 +201,33 @@ def check_bounds(cfg: Config) -> None:
             raise UserError(f"{key}={getattr(getattr(cfg, section), name)}: must be in [0, 1)")
 
 
+def check_choices(cfg: Config) -> None:
+    """Every `Literal[...]` field holds one of its choices."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for name, typ in typing.get_type_hints(type(sub)).items():
+            choices = typing.get_args(typ) if typing.get_origin(typ) is Literal else ()
+            if choices and getattr(sub, name) not in choices:
+                raise UserError(f"{section.name}.{name}={getattr(sub, name)}: choose "
+                                f"{', '.join(choices[:-1])} or {choices[-1]}")
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible combinations before any work starts."""
     check_bounds(cfg)
-    if cfg.data.format not in FORMATS:
-        raise UserError(f"data.format={cfg.data.format}: choose one of {', '.join(FORMATS)}")
-    if cfg.masking.kind not in ("dynamic", "static"):
-        raise UserError(f"masking.kind={cfg.masking.kind}: choose dynamic or static")
+    check_choices(cfg)
     if not 0.0 < cfg.masking.mask_prob < 1.0:
         raise UserError(f"masking.mask_prob={cfg.masking.mask_prob}: must be in (0, 1)")
     if cfg.masking.mask_token_prob + cfg.masking.random_token_prob > 1.0 + 1e-9:
         raise UserError("masking.mask_token_prob + masking.random_token_prob must be <= 1")
     if cfg.masking.dupe_factor < 1:
         raise UserError("masking.dupe_factor must be >= 1")
-    if cfg.model.norm not in ("post", "pre"):
-        raise UserError(f"model.norm={cfg.model.norm}: choose post or pre")
     if cfg.model.hidden % cfg.model.heads:
         raise UserError(f"model.hidden={cfg.model.hidden} is not divisible by model.heads={cfg.model.heads}")
     if cfg.model.vocab_multiple < 1:
         raise UserError(f"model.vocab_multiple={cfg.model.vocab_multiple}: must be >= 1 (1 = no padding)")
-    if cfg.data.seq_len < 8:
+    if cfg.data.seq_len is not None and cfg.data.seq_len < 8:
         raise UserError(f"data.seq_len={cfg.data.seq_len}: must be at least 8")
-    if cfg.train.lr_scaling not in ("none", "sqrt", "linear"):
-        raise UserError(f"train.lr_scaling={cfg.train.lr_scaling}: choose none, sqrt or linear")
     t = cfg.train
     if t.max_time:
         parse_duration(t.max_time)
@@ -232,11 +241,86 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.warmup_fraction={t.warmup_fraction}: must be in [0, 1)")
     if not t.lr > 0:
         raise UserError(f"train.lr={t.lr}: must be > 0")
-    if t.precision not in typing.get_args(Precision):
-        raise UserError(f"train.precision={t.precision}: choose one of {', '.join(typing.get_args(Precision))}")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"train.device={t.device}: choose auto, cpu or cuda")
     report_targets(t.report_to)
+
+
+def max_seq_len(cfg: ModelConfig) -> int:
+    """The longest input the position table holds (positions start at padding_idx + 1)."""
+    return cfg.max_positions - cfg.pad_token_id - 1
+
+
+def padded_vocab_size(tokenizer_size: int, multiple: int) -> int:
+    """The model's vocabulary rows for a tokenizer: rounded up to model.vocab_multiple, so the
+    vocabulary GEMMs get tensor-core-friendly shapes (50,265 -> 50,304). The extra rows are never
+    an input or a target; the softmax learns to give them nothing."""
+    return -(-tokenizer_size // multiple) * multiple
+
+
+def positions_for(seq_len: int, pad_token_id: int = 1) -> int:
+    """Position rows a seq_len input needs: RoBERTa's offset makes 512 tokens need 514."""
+    return seq_len + pad_token_id + 1
+
+
+# what a checkpoint fixes about the network; dropout, the sparse head and NSP stay the recipe's
+ARCHITECTURE = ("vocab_size", "layers", "hidden", "heads", "ffn", "max_positions", "layer_norm_eps",
+                "pad_token_id", "norm", "bias", "glu")
+
+
+def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | None = None,
+                init_from: ModelConfig | None = None) -> Config:
+    """The config a run trains with: every None ("derive it") filled in, every impossible
+    combination refused. All the rules are here (tests/test_config.py::RESOLVE_CASES lists them):
+      meta       -- the prepared data's meta.json: its vocabulary size and sequence length
+      world      -- ranks (torchrun); micro_batch_size 0 means batch_size / world
+      resumed    -- the model config of the checkpoint being resumed (--resume), if any
+      init_from  -- the model config of the pretrain --checkpoint (continued pretraining), if any
+    The result has no None left and lr already scaled (lr_scaling none), so its config.json
+    re-runs the same run."""
+    from roberta.optim import scaled_lr  # optim imports this module
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    if d.seq_len is None:
+        if not meta.get("seq_len"):
+            raise UserError("data.seq_len: the prepared data does not record its length; set data.seq_len")
+        d = dataclasses.replace(d, seq_len=int(meta["seq_len"]))
+    if init_from is not None:  # continued pretraining: the checkpoint fixes the architecture
+        m = dataclasses.replace(m, **{k: getattr(init_from, k) for k in ARCHITECTURE})
+        if d.seq_len > max_seq_len(m):
+            raise UserError(f"--checkpoint: its position table holds sequences of up to {max_seq_len(m)} tokens "
+                            f"but data.seq_len is {d.seq_len}; prepare with --seq-len {max_seq_len(m)} or less")
+    if m.vocab_size is None:  # rows past the tokenizer's are never an input or a target
+        rows = padded_vocab_size(meta["vocab_size"], m.vocab_multiple)
+        if resumed is not None and dataclasses.replace(m, vocab_size=resumed.vocab_size,
+                                                       vocab_multiple=resumed.vocab_multiple,
+                                                       max_positions=resumed.max_positions,
+                                                       nsp_head=resumed.nsp_head) == resumed:
+            # a run started with another model.vocab_multiple (or before it existed) keeps its rows
+            rows, m = resumed.vocab_size, dataclasses.replace(m, vocab_multiple=resumed.vocab_multiple)
+        m = dataclasses.replace(m, vocab_size=rows)
+    elif m.vocab_size < meta["vocab_size"]:
+        raise UserError(f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary "
+                        f"({meta['vocab_size']}); leave it unset to take the tokenizer's size")
+    need = positions_for(d.seq_len, m.pad_token_id)
+    if m.max_positions is None:
+        m = dataclasses.replace(m, max_positions=need)
+    elif m.max_positions < need:
+        raise UserError(f"data.seq_len={d.seq_len} needs model.max_positions >= {need} "
+                        f"(seq_len + padding_idx + 1); it is {m.max_positions}")
+    nsp = d.format in NSP_FORMATS
+    if m.nsp_head is None:
+        m = dataclasses.replace(m, nsp_head=nsp)
+    elif nsp and not m.nsp_head:
+        raise UserError(f"data.format={d.format} trains next-sentence prediction; it needs model.nsp_head=true")
+    if resumed is not None and m != resumed:
+        raise UserError("the checkpoint was trained with a different model config; resume with the same "
+                        "--preset/--set (and --checkpoint)")
+    micro = t.micro_batch_size or max(1, t.batch_size // world)
+    if t.batch_size % (micro * world):
+        raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.micro_batch_size={micro} "
+                        f"x {world} rank(s); choose sizes that divide")
+    lr = scaled_lr(t.lr, t.batch_size, t.base_batch_size, t.lr_scaling)
+    t = dataclasses.replace(t, micro_batch_size=micro, lr=lr, lr_scaling="none")
+    return dataclasses.replace(cfg, model=m, data=d, train=t)
 
 
 def report_targets(report_to: str) -> tuple[str, ...]:

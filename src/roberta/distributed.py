@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
 
+from roberta.config import TrainConfig, parse_duration
 from roberta.errors import UserError
-from roberta.precision import autocast  # noqa: F401  (re-exported: the precision policy)
 
-DEFAULT_TIMEOUT_S = 600.0  # train.dist_timeout's default: a dead rank stops the others within this
+DEFAULT_TIMEOUT_S = parse_duration(TrainConfig().dist_timeout)  # a dead rank stops the others within this
 
 
 @dataclass
@@ -101,31 +100,6 @@ def broadcast_object(obj, dist: Dist):
     box = [obj]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def checkpoint_blocks(model: torch.nn.Module) -> None:
-    """Activation checkpointing, per transformer block, in place: a block keeps only its input
-    for backward and recomputes the rest (torch's non-reentrant checkpoint, which also replays
-    the block's dropout masks). Applied from outside the model code, before compile and
-    FSDP2 (torchtitan's order): the instance's `forward` is wrapped, so parameter names -- hence
-    checkpoints -- do not change, and compile and fully_shard's hooks see the same module."""
-    from torch.utils.checkpoint import checkpoint
-    for layer in model.roberta.layers:
-        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
-
-
-def wrap_model(model: torch.nn.Module, dist: Dist, fsdp: bool = False) -> torch.nn.Module:
-    if not dist.active:
-        return model
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for layer in model.roberta.layers:
-            fully_shard(layer)
-        fully_shard(model)
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    return DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-               gradient_as_bucket_view=True)
 
 
 @contextlib.contextmanager

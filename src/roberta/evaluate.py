@@ -18,8 +18,8 @@ from roberta.data.formats import full_sentences
 from roberta.data.loader import Batch, collate
 from roberta.data.prepare import Split
 from roberta.errors import UserError
-from roberta.masking import IGNORE, mask_tokens, sequence_keys
-from roberta.tokenizer import MASK_ID, SPECIAL_IDS
+from roberta.config import MaskingConfig
+from roberta.masking import IGNORE, Masker
 
 EVAL_SEED = 1234
 
@@ -35,12 +35,11 @@ def eval_batches(split: Split, seq_len: int, vocab_size: int, n_sequences: int =
                  batch_size: int = 32) -> list[EvalBatch]:
     plan = full_sentences(split, seq_len)
     n = min(n_sequences, len(plan))
+    masker = Masker(MaskingConfig(), EVAL_SEED, vocab_size)  # the default masking, from a fixed key
     out = []
     for start in range(0, n, batch_size):
         batch: Batch = collate(split, plan, [(0, i) for i in range(start, min(n, start + batch_size))])
-        keys = sequence_keys(EVAL_SEED, batch.epochs, batch.indices)
-        inputs, labels = mask_tokens(batch.input_ids, vocab_size=vocab_size, mask_token_id=MASK_ID,
-                                     special_token_ids=SPECIAL_IDS, seq_keys=keys)
+        inputs, labels = masker(batch.input_ids, batch.epochs, batch.indices)
         out.append(EvalBatch(inputs, labels, batch.attention_mask))
     return out
 

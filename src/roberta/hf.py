@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, processors
 from roberta import checkpoint as ckpt
 from roberta.config import ModelConfig
 from roberta.errors import UserError
-from roberta.hubcache import hub_snapshot, is_hub_repo
+from roberta.data.hubcache import hub_snapshot, is_hub_repo
 from roberta.model import build_model, max_seq_len
 from roberta.presets import base
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer, save_tokenizer
@@ -189,7 +189,7 @@ def _check_out(src: Path, out: Path) -> None:
 
 def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
     """Write OUT as a transformers RobertaForMaskedLM dir (config, safetensors, tokenizer). -> notes."""
-    from roberta.api import load_model  # validates weights against config.json
+    from roberta.checkpoint import load_model  # validates weights against config.json
 
     model, ck = load_model(checkpoint)
     config = hf_config(model.cfg)

@@ -16,7 +16,7 @@ padding the batch adds. Dynamic masking draws a fresh key every epoch; static ma
 the same function of epoch % dupe_factor: dupe_factor fixed masks per sequence, cycling,
 recomputed bit-identically each time a sequence is drawn. That stores nothing -- BERT wrote
 dupe_factor masked copies of the corpus, and even the compact form (positions + replacement ids,
-`compact_masks`) takes ~ mask_prob * dupe_factor * 6 bytes per corpus token (9 at the defaults,
+tests/test_masking.py::compact_masks) takes ~ mask_prob * dupe_factor * 6 bytes per corpus token (9 at the defaults,
 4.5x a uint16 corpus) -- and recomputing is just masking (~2 ms for 256 x 512 tokens on one
 CPU core, 0.05% of a `tiny` training step). Row keys are 32 bits: two sequence draws share a
 mask pattern with probability 2^-32. Without seq_keys, each row's key is drawn from torch's
@@ -26,11 +26,11 @@ generator (`generator=`), a running stream like Hugging Face's collator.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 
-from roberta.tokenizer import WORD_START
+from roberta.config import Config, MaskingConfig
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, WORD_START
 
 IGNORE = -100
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -224,40 +224,6 @@ def _select_exact(h: torch.Tensor, eligible: torch.Tensor, mask_prob: float,
     return chosen.gather(1, word) & eligible
 
 
-@dataclass
-class CompactMasks:
-    """The masks of B sequences as BERT-style records: selected positions and the id the model
-    sees there (<mask>, a random token, or the original), in CSR layout."""
-    offsets: torch.Tensor  # (B + 1,) int64: row b's records are offsets[b]:offsets[b + 1]
-    positions: torch.Tensor  # (N,) int16 (int32 when T > 32767)
-    replacements: torch.Tensor  # (N,) int32
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.offsets, self.positions, self.replacements))
-
-
-def compact_masks(inputs: torch.Tensor, labels: torch.Tensor) -> CompactMasks:
-    """Materialise `mask_tokens` output as (positions, replacement ids) for inspection or export."""
-    selected = labels != IGNORE
-    rows, cols = selected.nonzero(as_tuple=True)  # row-major: sorted by row, then position
-    offsets = torch.zeros(len(labels) + 1, dtype=torch.int64, device=labels.device)
-    offsets[1:] = selected.sum(1).cumsum(0)
-    pos_dtype = torch.int16 if labels.shape[1] <= 32767 else torch.int32
-    return CompactMasks(offsets, cols.to(pos_dtype), inputs[rows, cols].to(torch.int32))
-
-
-def apply_compact_masks(input_ids: torch.Tensor, masks: CompactMasks) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inverse of `compact_masks`: (inputs, labels) for the original (B, T) input_ids."""
-    rows = torch.repeat_interleave(torch.arange(len(input_ids), device=input_ids.device),
-                                   masks.offsets.diff())
-    cols = masks.positions.long()
-    inputs = input_ids.clone()
-    inputs[rows, cols] = masks.replacements.to(input_ids.dtype)
-    labels = torch.full_like(input_ids, IGNORE)
-    labels[rows, cols] = input_ids[rows, cols]
-    return inputs, labels
-
-
 def mask_counts(original: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
                 mask_token_id: int, special_token_ids) -> torch.Tensor:
     """(4,) int64 sums to add up over micro-batches and ranks: [real tokens, selected,
@@ -274,3 +240,29 @@ def masking_stats(counts) -> dict:
     real, n, masked, kept = (float(c) for c in counts)
     return {"mask_rate": n / max(real, 1), "mask_share": masked / max(n, 1),
             "random_share": (n - masked - kept) / max(n, 1), "keep_share": kept / max(n, 1)}
+
+
+class Masker:
+    """Masks a batch as a MaskingConfig says: dynamic (fresh per epoch) or static (epoch %
+    dupe_factor), keyed by (seed, epoch, sequence index) so a mask never depends on batch order."""
+
+    def __init__(self, m: MaskingConfig, seed: int, vocab_size: int, word_start: torch.Tensor | None = None):
+        self.m, self.seed, self.vocab_size, self.word_start = m, seed, vocab_size, word_start
+
+    @classmethod
+    def for_run(cls, cfg: Config, vocab: dict[str, int]) -> "Masker":
+        # random replacements come from the tokenizer's ids, even if model.vocab_size pads beyond them
+        vocab_size = min(cfg.model.vocab_size, max(vocab.values()) + 1) if vocab else cfg.model.vocab_size
+        word_start = word_start_table(vocab, vocab_size) if cfg.masking.whole_word else None
+        return cls(cfg.masking, cfg.train.seed, vocab_size, word_start)
+
+    def __call__(self, input_ids: torch.Tensor, epochs: torch.Tensor, indices: torch.Tensor):
+        """(B, T) ids, (B,) epochs and sequence indices -> (inputs, labels), on the host: the trainer
+        masks while the device runs the previous step, and knows the masked count without a sync."""
+        if self.m.kind == "static":
+            epochs = epochs % self.m.dupe_factor
+        keys = sequence_keys(self.seed, epochs, indices)
+        return mask_tokens(input_ids, vocab_size=self.vocab_size, mask_token_id=MASK_ID,
+                           special_token_ids=SPECIAL_IDS, mask_prob=self.m.mask_prob,
+                           mask_token_prob=self.m.mask_token_prob, random_token_prob=self.m.random_token_prob,
+                           exact_count=self.m.exact_count, seq_keys=keys, word_start=self.word_start)

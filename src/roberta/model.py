@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from roberta.config import ModelConfig
+from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for  # noqa: F401 (re-exported)
 from roberta.masking import IGNORE  # the label of a position the MLM loss skips
 
 
@@ -104,6 +104,9 @@ class Embeddings(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.vocab_size is None or cfg.max_positions is None:
+            raise ValueError("ModelConfig.vocab_size / max_positions are None (derive them): resolve the config "
+                             "first (roberta.config.resolve_run), or give them")
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
@@ -141,7 +144,7 @@ class LMHead(nn.Module):
     def loss_sum(self, h: torch.Tensor, targets: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of the logits at h (n, C) against targets (n,), IGNORE skipped.
         The softmax is fp32 (.float() is a no-op in fp32, autocast's own choice under bf16).
-        A method of its own so that roberta.train.compile_model compiles the whole head with its
+        A method of its own so that roberta.parallelize.compile_model compiles the whole head with its
         loss: the fp32 cast, log-softmax and loss then run as fused kernels, not eager ones."""
         return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
 
@@ -175,7 +178,7 @@ class RobertaMLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, nsp_labels: torch.Tensor | None = None,
-                sparse: bool | None = None, masked_positions: torch.Tensor | None = None) -> dict:
+                masked_positions: torch.Tensor | None = None) -> dict:
         """Summed (not averaged) losses, so the caller can normalise over a whole global batch.
 
         Returns {"mlm_loss_sum", "mlm_count", "nsp_loss_sum"?, "nsp_count"?}. The sparse head
@@ -186,9 +189,8 @@ class RobertaMLM(nn.Module):
         """
         h = self.roberta(input_ids, attention_mask)  # (B, T, C)
         decoder = self.roberta.embeddings.word_embeddings.weight
-        sparse = self.cfg.sparse_head if sparse is None else sparse
         flat_labels = labels.reshape(-1)
-        if sparse:
+        if self.cfg.sparse_head:
             if masked_positions is None:
                 masked_positions = flat_labels.ne(IGNORE).nonzero().squeeze(1)
             loss = self.lm_head.loss_sum(h.flatten(0, 1).index_select(0, masked_positions),
@@ -257,23 +259,6 @@ def _materialise(model: nn.Module, device: str | torch.device, seed: int | None)
         torch.manual_seed(seed)
     init_weights(model)
     return model
-
-
-def max_seq_len(cfg: ModelConfig) -> int:
-    """The longest input the position table holds (positions start at padding_idx + 1)."""
-    return cfg.max_positions - cfg.pad_token_id - 1
-
-
-def padded_vocab_size(tokenizer_size: int, multiple: int) -> int:
-    """The model's vocabulary rows for a tokenizer: rounded up to model.vocab_multiple, so the
-    vocabulary GEMMs get tensor-core-friendly shapes (50,265 -> 50,304). The extra rows are never
-    an input or a target; the softmax learns to give them nothing."""
-    return -(-tokenizer_size // multiple) * multiple
-
-
-def positions_for(seq_len: int, pad_token_id: int = 1) -> int:
-    """Position rows a seq_len input needs: RoBERTa's offset makes 512 tokens need 514."""
-    return seq_len + pad_token_id + 1
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from roberta.config import OptimConfig
+from roberta.config import Config, OptimConfig, parse_duration
 
 # The paper's own (batch size, peak lr) pairs for BERT-base-sized models (Liu et al. 2019, Table 3).
 PAPER_LR_TABLE = {256: 1e-4, 2048: 7e-4, 8192: 1e-3}
@@ -76,3 +76,44 @@ def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> No
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+class Budget:
+    """Which budget ends the run and how far along it is (0..1): the largest used fraction of
+    the token and time budgets when either is set, else steps. The lr schedule runs on this
+    fraction, so a time budget decays the lr to 0 at the deadline. `s` is the trainer's
+    TrainState (step, tokens, elapsed)."""
+
+    def __init__(self, cfg: Config):
+        t = cfg.train
+        self.max_steps, self.max_tokens = t.max_steps, t.max_tokens
+        self.max_time = parse_duration(t.max_time) if t.max_time else 0.0
+        steps_est = self.max_steps
+        if self.max_tokens:
+            steps_est = max(1, math.ceil(self.max_tokens / (t.batch_size * cfg.data.seq_len)))
+        # warmup_steps is a fraction of the (estimated) steps; a time budget has no step count
+        self.warmup = (t.warmup_steps / steps_est) if (t.warmup_steps and not self.max_time) else t.warmup_fraction
+        self.warmup = min(self.warmup, 0.999)
+        self.steps_estimate = None if self.max_time else steps_est
+
+    def progress(self, s) -> float:
+        if self.max_tokens or self.max_time:
+            p = [s.tokens / self.max_tokens] if self.max_tokens else []
+            p += [s.elapsed / self.max_time] if self.max_time else []
+            return max(p)
+        return s.step / self.max_steps
+
+    def done(self, s) -> bool:
+        return self.progress(s) >= 1.0
+
+    def lr(self, s, peak: float) -> float:
+        """The scheduled lr at the run's current progress."""
+        return lr_at(self.progress(s), self.warmup, peak)
+
+    def bar(self) -> tuple[int, str]:
+        """The progress bar's total and unit: steps under a step budget; percent of the budget
+        under a token or time budget, whose step count is only an estimate."""
+        return (self.max_steps, "step") if not (self.max_tokens or self.max_time) else (100, "%")
+
+    def bar_position(self, s) -> float:
+        return s.step if not (self.max_tokens or self.max_time) else round(min(self.progress(s), 1.0) * 100, 1)

@@ -18,7 +18,7 @@ import time
 import torch
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from the vendors' datasheets (SXM parts).
-# (V100 has no bf16: its fp16 tensor-core rate.) roberta.plan reads the same table.
+# (V100 has no bf16: its fp16 tensor-core rate.) roberta.study.plan reads the same table.
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
                  "A10": 125e12, "V100": 125e12, "4090": 165e12, "3090": 71e12}
 MAX_REPROBES = 3  # then the achieved rate alone raises the peak (a re-probe costs a few seconds on a CPU)

@@ -64,10 +64,3 @@ def resolve_precision(pref: str, device: torch.device | str) -> tuple[str, str]:
     if pref == "bf16" and not native:
         return "bf16", f"as asked, but {evidence}: bf16 is emulated and much slower than fp32 here"
     return pref, "as asked"
-
-
-def autocast(device: torch.device | str, precision: str = "auto"):
-    """The precision policy as a context manager: bf16 autocast, or nothing (fp32)."""
-    device = torch.device(device)
-    chosen, _ = resolve_precision(precision, device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=chosen == "bf16")

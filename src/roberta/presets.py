@@ -1,8 +1,13 @@
 """Presets are plain functions returning a Config; derive new ones with dataclasses.replace.
 
-CPU presets follow ../shared/FINDINGS.md: at small compute the number of optimizer steps matters
-more than batch size, so `tiny` uses a small batch and a high-enough lr to leave the unigram
-plateau within minutes. `base` and `large` are the paper's (Liu et al. 2019, Table 9).
+At small compute the number of optimizer steps matters more than batch size (measured on CPU
+before these presets were fixed), so `tiny` uses a small batch and a high-enough lr to leave the
+unigram plateau within minutes. `base` and `large` are the paper's (Liu et al. 2019, Table 9).
+
+A preset leaves what the data decides as None: the vocabulary (the tokenizer's), the position
+table and data.seq_len (the length `roberta prepare --seq-len` packed), the NSP head (the
+format's). SEQ_LEN is the length each preset is sized for; `roberta pretrain` warns when the
+prepared data's differs.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ def tiny() -> Config:
     """4 x 256 for CPUs and tests: batch 16 x 128, lr 5e-4, 6% warmup."""
     return Config(
         model=ModelConfig(layers=4, hidden=256, heads=4, ffn=1024),
-        data=DataConfig(seq_len=128),
+        data=DataConfig(),
         train=TrainConfig(batch_size=16, lr=5e-4, max_steps=1000, warmup_fraction=0.06),
     )
 
@@ -32,8 +37,8 @@ def small() -> Config:
 def base() -> Config:
     """RoBERTa-base: 12 x 768, 12 heads, FFN 3072; 8K batch, lr 6e-4, 24K warmup, 500K steps."""
     return Config(
-        model=ModelConfig(layers=12, hidden=768, heads=12, ffn=3072, max_positions=514),
-        data=DataConfig(seq_len=512),
+        model=ModelConfig(layers=12, hidden=768, heads=12, ffn=3072),
+        data=DataConfig(),
         train=TrainConfig(batch_size=8192, lr=6e-4, warmup_steps=24000, max_steps=500000,
                           eval_interval=2000, checkpoint_interval=5000),
     )
@@ -47,6 +52,7 @@ def large() -> Config:
 
 
 PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large}
+SEQ_LEN = {"tiny": 128, "small": 128, "base": 512, "large": 512}  # the sequence length each preset is sized for
 
 
 def get_preset(name: str) -> Config:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from roberta.api import load
-from roberta.corpus import stdlib_documents
+from roberta.data.corpus import stdlib_documents
 from roberta.data.prepare import load_split, prepare
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, mlm_loss, unigram_loss

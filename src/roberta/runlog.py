@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 from roberta.config import report_targets
 from roberta.errors import UserError
-from roberta.runreport import write_loss_plot
 
 # train.report_to name -> (the module it needs, the extra that installs it)
 _NEEDS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
@@ -112,6 +111,11 @@ class RunLog:
         for sink in self.sinks:
             sink.write(record["step"], scalars)
 
+    def print(self, line: str) -> None:
+        """A line on the console (rank 0, unless quiet) that does not break the progress bar."""
+        if self.enabled and not self.bar.disable:
+            tqdm.write(line, file=sys.stdout)
+
     def progress(self, position: float | None = None, **postfix) -> None:
         """Advance the bar by one, or to `position` (in the bar's unit)."""
         self.bar.update(1 if position is None else position - self.bar.n)
@@ -125,3 +129,51 @@ class RunLog:
             sink.close()
         if self.enabled and self.path.is_file():
             write_loss_plot(self.out)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (not a `roberta pretrain` run directory)")
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not a JSON record ({e.msg}); was the file cut short?") from None
+    return records
+
+
+def loss_curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(tokens, train loss) and (tokens, held-out loss) points, in step order."""
+    train = [(r["tokens"], r["loss"]) for r in records if r.get("loss") is not None and "tokens" in r]
+    held_out = [(r["tokens"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None and "tokens" in r]
+    return train, held_out
+
+
+def write_loss_plot(run_dir: Path) -> Path:
+    """run_dir/loss.png: train and held-out MLM loss against tokens seen. Uses matplotlib's Agg
+    canvas directly, so no display is needed and pyplot's global state is left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train, held_out = loss_curves(read_metrics(run_dir))
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if train:
+        ax.plot(*zip(*train), color="C0", alpha=0.8, label="train (one batch)")
+    if held_out:
+        ax.plot(*zip(*held_out), color="C1", marker="o", markersize=4, label="held-out")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("MLM loss (nats)")
+    ax.set_title(f"{run_dir.resolve().name}: loss vs tokens")
+    ax.grid(alpha=0.3)
+    if train or held_out:
+        ax.legend()
+    fig.tight_layout()
+    path = run_dir / "loss.png"
+    fig.savefig(path, dpi=120)
+    return path

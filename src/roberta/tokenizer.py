@@ -142,9 +142,15 @@ def data_tokenizer_fingerprint(data_dir: str | Path, meta: dict) -> str:
     return tokenizer_fingerprint(tok_dir)
 
 
+def same_tokenizer(tokenizer_dir: str | Path, data_dir: str | Path, meta: dict) -> bool:
+    """Whether a tokenizer gives the ids the prepared data was made with (its fingerprint: what
+    determines the ids, not the bytes of tokenizer.json)."""
+    return tokenizer_fingerprint(tokenizer_dir) == data_tokenizer_fingerprint(data_dir, meta)
+
+
 def check_same_tokenizer(tokenizer_dir: str | Path, data_dir: str | Path, meta: dict, what: str) -> None:
     """The one compatibility check between a tokenizer (a checkpoint's, data's own copy) and
     prepared data: the same ids for every text, or a UserError naming both."""
-    if tokenizer_fingerprint(tokenizer_dir) != data_tokenizer_fingerprint(data_dir, meta):
+    if not same_tokenizer(tokenizer_dir, data_dir, meta):
         raise UserError(f"{data_dir}: prepared with a different tokenizer ({meta.get('vocab_size')} tokens) than "
                         f"{what} {tokenizer_dir}; prepare the data with `roberta prepare --tokenizer {tokenizer_dir}`")

@@ -17,29 +17,30 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from roberta import checkpoint as ckpt
-from roberta.config import Config, ModelConfig, parse_duration
-from roberta.data.formats import NSP_FORMATS, batch_token_budget, build_plan
+from roberta.config import Config, ModelConfig, parse_duration, resolve_run
+from roberta.data.formats import batch_token_budget, build_sequences
 from roberta.data.loader import Batch, BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
-from roberta.distributed import (Dist, autocast, all_gather_object, all_reduce_sum, broadcast_object, full_state,
-                                 init_distributed, is_collective_failure, load_full_state, max_over_ranks,
-                                 barrier, checkpoint_blocks, no_sync, shutdown, to_device, wrap_model)
+from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, barrier, broadcast_object, full_state,
+                                 init_distributed, is_collective_failure, load_full_state, max_over_ranks, no_sync,
+                                 shutdown, to_device)
 from roberta.errors import UserError
 from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
 from roberta.interrupt import GracefulStop, TrainingInterrupted
-from roberta.masking import IGNORE, mask_counts, mask_tokens, masking_stats, sequence_keys, word_start_table
-from roberta.model import (build_model, count_parameters, max_seq_len, padded_vocab_size, positions_for,
-                           training_flops)
-from roberta.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_if_finite
-from roberta.perf import PeakFlops, enable_float8
+from roberta.masking import IGNORE, Masker, mask_counts, masking_stats
+from roberta.model import build_model, count_parameters, training_flops
+from roberta.optim import Budget, build_optimizer, set_lr, step_if_finite
+from roberta.parallelize import autocast, parallelize
+from roberta.perf import PeakFlops
 from roberta.precision import resolve_precision
 from roberta.runlog import RunLog, last_record, truncate_metrics
-from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, tokenizer_fingerprint
+from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, same_tokenizer
 
 
 @dataclass
@@ -54,105 +55,45 @@ class TrainState:
     skipped_steps: int = 0  # non-finite losses
     data: dict = field(default_factory=dict)  # BatchStream position
 
-
-class Masker:
-    """Masks a batch as the config says: dynamic (fresh per epoch) or static (epoch % dupe_factor)."""
-
-    def __init__(self, cfg: Config, vocab: dict[str, int]):
-        self.m, self.seed = cfg.masking, cfg.train.seed
-        # random replacements come from the tokenizer's ids, even if model.vocab_size pads beyond them
-        self.vocab_size = min(cfg.model.vocab_size, max(vocab.values()) + 1) if vocab else cfg.model.vocab_size
-        self.word_start = word_start_table(vocab, self.vocab_size) if self.m.whole_word else None
-
-    def __call__(self, input_ids: torch.Tensor, epochs: torch.Tensor, indices: torch.Tensor):
-        """(B, T) ids, (B,) epochs and sequence indices -> (inputs, labels), on the host: the trainer
-        masks while the device runs the previous step, and knows the masked count without a sync."""
-        if self.m.kind == "static":
-            epochs = epochs % self.m.dupe_factor
-        keys = sequence_keys(self.seed, epochs, indices)
-        return mask_tokens(input_ids, vocab_size=self.vocab_size, mask_token_id=MASK_ID,
-                           special_token_ids=SPECIAL_IDS, mask_prob=self.m.mask_prob,
-                           mask_token_prob=self.m.mask_token_prob, random_token_prob=self.m.random_token_prob,
-                           exact_count=self.m.exact_count, seq_keys=keys, word_start=self.word_start)
+    def add(self, r: dict) -> None:
+        """Count one finished step (PendingStep.result())."""
+        self.step += 1
+        self.sequences += r["sequences"]
+        self.tokens += r["tokens"]
+        self.masked_tokens += r["masked"]
+        self.flops += r["flops"]
+        self.skipped_steps += not r["finite"]
 
 
-class Budget:
-    """Which budget ends the run and how far along it is (0..1): the largest used fraction of
-    the token and time budgets when either is set, else steps. The lr schedule runs on this
-    fraction, so a time budget decays the lr to 0 at the deadline."""
+class Throughput:
+    """Tokens/s and MFU over the steps since the last record (training time only: evaluation
+    and checkpoints are not in it)."""
 
-    def __init__(self, cfg: Config):
-        t = cfg.train
-        self.max_steps, self.max_tokens = t.max_steps, t.max_tokens
-        self.max_time = parse_duration(t.max_time) if t.max_time else 0.0
-        steps_est = self.max_steps
-        if self.max_tokens:
-            steps_est = max(1, math.ceil(self.max_tokens / (t.batch_size * cfg.data.seq_len)))
-        # warmup_steps is a fraction of the (estimated) steps; a time budget has no step count
-        self.warmup = (t.warmup_steps / steps_est) if (t.warmup_steps and not self.max_time) else t.warmup_fraction
-        self.warmup = min(self.warmup, 0.999)
-        self.steps_estimate = None if self.max_time else steps_est
+    def __init__(self, peak: PeakFlops, world: int, is_main: bool):
+        self.peak, self.world, self.is_main = peak, world, is_main
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0
 
-    def progress(self, s: TrainState) -> float:
-        if self.max_tokens or self.max_time:
-            p = [s.tokens / self.max_tokens] if self.max_tokens else []
-            p += [s.elapsed / self.max_time] if self.max_time else []
-            return max(p)
-        return s.step / self.max_steps
+    def add(self, r: dict, seconds: float) -> None:
+        self.tokens, self.flops, self.seconds = self.tokens + r["tokens"], self.flops + r["flops"], self.seconds + seconds
 
-    def done(self, s: TrainState) -> bool:
-        return self.progress(s) >= 1.0
-
-    def bar(self) -> tuple[int, str]:
-        """The progress bar's total and unit: steps under a step budget; percent of the budget
-        under a token or time budget, whose step count is only an estimate."""
-        return (self.max_steps, "step") if not (self.max_tokens or self.max_time) else (100, "%")
-
-    def bar_position(self, s: TrainState) -> float:
-        return s.step if not (self.max_tokens or self.max_time) else round(min(self.progress(s), 1.0) * 100, 1)
+    def read(self) -> dict:
+        """The window's rates; starts the next window."""
+        rates = {"tokens_per_s": self.tokens / self.seconds,
+                 "mfu": self.peak.mfu(self.flops / self.seconds / self.world) if self.is_main else None}
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0
+        return rates
 
 
-def resolve_config(cfg: Config, meta: dict, explicit: set[str], dist: Dist) -> Config:
-    """Fill in what comes from the data and the hardware; reject impossible combinations."""
-    m, t = cfg.model, cfg.train
-    if "model.vocab_size" not in explicit:  # rows past the tokenizer's are never an input or a target
-        m = dataclasses.replace(m, vocab_size=padded_vocab_size(meta["vocab_size"], m.vocab_multiple))
-    elif m.vocab_size < meta["vocab_size"]:
-        raise UserError(f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary "
-                        f"({meta['vocab_size']}); leave it unset to take the tokenizer's size")
-    need = positions_for(cfg.data.seq_len, m.pad_token_id)
-    if "model.max_positions" in explicit:
-        if m.max_positions < need:
-            raise UserError(f"data.seq_len={cfg.data.seq_len} needs model.max_positions >= {need} "
-                            f"(seq_len + padding_idx + 1); it is {m.max_positions}")
-    else:
-        m = dataclasses.replace(m, max_positions=need)
-    nsp = cfg.data.format in NSP_FORMATS
-    if nsp and not m.nsp_head:
-        if "model.nsp_head" in explicit:
-            raise UserError(f"data.format={cfg.data.format} trains next-sentence prediction; "
-                            "it needs model.nsp_head=true")
-        m = dataclasses.replace(m, nsp_head=True)
-    micro = t.micro_batch_size or max(1, t.batch_size // dist.world)
-    if t.batch_size % (micro * dist.world):
-        raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.micro_batch_size={micro} "
-                        f"x {dist.world} rank(s); choose sizes that divide")
-    lr = scaled_lr(t.lr, t.batch_size, t.base_batch_size, t.lr_scaling)
-    t = dataclasses.replace(t, micro_batch_size=micro, lr=lr)
-    return dataclasses.replace(cfg, model=m, train=t)
-
-
-def compile_model(model: torch.nn.Module, mode: str | None = None) -> None:
-    """torch.compile each transformer block and the LM head's loss in place (parameter names,
-    hence checkpoints, unchanged). The blocks share one compiled graph (compiling 1 layer costs
-    what 24 do); the head's graph (dense, GELU, LayerNorm, vocabulary projection, fp32
-    cross-entropy) takes any number of masked positions; the embeddings (three lookups, sum,
-    LayerNorm, dropout) fuse into one kernel. The gather of the masked positions stays eager.
-    `mode` is torch.compile's, for the embeddings and blocks (benchmarks/gpu_profile.py tries them)."""
-    model.roberta.embeddings.compile(mode=mode)
-    for layer in model.roberta.layers:
-        layer.compile(mode=mode)
-    model.lm_head.loss_sum = torch.compile(model.lm_head.loss_sum, dynamic=True)
+def check_finite(r: dict, bad_in_row: int, limit: int, step: int, lr: float) -> int:
+    """Consecutive non-finite steps so far (their updates were skipped on the device); too many
+    stop the run with what to change."""
+    bad_in_row = 0 if r["finite"] else bad_in_row + 1
+    if bad_in_row >= limit:
+        raise UserError(f"the loss was not finite (NaN or inf) for {bad_in_row} steps in a row, up to "
+                        f"step {step} (lr {lr:.3g}); those updates were skipped and the run stopped "
+                        f"(train.max_bad_steps={limit}). Lower train.lr, raise warmup or set "
+                        f"optim.grad_clip=1.0, then --resume from the last checkpoint")
+    return bad_in_row
 
 
 def seed_dropout(seed: int, rank: int) -> None:
@@ -180,7 +121,7 @@ def set_rng_state(state: dict[str, torch.Tensor], dist: Dist, seed: int) -> None
 
 
 @dataclass
-class PreparedStep:
+class MaskedStep:
     """This rank's share of one global batch, masked on the host, so that every shape and count
     is known without asking the device: per micro-batch (inputs, labels, flat indices of the
     masked positions, attention mask or None, NSP labels or None)."""
@@ -190,7 +131,9 @@ class PreparedStep:
     data_state: dict = field(default_factory=dict)  # the BatchStream position after this batch
 
 
-def prepare_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_stats: bool = False) -> PreparedStep:
+def mask_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_stats: bool = False) -> MaskedStep:
+    """Mask each micro-batch on the host and count what the step will see (masked tokens,
+    sequences, real tokens, FLOPs): the device never has to be asked."""
     micro, counts, stats = [], [0.0, 0.0, 0.0, 0.0], None
     for mb in micro_batches:
         inputs, labels = masker(mb.input_ids, mb.epochs, mb.indices)
@@ -204,7 +147,7 @@ def prepare_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_s
         if with_stats:  # realised masking, reported on logging steps
             c = mask_counts(mb.input_ids, inputs, labels, MASK_ID, SPECIAL_IDS)
             stats = c if stats is None else stats + c
-    return PreparedStep(micro, counts, stats)
+    return MaskedStep(micro, counts, stats)
 
 
 class PendingStep:
@@ -223,7 +166,7 @@ class PendingStep:
         return r
 
 
-def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config,
+def launch_step(model, optimizer, prep: MaskedStep, dist: Dist, cfg: Config,
                 stop: GracefulStop | None = None) -> PendingStep:
     """One optimizer step over this rank's micro-batches, queued on the device without waiting
     for it: inputs go up pinned and non-blocking, the sparse head gathers at host-known
@@ -265,22 +208,6 @@ def launch_step(model, optimizer, prep: PreparedStep, dist: Dist, cfg: Config,
     return PendingStep(torch.cat([values, finite.reshape(1).double(), sums[2:]]), cfg.model.nsp_head, stats)
 
 
-def train_step(model, optimizer, micro_batches: list[Batch], masker: Masker, dist: Dist, cfg: Config,
-               with_stats: bool = False) -> dict:
-    """prepare -> launch -> wait: one step, for callers without a loop to overlap (benchmarks)."""
-    return launch_step(model, optimizer, prepare_step(micro_batches, masker, cfg, with_stats), dist, cfg).result()
-
-
-def keep_saved_vocabulary(cfg: Config, saved: ModelConfig, explicit: set[str]) -> Config:
-    """A resumed run keeps the vocabulary rows it was built with, when that is its only
-    difference: one started before model.vocab_multiple existed (its rows = the tokenizer's)
-    or with another multiple. Any other difference is left for the model-config check."""
-    if {"model.vocab_size", "model.vocab_multiple"} & explicit:
-        return cfg
-    m = dataclasses.replace(cfg.model, vocab_size=saved.vocab_size, vocab_multiple=saved.vocab_multiple)
-    return dataclasses.replace(cfg, model=m) if m == saved else cfg
-
-
 def evaluation_set(data_dir: str, valid, train, cfg: Config, vocab_size: int, is_main: bool) -> tuple[list, str]:
     """The fixed masked tokens the run is scored on, and their split. The held-out ("valid")
     split's, unless it has none (a corpus too small for prepare's --valid-fraction to give it a
@@ -308,47 +235,20 @@ def check_data(data_dir: str, meta: dict) -> None:
     tok_dir = Path(data_dir) / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         raise UserError(f"{data_dir}: prepared data has no tokenizer/ copy; run `roberta prepare` again")
-    expected = data_tokenizer_fingerprint(data_dir, meta)
-    if tokenizer_fingerprint(tok_dir) != expected:
+    if not same_tokenizer(tok_dir, data_dir, meta):
         raise UserError(f"{tok_dir}: tokenizer differs from the one the data was prepared with "
-                        f"(fingerprint {expected}); run `roberta prepare` again with the intended tokenizer")
+                        f"(fingerprint {data_tokenizer_fingerprint(data_dir, meta)}); run `roberta prepare` again with the intended tokenizer")
 
 
-# what a checkpoint fixes about the network; dropout, the sparse head and NSP stay the recipe's
-ARCHITECTURE = ("vocab_size", "layers", "hidden", "heads", "ffn", "max_positions", "layer_norm_eps",
-                "pad_token_id", "norm", "bias", "glu")
-
-
-def init_from_config(cfg: Config, init_from: str, data_dir: str, meta: dict, explicit: set[str]) -> tuple[Config, set[str]]:
-    """Continued pretraining: the architecture comes from the checkpoint (an explicit --set
-    model.* still wins), the recipe from the preset; its vocabulary must be the data's."""
-    ck = ckpt.resolve_checkpoint(init_from)
-    saved = ckpt.load_config(ck).model
-    if (ck / "tokenizer.json").is_file():
-        same = tokenizer_fingerprint(ck) == data_tokenizer_fingerprint(data_dir, meta)
-    else:
-        same = saved.vocab_size == meta["vocab_size"]
-    if not same or saved.vocab_size < meta["vocab_size"]:
-        raise UserError(f"--checkpoint {init_from}: its vocabulary differs from the tokenizer {data_dir} was "
-                        f"prepared with; run `roberta prepare --tokenizer {ck}` on your corpus and train on that")
-    arch = {k: getattr(saved, k) for k in ARCHITECTURE if f"model.{k}" not in explicit}
-    model = dataclasses.replace(cfg.model, **arch)
-    longest = max_seq_len(model)
-    if cfg.data.seq_len > longest:
-        raise UserError(f"--checkpoint {init_from}: its position table holds sequences of up to {longest} tokens "
-                        f"but data.seq_len is {cfg.data.seq_len}; prepare with --seq-len {longest} or less")
-    return dataclasses.replace(cfg, model=model), explicit | {"model.vocab_size", "model.max_positions"}
-
-
-def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = None,
-             resume: bool = False, progress: bool = True, init_from: str | None = None) -> dict:
+def pretrain(data_dir: str, out: str, cfg: Config, resume: bool = False, progress: bool = True,
+             init_from: str | None = None) -> dict:
     """Train; returns the run's summary. SIGINT/SIGTERM during the run finish the step, write a
     checkpoint and raise roberta.interrupt.TrainingInterrupted (the handlers are restored after)."""
     dist = init_distributed(cfg.train.device, parse_duration(cfg.train.dist_timeout))
     try:
         with GracefulStop() as stop:
             try:
-                summary = _pretrain(data_dir, Path(out), cfg, explicit or set(), resume, progress, dist, init_from, stop)
+                summary = _pretrain(data_dir, Path(out), cfg, resume, progress, dist, init_from, stop)
             except TrainingInterrupted:
                 barrier(dist)  # every rank stopped after the same step and saved together
                 raise
@@ -364,7 +264,7 @@ def pretrain(data_dir: str, out: str, cfg: Config, explicit: set[str] | None = N
         shutdown(dist)
 
 
-def _start_run_dir(out: Path, cfg: Config, resume: bool, dist: Dist) -> Path | None:
+def _find_resume_point(out: Path, resume: bool, dist: Dist) -> Path | None:
     """Rank 0 looks at the run directory and every rank gets the same answer (or the same error):
     the checkpoint to resume from, or None for a fresh run."""
     answer: tuple[str | None, str | None] = (None, None)
@@ -377,26 +277,102 @@ def _start_run_dir(out: Path, cfg: Config, resume: bool, dist: Dist) -> Path | N
             answer = (str(latest) if latest else None, None)
             if resume and latest is None:
                 print(f"note: --resume found no checkpoint in {out}; starting from scratch")
-            out.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_partial(out)
-            if latest is None:
-                (out / "metrics.jsonl").unlink(missing_ok=True)
-                (out / "config.json").write_text(cfg.to_json())
     latest, error = broadcast_object(answer, dist)
     if error:
         raise UserError(error)
     return Path(latest) if latest else None
 
 
-def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist: Dist, init_from,
-              stop: GracefulStop | None = None) -> dict:
+def _start_run_dir(out: Path, cfg: Config, latest: Path | None, dist: Dist) -> None:
+    """A fresh run starts with an empty metrics.jsonl and its resolved config.json; a resumed
+    one loses only a half-written checkpoint."""
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial(out)
+        if latest is None:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            (out / "config.json").write_text(cfg.to_json())
+
+
+def init_from_model(init_from: str, data_dir: str, meta: dict) -> ModelConfig:
+    """Continued pretraining: the --checkpoint checkpoint's model config, once its vocabulary is
+    known to be the data's."""
+    ck = ckpt.resolve_checkpoint(init_from)
+    saved = ckpt.load_config(ck).model
+    if (ck / "tokenizer.json").is_file():
+        same = same_tokenizer(ck, data_dir, meta)
+    else:
+        same = saved.vocab_size == meta["vocab_size"]
+    if not same or saved.vocab_size < meta["vocab_size"]:
+        raise UserError(f"--checkpoint {init_from}: its vocabulary differs from the tokenizer {data_dir} was "
+                        f"prepared with; run `roberta prepare --tokenizer {ck}` on your corpus and train on that")
+    return saved
+
+
+@dataclass
+class Run:
+    """What setup_run builds: everything the loop reads or advances."""
+    cfg: Config
+    dist: Dist
+    out: Path
+    model: torch.nn.Module  # the bare model: checkpoints, evaluation, parameter count
+    parallel_model: torch.nn.Module  # what the loop calls: the model, or its DDP/FSDP2 wrapper
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    budget: Budget
+    stream: BatchStream
+    next_batch: Callable[[int], "MaskedStep"]  # step done so far -> the next global batch, masked
+    evals: list
+    eval_split: str  # "valid", or "train" when the data has no held-out split
+    log: RunLog
+    meter: Throughput
+    latest: Path | None  # the checkpoint resumed from
+    rng: dict | None  # its saved dropout RNG
+    tok_dir: Path
+    n_params: int
+    done_before: dict | None = None  # a resumed run that had already finished: its summary
+
+    def evaluate(self) -> dict:
+        with autocast(self.dist.device, self.cfg.train.precision):
+            r = mlm_loss(self.model, self.evals, self.dist.device)
+        s = self.state
+        self.log.write({"step": s.step, "tokens": s.tokens, "eval_loss": r["mlm_loss"],
+                        "eval_perplexity": r["perplexity"], "eval_tokens": r["tokens"], "eval_split": self.eval_split})
+        held = "held-out" if self.eval_split == "valid" else "train-split"
+        self.log.print(f"eval step {s.step}: {s.tokens:,} tokens, {held} loss {r['mlm_loss']:.4f}, "
+                       f"perplexity {r['perplexity']:.2f}")
+        return r
+
+    def finish(self, record: dict, last_eval: dict, already_complete: bool) -> dict:
+        """The run's summary (the last record, completed), written to summary.json on rank 0."""
+        s, main = self.state, self.dist.is_main
+        summary = {**record, **{k: v for k, v in dataclasses.asdict(s).items() if k != "data"},
+                   "final_lr": self.budget.lr(s, self.cfg.train.lr), "parameters": self.n_params,
+                   "peak_flops": self.meter.peak.value, "world_size": self.dist.world,
+                   "already_complete": already_complete, "eval_loss": last_eval["mlm_loss"],
+                   "eval_perplexity": last_eval["perplexity"], "eval_split": self.eval_split,
+                   "checkpoint": str(ckpt.latest_checkpoint(self.out)) if main else None}
+        if main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def save(self) -> None:
+        weights, opt_state = full_state(self.parallel_model, self.optimizer, self.dist)  # collectives: every rank
+        rng = rng_state(self.dist)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.out, self.state.step, self.model, self.cfg, self.tok_dir,
+                                 trainer_state=dataclasses.asdict(self.state), rng=rng,
+                                 keep=self.cfg.train.keep_checkpoints, weights=weights, optimizer_state=opt_state)
+
+
+def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: bool, dist: Dist,
+              init_from: str | None) -> Run:
+    """Resolve the config, load the data, build (or restore) the model, optimizer and stream."""
     meta = read_meta(data_dir)
     check_data(data_dir, meta)
-    if "data.seq_len" not in explicit and meta.get("seq_len"):
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=int(meta["seq_len"])))
-    if init_from:
-        cfg, explicit = init_from_config(cfg, init_from, data_dir, meta, explicit)
-    cfg = resolve_config(cfg, meta, explicit, dist)
+    latest = _find_resume_point(out, resume, dist)
+    cfg = resolve_run(cfg, meta, dist.world, resumed=ckpt.load_config(latest).model if latest else None,
+                      init_from=init_from_model(init_from, data_dir, meta) if init_from else None)
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -404,173 +380,134 @@ def _pretrain(data_dir, out: Path, cfg: Config, explicit, resume, progress, dist
         torch.backends.cuda.matmul.allow_tf32 = True  # only the few fp32 matmuls outside autocast
     tok_dir = Path(data_dir) / "tokenizer"
     train_split, valid_split = load_split(data_dir, "train", verify=True), load_split(data_dir, "valid", verify=True)
-    plan = build_plan(train_split, cfg.data.format, cfg.data.seq_len, seed=t.seed)
-    if len(plan) == 0:
+    order = build_sequences(train_split, cfg.data.format, cfg.data.seq_len, seed=t.seed)
+    if len(order) == 0:
         raise UserError(f"{data_dir}: no training sequences could be built")
     token_budget = batch_token_budget(train_split, cfg.data.format, t.batch_size, cfg.data.seq_len)
     accum = t.batch_size // (t.micro_batch_size * dist.world)
-    stream = BatchStream(plan, t.batch_size, t.seed, token_budget=token_budget, min_draws=accum * dist.world,
+    stream = BatchStream(order, t.batch_size, t.seed, token_budget=token_budget, min_draws=accum * dist.world,
                          multiple_of=dist.world)
     evals, eval_split = evaluation_set(data_dir, valid_split, train_split, cfg, meta["vocab_size"], dist.is_main)
+    _start_run_dir(out, cfg, latest, dist)
 
-    latest = _start_run_dir(out, cfg, resume, dist)
-    if latest is not None:
-        cfg = keep_saved_vocabulary(cfg, ckpt.load_config(latest).model, explicit)
     model = build_model(cfg.model, dist.device, seed=t.seed)
     if latest is None and init_from:
         init_ck = ckpt.resolve_checkpoint(init_from)
         # an NSP head the checkpoint lacks starts fresh; one the format does not train is left behind
         ckpt.load_state(model, ckpt.load_weights(init_ck), init_ck / "model.safetensors",
                         allow_missing=("nsp_head.",), allow_unexpected=("nsp_head.",))
+    if latest is not None:
+        ckpt.load_state(model, ckpt.load_weights(latest), latest / "model.safetensors")
+    parallel_model = parallelize(model, t, dist)
+    optimizer = build_optimizer(parallel_model, cfg.optim, t.lr)
     state, rng = TrainState(), None
     if latest is not None:
-        saved = ckpt.load_config(latest)
-        if saved.model != cfg.model:
-            raise UserError(f"{latest}: was trained with a different model config; resume with the same "
-                            "--preset/--set (and --checkpoint)")
-        ckpt.load_state(model, ckpt.load_weights(latest), latest / "model.safetensors")
-    if t.float8:  # model transforms in torchtitan's order: float8, checkpointing, compile, sharding
-        enable_float8(model, dist.device)
-    if t.activation_checkpointing:
-        checkpoint_blocks(model)
-    if t.compile:
-        compile_model(model)
-    ddp_model = wrap_model(model, dist, fsdp=t.fsdp)
-    optimizer = build_optimizer(ddp_model, cfg.optim, t.lr)
-    if latest is not None:
         opt_state, rng, st = ckpt.load_training_state(latest)
-        load_full_state(ddp_model, optimizer, opt_state, dist)
+        load_full_state(parallel_model, optimizer, opt_state, dist)
         state = TrainState(**{k: v for k, v in st.items() if k in TrainState.__dataclass_fields__})
         stream.load_state_dict(state.data)
         if dist.is_main:
             truncate_metrics(out / "metrics.jsonl", state.step)
-    masker = Masker(cfg, load_tokenizer(tok_dir).get_vocab())
+    masker = Masker.for_run(cfg, load_tokenizer(tok_dir).get_vocab())
     budget = Budget(cfg)
-    if latest is not None and budget.done(state) and (done_before := completed_summary(out, state.step)):
-        return done_before
-    precision, why = resolve_precision(t.precision, dist.device)
-    peak = PeakFlops(dist.device, t.peak_flops, bf16=precision == "bf16")
+    done_before = completed_summary(out, state.step) if latest is not None and budget.done(state) else None
     n_params = count_parameters(model)
-    if dist.is_main:
+    precision, why = resolve_precision(t.precision, dist.device)
+    if dist.is_main and not done_before:
         print(f"model: {n_params / 1e6:.2f}M parameters ({cfg.model.layers}x{cfg.model.hidden}); "
-              f"{len(plan):,} training sequences ({cfg.data.format}, seq_len {cfg.data.seq_len}); "
+              f"{len(order):,} training sequences ({cfg.data.format}, seq_len {cfg.data.seq_len}); "
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
               f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
         print(f"precision: {precision} ({why})")
+        print(f"precision: {precision} ({why})")
     log = RunLog(out, dist.is_main, progress, *budget.bar(), initial=budget.bar_position(state),
-                 step=state.step, report_to=t.report_to, config=cfg.to_dict())
+                 step=state.step, report_to=t.report_to, config=cfg.to_dict()) if not done_before else None
 
-    def evaluate() -> dict:
-        with autocast(dist.device, t.precision):
-            r = mlm_loss(model, evals, dist.device)
-        log.write({"step": state.step, "tokens": state.tokens, "eval_loss": r["mlm_loss"],
-                   "eval_perplexity": r["perplexity"], "eval_tokens": r["tokens"], "eval_split": eval_split})
-        return r
-
-    def save() -> None:
-        weights, opt_state = full_state(ddp_model, optimizer, dist)  # collectives: every rank
-        rng = rng_state(dist)
-        if dist.is_main:
-            ckpt.save_checkpoint(out, state.step, model, cfg, tok_dir, trainer_state=dataclasses.asdict(state),
-                                 rng=rng, keep=t.keep_checkpoints, weights=weights, optimizer_state=opt_state)
-
-    bad_in_row, window_tokens, window_flops, window_time = 0, 0, 0.0, 0.0
-    # a resumed run that is already complete reports its last logged step, not an empty record
-    last_eval, last_saved, first_step = None, state.step, state.step
-    record = last_record(out / "metrics.jsonl", "loss") if latest is not None and dist.is_main else {}
-    elapsed0, t_start = state.elapsed, time.perf_counter()
-
-    def clock() -> float:
-        """Seconds in the loop, summed over resumes. Under a time budget the ranks take the
-        slowest clock: they must agree on the lr and on which step is the last."""
-        elapsed = elapsed0 + time.perf_counter() - t_start
-        return max_over_ranks(elapsed, dist) if budget.max_time else elapsed
-
-    def prepare(step: int) -> PreparedStep:
+    def next_batch(step: int) -> MaskedStep:
         """Global batch number step + 1, collated and masked on the host (called while the device
-        still runs the step before it)."""
+        still runs the step before it); masking statistics on the steps that are logged."""
         draws = stream.next_batch()
-        micro = [collate(train_split, plan, d) for d in shard(draws, dist.rank, dist.world, accum)]
-        prep = prepare_step(micro, masker, cfg, with_stats=log_step(step))
+        micro = [collate(train_split, order, d) for d in shard(draws, dist.rank, dist.world, accum)]
+        prep = mask_step(micro, masker, cfg, with_stats=is_log_step(step, t.log_interval))
         prep.data_state = stream.state_dict()
         return prep
 
-    def log_step(step: int) -> bool:  # step: the steps done before this one
-        return step == 0 or (step + 1) % t.log_interval == 0
+    meter = Throughput(PeakFlops(dist.device, t.peak_flops, bf16=precision == "bf16"), dist.world,
+                       dist.is_main) if not done_before else None
+    return Run(cfg, dist, out, model, parallel_model, optimizer, state, budget, stream, next_batch, evals, eval_split,
+               log, meter, latest, rng, tok_dir, n_params, done_before)
 
-    model.train()
-    upcoming = prepare(state.step)
+
+def train_record(state: TrainState, r: dict, lr: float, rates: dict) -> dict:
+    """A training step's metrics.jsonl record (also the base of the run's summary)."""
+    return {"step": state.step, "sequences": state.sequences, "tokens": state.tokens,
+            "masked_tokens": state.masked_tokens, "flops": state.flops,
+            "loss": r["loss"], "loss_bits": r["loss"] / math.log(2), "nsp_loss": r["nsp_loss"],
+            "lr": lr, "grad_norm": r["grad_norm"], **rates, "elapsed": state.elapsed,
+            "skipped_steps": state.skipped_steps,
+            **{k: r[k] for k in ("mask_rate", "mask_share", "random_share", "keep_share") if k in r}}
+
+
+def is_log_step(step: int, interval: int) -> bool:
+    """step: the steps done before this one; the first step is always logged."""
+    return step == 0 or (step + 1) % interval == 0
+
+
+def _pretrain(data_dir, out: Path, cfg: Config, resume, progress, dist: Dist, init_from,
+              stop: GracefulStop | None = None) -> dict:
+    run = setup_run(data_dir, out, cfg, resume, progress, dist, init_from)
+    if run.done_before:  # --resume of a finished run: nothing to do
+        return run.done_before
+    cfg, state, budget, t = run.cfg, run.state, run.budget, run.cfg.train
+    # a resumed run that is already complete reports its last logged step, not an empty record
+    record = last_record(out / "metrics.jsonl", "loss") if run.latest is not None and dist.is_main else {}
+    last_eval, last_saved, first_step, bad_in_row = None, state.step, state.step, 0
+    elapsed0, t_start = state.elapsed, time.perf_counter()
+
+    run.model.train()
+    upcoming = run.next_batch(state.step)
     # the dropout RNG is seeded or restored last, so that nothing before the first step draws from it
-    if rng is None:
+    if run.rng is None:
         seed_dropout(t.seed, dist.rank)
     else:
-        set_rng_state(rng, dist, t.seed)
+        set_rng_state(run.rng, dist, t.seed)
     while not budget.done(state):
         t0 = time.perf_counter()
-        lr = lr_at(budget.progress(state), budget.warmup, t.lr)
-        set_lr(optimizer, lr)
-        log_now = log_step(state.step)
-        pending = launch_step(ddp_model, optimizer, upcoming, dist, cfg, stop)
+        lr = budget.lr(state, t.lr)
+        set_lr(run.optimizer, lr)
+        log_now = is_log_step(state.step, t.log_interval)
+        pending = launch_step(run.parallel_model, run.optimizer, upcoming, dist, cfg, stop)
         state.data = upcoming.data_state
-        upcoming = prepare(state.step + 1)  # on the host, overlapping the device's work
-        r = pending.result()
-        state.step += 1
-        state.sequences += r["sequences"]
-        state.tokens += r["tokens"]
-        state.masked_tokens += r["masked"]
-        state.flops += r["flops"]
-        window_time += time.perf_counter() - t0
-        window_tokens += r["tokens"]
-        window_flops += r["flops"]
-        state.elapsed = clock()
-        if not r["finite"]:
-            state.skipped_steps += 1
-            bad_in_row += 1
-            if bad_in_row >= t.max_bad_steps:
-                raise UserError(f"the loss was not finite (NaN or inf) for {bad_in_row} steps in a row, up to "
-                                f"step {state.step} (lr {lr:.3g}); those updates were skipped and the run stopped "
-                                f"(train.max_bad_steps={t.max_bad_steps}). Lower train.lr, raise warmup or set "
-                                f"optim.grad_clip=1.0, then --resume from the last checkpoint")
-        else:
-            bad_in_row = 0
+        upcoming = run.next_batch(state.step + 1)  # on the host, overlapping the device's work
+        r = pending.result()  # the step's one host sync
+        now = time.perf_counter()
+        state.add(r)
+        run.meter.add(r, now - t0)
+        # seconds in the loop, summed over resumes; under a time budget the ranks agree on the
+        # slowest clock (an all-reduce, once per step): they must agree on the lr and the last step
+        state.elapsed = elapsed0 + now - t_start
+        if budget.max_time:
+            state.elapsed = max_over_ranks(state.elapsed, dist)
+        bad_in_row = check_finite(r, bad_in_row, t.max_bad_steps, state.step, lr)
         done = budget.done(state)
-        if log_now or done:
-            record = {"step": state.step, "sequences": state.sequences, "tokens": state.tokens,
-                      "masked_tokens": state.masked_tokens, "flops": state.flops,
-                      "loss": r["loss"], "loss_bits": r["loss"] / math.log(2), "nsp_loss": r["nsp_loss"],
-                      "lr": lr, "grad_norm": r["grad_norm"], "tokens_per_s": window_tokens / window_time,
-                      "mfu": peak.mfu(window_flops / window_time / dist.world) if dist.is_main else None, "elapsed": state.elapsed,
-                      "skipped_steps": state.skipped_steps,
-                      **{k: r[k] for k in ("mask_rate", "mask_share", "random_share", "keep_share") if k in r}}
-            window_tokens, window_flops, window_time = 0, 0.0, 0.0
-            log.write(record)
-        log.progress(budget.bar_position(state), loss=f"{r['loss']:.3f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}")
+        if log_now or done:  # one record: metrics.jsonl, the integrations, and the summary
+            record = train_record(state, r, lr, run.meter.read())
+            run.log.write(record)
+        run.log.progress(budget.bar_position(state), loss=f"{r['loss']:.3f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}")
         if state.step % t.eval_interval == 0 or done:
-            last_eval = evaluate()
+            last_eval = run.evaluate()
         if state.step % t.checkpoint_interval == 0 or done:
-            state.elapsed = clock()
-            save()
+            run.save()
             last_saved = state.step
         if r["stop"] and not done:  # a signal on some rank; every rank saw it in this step's all-reduce
             if last_saved != state.step:
-                save()
-            log.close()
+                run.save()
+            run.log.close()
             raise TrainingInterrupted((stop and stop.signum) or signal.SIGTERM, state.step,
                                       str(ckpt.latest_checkpoint(out)) if dist.is_main else None)
-        state.elapsed = clock()
     if last_eval is None:  # a resumed run that was already complete
-        last_eval = evaluate()
+        last_eval = run.evaluate()
     if last_saved != state.step:
-        save()
-    log.close()
-    summary = {**record, "step": state.step, "tokens": state.tokens, "sequences": state.sequences,
-               "masked_tokens": state.masked_tokens, "flops": state.flops, "elapsed": state.elapsed,
-               "final_lr": lr_at(budget.progress(state), budget.warmup, t.lr),
-               "parameters": n_params, "peak_flops": peak.value, "world_size": dist.world,
-               "skipped_steps": state.skipped_steps, "already_complete": latest is not None and state.step == first_step,
-               "eval_loss": last_eval["mlm_loss"] if last_eval else None,
-               "eval_perplexity": last_eval["perplexity"] if last_eval else None, "eval_split": eval_split,
-               "checkpoint": str(ckpt.latest_checkpoint(out)) if dist.is_main else None}
-    if dist.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        run.save()
+    run.log.close()
+    return run.finish(record, last_eval, already_complete=run.latest is not None and state.step == first_step)

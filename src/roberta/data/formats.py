@@ -1,6 +1,6 @@
 """The paper's four input formats (Liu et al. 2019, section 4.2) built from one prepared split.
 
-A format turns documents/sentences into a `SequencePlan`: sequence i is the concatenation of
+A format turns documents/sentences into a `SequenceTable`: sequence i is the concatenation of
 pieces `seq_ptr[i]:seq_ptr[i+1]`; a piece is a token span `tokens[start:end]` of the split, or a
 separator (start == SEP_DOC: one `</s>` between documents; start == SEP_PAIR: `</s></s>` between
 the two segments of a pair, as RoBERTa frames pairs). Every sequence is framed `<s> ... </s>`
@@ -19,11 +19,10 @@ from roberta.data.prepare import Split
 
 SEP_DOC, SEP_PAIR = -1, -2
 SEP_LEN = {SEP_DOC: 1, SEP_PAIR: 2}
-NSP_FORMATS = ("segment-pair+nsp", "sentence-pair+nsp")
 
 
 @dataclass
-class SequencePlan:
+class SequenceTable:
     piece_start: np.ndarray  # int64 [n_pieces]; a token offset, or SEP_DOC / SEP_PAIR
     piece_end: np.ndarray  # int64 [n_pieces]
     seq_ptr: np.ndarray  # int64 [n_seqs + 1]
@@ -67,8 +66,8 @@ class _Builder:
         self.docs.append(doc)
         self.cur = 0
 
-    def plan(self, nsp: bool) -> SequencePlan:
-        return SequencePlan(_np(self.starts), _np(self.ends), _np(self.ptr), _np(self.lengths),
+    def table(self, nsp: bool) -> SequenceTable:
+        return SequenceTable(_np(self.starts), _np(self.ends), _np(self.ptr), _np(self.lengths),
                             _np(self.labels) if nsp else None, _np(self.docs))
 
 
@@ -87,7 +86,7 @@ def _sentence_spans(split: Split, budget: int):
         yield d, s, e
 
 
-def full_sentences(split: Split, seq_len: int, cross_documents: bool = True) -> SequencePlan:
+def full_sentences(split: Split, seq_len: int, cross_documents: bool = True) -> SequenceTable:
     """Contiguous whole sentences packed up to seq_len. FULL-SENTENCES crosses documents with an
     extra `</s>` between them; DOC-SENTENCES (cross_documents=False) never does."""
     budget = seq_len - 2
@@ -108,7 +107,7 @@ def full_sentences(split: Split, seq_len: int, cross_documents: bool = True) -> 
         b.piece(s, e)
         prev_doc = doc
     b.close(first_doc)
-    return b.plan(nsp=False)
+    return b.table(nsp=False)
 
 
 def _doc_sentences(split: Split, budget: int) -> list[list[tuple[int, int]]]:
@@ -147,7 +146,7 @@ def _random_other_doc(rng, n_docs: int, doc: int) -> int:
     return other + (other >= doc)
 
 
-def segment_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
+def segment_pairs(split: Split, seq_len: int, seed: int) -> SequenceTable:
     """SEGMENT-PAIR+NSP: two multi-sentence segments, 50% consecutive in one document (label 1),
     50% the second taken from another document (label 0); together <= seq_len."""
     rng = np.random.default_rng(seed)
@@ -187,10 +186,10 @@ def segment_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
             if not a or not nxt:
                 continue
             b.pair(a, nxt, doc, int(is_next))
-    return b.plan(nsp=True)
+    return b.table(nsp=True)
 
 
-def sentence_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
+def sentence_pairs(split: Split, seq_len: int, seed: int) -> SequenceTable:
     """SENTENCE-PAIR+NSP: two single sentences, next (label 1) or from another document (label 0)."""
     rng = np.random.default_rng(seed)
     budget = seq_len - 4
@@ -209,10 +208,10 @@ def sentence_pairs(split: Split, seq_len: int, seed: int) -> SequencePlan:
                 nxt = [other[int(rng.integers(len(other)))]]
             a, nxt = _truncate_pair(a, nxt, budget)
             b.pair(a, nxt, doc, int(is_next))
-    return b.plan(nsp=True)
+    return b.table(nsp=True)
 
 
-def build_plan(split: Split, fmt: str, seq_len: int, seed: int = 0) -> SequencePlan:
+def build_sequences(split: Split, fmt: str, seq_len: int, seed: int = 0) -> SequenceTable:
     if fmt == "full-sentences":
         return full_sentences(split, seq_len, cross_documents=True)
     if fmt == "doc-sentences":
@@ -243,7 +242,7 @@ def batch_token_budget(split: Split, fmt: str, batch_size: int, seq_len: int,
     return int(round(batch_size * (float(lengths.mean()) if len(lengths) else seq_len)))
 
 
-def materialize(split: Split, plan: SequencePlan, index: int, bos: int = 0, eos: int = 2) -> np.ndarray:
+def materialize(split: Split, plan: SequenceTable, index: int, bos: int = 0, eos: int = 2) -> np.ndarray:
     """Token ids of sequence `index`, framed <s> ... </s>."""
     out = [np.array([bos], np.int64)]
     for j in range(plan.seq_ptr[index], plan.seq_ptr[index + 1]):

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from roberta.errors import UserError
-from roberta.hubcache import hub_snapshot, is_hub_repo, is_hub_snapshot
+from roberta.data.hubcache import hub_snapshot, is_hub_repo, is_hub_snapshot
 
 # split names the hub's and load_dataset's file naming uses, when dataset_info.json does not list them
 COMMON_SPLITS = ("train", "validation", "valid", "dev", "test", "unsupervised", "eval", "evaluation")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from roberta.data.formats import SequencePlan, materialize
+from roberta.data.formats import SequenceTable, materialize
 from roberta.data.prepare import Split
 from roberta.tokenizer import PAD_ID
 
@@ -33,15 +33,24 @@ class Batch:
         return int(self.attention_mask.sum())
 
 
-def collate(split: Split, plan: SequencePlan, draws: list[tuple[int, int]]) -> Batch:
-    seqs = [materialize(split, plan, i) for _, i in draws]
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), PAD_ID, np.int64)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = s
-    input_ids = torch.from_numpy(ids)
+def pad_rows(rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of any lengths -> (B, T) int64 ids right-padded with <pad>, and the (B, T)
+    attention mask (1 = real token). The one place rows become a batch (pretraining,
+    fine-tuning, the Python API)."""
+    lengths = [len(r) for r in rows]
+    T = max(lengths)
+    ids = np.full((len(rows), T), PAD_ID, np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return torch.from_numpy(ids), mask.long()
+
+
+def collate(split: Split, plan: SequenceTable, draws: list[tuple[int, int]]) -> Batch:
+    """The draws' (epoch, sequence) as one padded Batch."""
+    input_ids, attention_mask = pad_rows([materialize(split, plan, i) for _, i in draws])
     nsp = None if plan.nsp_labels is None else torch.as_tensor(plan.nsp_labels[[i for _, i in draws]])
-    return Batch(input_ids, input_ids.ne(PAD_ID).long(),
+    return Batch(input_ids, attention_mask,
                  torch.tensor([e for e, _ in draws], dtype=torch.int64),
                  torch.tensor([i for _, i in draws], dtype=torch.int64), nsp)
 
@@ -56,7 +65,7 @@ class BatchStream:
     Either way a batch has at least `min_draws` draws and a multiple of `multiple_of`.
     """
 
-    def __init__(self, plan: SequencePlan, batch_size: int, seed: int, token_budget: int = 0,
+    def __init__(self, plan: SequenceTable, batch_size: int, seed: int, token_budget: int = 0,
                  min_draws: int = 1, multiple_of: int = 1):
         if len(plan) == 0:
             raise ValueError("BatchStream needs a plan with at least one sequence")

@@ -47,11 +47,6 @@ MIN_SEQ_LEN = 8  # <s> A </s></s> B </s> needs room for at least a token on each
 _worker: dict = {}
 
 
-def split_key(text: str) -> float:
-    """A document's place in [0, 1): the train/valid split is by hash of the text, deterministic."""
-    return _hash_fraction(text.encode("utf-8", "surrogatepass"))
-
-
 def _hash_fraction(utf8: bytes) -> float:
     return int.from_bytes(hashlib.blake2b(utf8, digest_size=8).digest(), "little") / 2**64
 

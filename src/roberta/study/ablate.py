@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +20,10 @@ from roberta.config import FORMATS, Config, apply_overrides
 from roberta.errors import UserError
 from roberta.optim import paper_lr, scaled_lr
 from roberta.presets import get_preset
+from roberta.study.report import make_report
 
 KINDS = ("masking", "formats", "batch-size", "custom")
 ARM_FILE = "arm.json"  # in each arm's run directory: what defines the arm
-TIE = 5e-5  # a loss difference that prints as 0.0000 names no winner
 PAPER_FORMAT_ORDER = ("segment-pair+nsp", "sentence-pair+nsp", "full-sentences", "doc-sentences")
 assert set(PAPER_FORMAT_ORDER) == set(FORMATS)
 
@@ -83,14 +82,14 @@ def load_custom_arms(path: str | None) -> list[Arm]:
     return [Arm(name, flat(body)) for name, body in spec.items()]
 
 
-def arm_config(base_preset: str, sets: list[str], arm: Arm, budget_tokens: int, seed: int) -> tuple[Config, set[str]]:
+def arm_config(base_preset: str, sets: list[str], arm: Arm, budget_tokens: int, seed: int,
+               data_seq_len: int) -> Config:
+    """The arm's config: the preset, then an evaluation interval giving about ten points on the
+    loss-vs-tokens curve, then --set and the arm's own settings (which may set it otherwise)."""
     overrides = list(sets) + arm.overrides + [f"train.max_tokens={budget_tokens}", f"train.seed={seed}"]
     cfg = apply_overrides(get_preset(base_preset), overrides)
-    explicit = {o.split("=", 1)[0] for o in overrides}
-    if "train.eval_interval" not in explicit:  # about ten points on the loss-vs-tokens curve
-        steps = max(1, budget_tokens // (cfg.train.batch_size * cfg.data.seq_len))
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_interval=max(1, steps // 10)))
-    return cfg, explicit
+    steps = max(1, budget_tokens // (cfg.train.batch_size * (cfg.data.seq_len or data_seq_len)))
+    return apply_overrides(get_preset(base_preset), [f"train.eval_interval={max(1, steps // 10)}", *overrides])
 
 
 def arm_definition(cfg: Config, budget_tokens: int, data: str) -> dict:
@@ -151,7 +150,7 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
         raise UserError("ablate: --max-tokens must be > 0")
     if seeds < 1:
         raise UserError(f"ablate: --seeds {seeds}: must be >= 1")
-    read_meta(data)  # a missing or unprepared --data is an error before anything is written
+    data_seq_len = int(read_meta(data).get("seq_len") or 0)  # a missing or unprepared --data: an error before anything is written
     sets = sets or []
     base = apply_overrides(get_preset(preset), list(sets))
     arms = arms_for(kind, base, custom, lr_rule)
@@ -163,16 +162,16 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
     for arm in arms:
         for seed in range(seeds):
             run_dir = outdir / arm.name / f"seed{seed}"
-            cfg, explicit = arm_config(preset, sets, arm, budget_tokens, seed)
+            cfg = arm_config(preset, sets, arm, budget_tokens, seed, data_seq_len)
             definition = arm_definition(cfg, budget_tokens, data)
             state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=False) if not overwrite else None
-            plan.append((arm, seed, run_dir, cfg, explicit, definition, state))
+            plan.append((arm, seed, run_dir, cfg, definition, state))
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "ablation.json").write_text(json.dumps(
         {"kind": kind, "data": str(data), "budget_tokens": budget_tokens, "preset": preset, "sets": sets,
          "seeds": seeds, "arms": [dataclasses.asdict(a) for a in arms]}, indent=2))
     run_dirs = []
-    for arm, seed, run_dir, cfg, explicit, definition, state in plan:
+    for arm, seed, run_dir, cfg, definition, state in plan:
         run_dirs.append(run_dir)
         if state is None:  # --overwrite: decided now, so a refused plan never deletes anything
             state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=True)
@@ -184,11 +183,11 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
             print(f"ablate: {arm.name} seed {seed}{verb}: {' '.join(arm.overrides)} -> {run_dir}")
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / ARM_FILE).write_text(json.dumps(definition, indent=2))
-            pretrain(str(data), str(run_dir), cfg, explicit, resume=state == "interrupted", progress=progress)
+            pretrain(str(data), str(run_dir), cfg, resume=state == "interrupted", progress=progress)
         if glue_dir and glue_tasks:
             finetune_run(run_dir, glue_dir, glue_tasks, finetune_args or {})
         if glue_dir and probe_tasks:  # frozen features: a signal where fine-tuning cannot separate arms
-            from roberta.probe import probe_run
+            from roberta.downstream.probe import probe_run
 
             probe_run(run_dir, glue_dir, probe_tasks)
     return make_report(run_dirs, outdir, title=f"{kind} ablation at {budget_tokens:,} tokens per arm")
@@ -197,8 +196,8 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
 def finetune_run(run_dir: Path, glue_dir: str, tasks: list[str], args: dict) -> None:
     """Fine-tune a finished arm on each task (skipping tasks already done): run_dir/glue/TASK/metrics.json
     holds the median over fine-tuning seeds, as the paper reports."""
-    from roberta.finetune import FinetuneConfig, finetune
-    from roberta.tasks import glue_task
+    from roberta.downstream.finetune import FinetuneConfig, finetune
+    from roberta.downstream.tasks import glue_task
 
     cfg = FinetuneConfig(**args)
     for task in tasks:
@@ -206,155 +205,6 @@ def finetune_run(run_dir: Path, glue_dir: str, tasks: list[str], args: dict) -> 
         if (target / "metrics.json").is_file():
             continue
         finetune(glue_task(task, glue_dir), str(run_dir), str(target), cfg)
-
-
-# ---------------------------------------------------------------- report
-
-@dataclass
-class RunResult:
-    arm: str
-    seed: str
-    tokens: int
-    flops: float
-    elapsed: float
-    eval_loss: float
-    eval_perplexity: float
-    curve: list[tuple[int, float]]
-    tasks: dict[str, float]
-    task_metric: dict[str, str]
-
-
-def read_run(run_dir: Path) -> RunResult:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise UserError(f"{run_dir}: no summary.json (not a finished `roberta pretrain` run)")
-    s = json.loads(summary_path.read_text())
-    curve = []
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            rec = json.loads(line)
-            if "eval_loss" in rec:
-                curve.append((rec["tokens"], rec["eval_loss"]))
-    tasks, task_metric = {}, {}
-    for m in sorted((run_dir / "glue").glob("*/metrics.json")):
-        r = json.loads(m.read_text())
-        tasks[r.get("task", m.parent.name)] = float(r["value"])
-        task_metric[r.get("task", m.parent.name)] = r.get("metric", "")
-    seeded = run_dir.name.startswith("seed")
-    return RunResult(arm=run_dir.parent.name if seeded else run_dir.name, seed=run_dir.name if seeded else "seed0",
-                     tokens=int(s["tokens"]), flops=float(s["flops"]), elapsed=float(s["elapsed"]),
-                     eval_loss=float(s["eval_loss"]), eval_perplexity=float(s["eval_perplexity"]),
-                     curve=curve, tasks=tasks, task_metric=task_metric)
-
-
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _spread(xs: list[float]) -> float:
-    return max(xs) - min(xs) if len(xs) > 1 else float("nan")
-
-
-def verdict(best: list[float], other: list[float]) -> str:
-    """A difference counts only if it exceeds the seed spread of both arms (needs >= 2 seeds)."""
-    if len(best) < 2 or len(other) < 2:
-        return "not established (one seed: no spread to compare against)"
-    gap = abs(_median(best) - _median(other))
-    return "real (exceeds the seed spread)" if gap > max(_spread(best), _spread(other)) else "within the seed spread"
-
-
-def make_report(run_dirs: list[Path], out: Path, title: str = "recipe comparison") -> dict:
-    results = [read_run(Path(r)) for r in run_dirs]
-    arms: dict[str, list[RunResult]] = {}
-    for r in results:
-        arms.setdefault(r.arm, []).append(r)
-    tasks = sorted({t for r in results for t in r.tasks})
-    out.mkdir(parents=True, exist_ok=True)
-
-    header = ["arm", "seeds", "tokens", "FLOPs", "wall (s)", "held-out loss", "perplexity"] + tasks
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table = {}
-    for name, runs in arms.items():
-        ppl = [r.eval_perplexity for r in runs]
-        row = {"seeds": len(runs), "tokens": [r.tokens for r in runs], "flops": _median([r.flops for r in runs]),
-               "elapsed": _median([r.elapsed for r in runs]), "eval_loss": _median([r.eval_loss for r in runs]),
-               "eval_loss_all": [r.eval_loss for r in runs], "perplexity": _median(ppl),
-               "tasks": {t: [r.tasks[t] for r in runs if t in r.tasks] for t in tasks}}
-        table[name] = row
-        spread = f" ± {_spread(ppl) / 2:.1f}" if len(runs) > 1 else ""
-        cells = [name, str(len(runs)), f"{_median([r.tokens for r in runs]):,.0f}", f"{row['flops']:.3g}",
-                 f"{row['elapsed']:.0f}", f"{row['eval_loss']:.4f}", f"{row['perplexity']:.2f}{spread}"]
-        cells += [f"{_median(v) * 100:.1f}" if v else "–" for v in row["tasks"].values()]
-        lines.append("| " + " | ".join(cells) + " |")
-
-    lowest = min(table, key=lambda a: table[a]["eval_loss"])
-    verdicts = {name: verdict(table[lowest]["eval_loss_all"], table[name]["eval_loss_all"])
-                for name in table if name != lowest}
-    tied = [name for name, v in verdicts.items()
-            if table[name]["eval_loss"] - table[lowest]["eval_loss"] < TIE or v.startswith("within")]
-    best = None if tied else lowest
-    same = ("Same held-out masked tokens for every arm "
-            "(FULL-SENTENCES packing of the validation split, fixed masks).")
-    if tied:
-        lines += ["", f"No winner: {', '.join([lowest, *tied])} are tied on held-out loss (a difference under "
-                  f"{TIE:g} or within the seed spread). {same}"]
-    else:
-        lines += ["", f"Lowest held-out loss: **{lowest}**. {same}"]
-    for name, v in verdicts.items():
-        delta = table[name]["eval_loss"] - table[lowest]["eval_loss"]
-        lines.append(f"- {lowest} vs {name}: Δloss {delta:+.4f} — {'tie' if delta < TIE else v}")
-    tok = [t for row in table.values() for t in row["tokens"]]
-    lines.append(f"\nTokens per run: min {min(tok):,}, max {max(tok):,} "
-                 f"({'identical' if min(tok) == max(tok) else f'{(max(tok) - min(tok)) / max(tok):.2%} apart'}).")
-    lines += ["", "![held-out loss vs tokens](loss_vs_tokens.png)"]
-    if tasks:
-        lines.append("![task scores](tasks.png)")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    _plot(arms, tasks, out)
-    result = {"best": best, "lowest": lowest, "arms": {k: {kk: vv for kk, vv in v.items() if kk != "eval_loss_all"}
-                                     for k, v in table.items()}}
-    (out / "report.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def _plot(arms: dict[str, list[RunResult]], tasks: list[str], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, runs) in enumerate(arms.items()):
-        for j, r in enumerate(runs):
-            if r.curve:
-                xs, ys = zip(*r.curve)
-                ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.5, label=name if j == 0 else None,
-                        marker="o", markersize=3)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("held-out MLM loss (nats)")
-    ax.set_title("held-out loss vs tokens")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_tokens.png", dpi=120)
-    plt.close(fig)
-    if not tasks:
-        return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.5 * len(tasks), 3.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        names = list(arms)
-        for i, name in enumerate(names):
-            vals = [r.tasks[task] * 100 for r in arms[name] if task in r.tasks]
-            if vals:
-                ax.scatter([i] * len(vals), vals, color=f"C{i}", alpha=0.6)
-                ax.errorbar([i], [_median(vals)], yerr=[[_median(vals) - min(vals)], [max(vals) - _median(vals)]],
-                            fmt="_", color="black", capsize=6)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(task)
-        ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(out / "tasks.png", dpi=120)
-    plt.close(fig)
 
 
 __all__ = ["run_ablation", "make_report", "arms_for", "Arm"]

@@ -78,6 +78,7 @@ class TaskData:
 
     @property
     def pairs(self) -> bool:
+        """Whether the task's inputs are sentence pairs (saved with a fine-tuned model)."""
         return self.train[0].pair is not None
 
 

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from roberta import checkpoint as ckpt
 from roberta.distributed import pick_device
 from roberta.errors import UserError
-from roberta.metrics import all_metrics
+from roberta.downstream.metrics import all_metrics
 from roberta.model import build_classifier
-from roberta.tasks import Example, targets
+from roberta.downstream.tasks import Example, targets
 from roberta.tokenizer import load_tokenizer, save_tokenizer
 
 RECORD = "finetune.json"
@@ -64,13 +64,12 @@ class Finetuned:
         if d is None:
             raise UserError(f"{path}: not a fine-tuned model (no model/{RECORD}); pass the --out directory of "
                             "`roberta finetune`")
-        self.path = d
+        self.path, self.precision = d, precision  # "auto" | "fp32" | "bf16" (roberta.precision)
         self.record = json.loads((d / RECORD).read_text())
         lab = json.loads((d / "labels.json").read_text())
         self.labels, self.regression = tuple(lab["labels"]), bool(lab["regression"])
         cfg = ckpt.load_config(d)
         self.device = pick_device(device, option=f"--device {device}")
-        self.precision = precision  # roberta.precision: auto = bf16 on a GPU and on a CPU that has it
         self.model = build_classifier(cfg.model, max(len(self.labels), 1), self.device)
         ckpt.load_state(self.model, ckpt.load_weights(d), d / "model.safetensors")
         self.model.eval()
@@ -82,7 +81,7 @@ class Finetuned:
 
     def outputs(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(n, n_out): class probabilities, or values (n_out = 1), in input order."""
-        from roberta.finetune import encode, forward, length_batches
+        from roberta.downstream.finetune import encode, forward, length_batches
 
         data = encode(self.tokenizer, examples, np.zeros(len(examples)), self.record["max_len"], self.record["long"])
         n_out = max(len(self.labels), 1)

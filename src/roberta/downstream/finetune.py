@@ -28,14 +28,16 @@ from tqdm import tqdm
 
 from roberta import checkpoint as ckpt
 from roberta.config import OptimConfig
-from roberta.distributed import autocast, pick_device
+from roberta.distributed import pick_device
+from roberta.parallelize import autocast
 from roberta.errors import UserError
-from roberta.metrics import REGRESSION_METRICS, all_metrics
+from roberta.downstream.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
 from roberta.optim import build_optimizer, lr_at, set_lr
+from roberta.data.loader import pad_rows
+from roberta.downstream.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
 from roberta.precision import resolve_precision
-from roberta.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
-from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
+from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 PAPER_LR_GRID = (1e-5, 2e-5, 3e-5)
 SMALL_LR_GRID = (3e-4, 1e-4, 5e-5, 3e-5)  # Turc et al. 2019's grid for BERT-Tiny..Medium
@@ -46,22 +48,21 @@ SUBSAMPLE_SEED = 0  # one fixed subset, so pretrained and from-scratch runs see 
 @dataclass
 class FinetuneConfig:
     lrs: tuple[float, ...] = ()  # () = default_lr_grid(the checkpoint's model config)
-    batch_size: int = 32
-    epochs: int = 10
-    seeds: int = 1
-    warmup_fraction: float = 0.06
-    weight_decay: float = 0.1
+    batch_size: int = 32  # examples per optimizer step
+    epochs: int = 10  # passes over the training set; the best dev epoch is reported
+    seeds: int = 1  # runs per lr with different seeds; the median is reported (the paper: 5)
+    warmup_fraction: float = 0.06  # linear warmup over this share of the steps, then linear decay
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (the paper's GLUE setting)
     dropout: float = 0.1  # the paper's; replaces whatever the checkpoint was pretrained with
     max_len: int = 0  # tokens per input incl. <s> </s>; 0 = all the checkpoint's positions
-    long: str = "truncate"  # "truncate" | "chunk"
+    long: str = "truncate"  # "truncate" | "chunk": cut long inputs, or score overlapping windows and average
     max_train: int = 0  # 0 = all; else a fixed random subsample
-    max_dev: int = 0
-    from_scratch: bool = False
+    max_dev: int = 0  # 0 = all dev examples; else a fixed random subsample
+    from_scratch: bool = False  # random init instead of the checkpoint's weights (a baseline)
     patience: int = 0  # stop a run after this many epochs without a dev improvement; 0 = never
     save_model: bool = True  # write OUT/model/ (the best run at its best epoch)
-    eval_batch_size: int = 64
-    threads: int = 0  # torch intra-op threads; 0 = torch's default. On a shared CPU 1 can be several
-    #                   times faster than 2: small fine-tuning matmuls wait on a descheduled thread
+    eval_batch_size: int = 64  # examples per forward when scoring dev
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (on a shared CPU, 1 can beat 2 several times)
     device: str = "auto"  # "auto" (a GPU when there is one) | "cpu" | "cuda"
     precision: str = "auto"  # "auto" | "fp32" | "bf16" (roberta.precision): bf16 on a GPU and on a CPU that has it
     progress: bool = True  # a bar per epoch on stderr (on a terminal); False: --quiet
@@ -117,22 +118,10 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
-def collate(ids: list[list[int]], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (B, T) input ids padded with <pad>, (B, T) attention mask (1 = real token)."""
-    rows = [ids[i] for i in idx]
-    T = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for r, row in enumerate(rows):
-        input_ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
-    return input_ids, mask
-
-
 def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray, precision: str = "auto") -> torch.Tensor:
     """Logits (fp32) for the inputs idx, on the model's device, under `precision`'s autocast."""
     device = next(model.parameters()).device
-    input_ids, mask = (t.to(device, non_blocking=True) for t in collate(ids, idx))
+    input_ids, mask = (t.to(device, non_blocking=True) for t in pad_rows([ids[i] for i in idx]))
     with autocast(device, precision):
         return model(input_ids, mask).float()
 
@@ -322,7 +311,7 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
             + ", ".join(f"{lr:g} {100 * medians[lr]:.2f}" for lr in cfg.lrs))
     best_run = max(chosen, key=lambda r: r["value"] if r["value"] == r["value"] else -math.inf)
     if cfg.save_model and best_run["state"] is not None:
-        from roberta.predict import save_finetuned  # the artifact's format lives with its reader
+        from roberta.downstream.predict import save_finetuned  # the artifact's format lives with its reader
 
         save_finetuned(out / "model", best_run["state"], s, cfg, {
             "task": task.name, "metric": task.metric, "lr": best_lr, "seed": best_run["seed"],
@@ -332,7 +321,7 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
                             "value": best_run["value"]}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "labels.json").write_text(json.dumps({"labels": list(task.labels), "regression": task.regression}))
-    # the chosen lr's dev outputs per seed: what the paired comparison (roberta.compare) resamples
+    # the chosen lr's dev outputs per seed: what the paired comparison (roberta.downstream.compare) resamples
     (out / "dev_outputs.json").write_text(json.dumps({
         "metric": task.metric, "gold": s.dev.y.tolist(), "seeds": [r["seed"] for r in chosen],
         "outputs": [np.asarray(r["dev_outputs"]).round(6).tolist() for r in chosen]}))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from roberta.errors import UserError
-from roberta.metrics import METRICS, REGRESSION_METRICS
+from roberta.downstream.metrics import METRICS, REGRESSION_METRICS
 
 BOOTSTRAP_SEED = 0
 
@@ -102,7 +102,7 @@ def finetune_with_baseline(task, checkpoint, out, cfg, baseline_lrs: tuple[float
     the paired comparison added to OUT/metrics.json."""
     import dataclasses
 
-    from roberta.finetune import finetune
+    from roberta.downstream.finetune import finetune
 
     if cfg.from_scratch:
         raise UserError("--baseline scratch compares a pretrained checkpoint with scratch; drop --from-scratch")

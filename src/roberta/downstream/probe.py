@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from roberta import checkpoint as ckpt
-from roberta.compare import paired_bootstrap, verdict
-from roberta.metrics import METRICS
+from roberta.downstream.compare import paired_bootstrap, verdict
+from roberta.downstream.metrics import METRICS
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
-from roberta.tasks import TaskData, targets
+from roberta.downstream.tasks import TaskData, targets
 from roberta.tokenizer import load_tokenizer
 
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 strength per example (the loss is a mean)
@@ -39,20 +39,21 @@ FOLDS = 5
 @dataclasses.dataclass
 class ProbeConfig:
     max_len: int = 0  # tokens per input incl. <s> </s>; 0 = the model's maximum
-    max_train: int = 0
-    max_dev: int = 0
-    batch_size: int = 64
-    folds: int = FOLDS
-    penalties: tuple[float, ...] = PENALTIES
+    max_train: int = 0  # 0 = all training examples; else a fixed random subsample
+    max_dev: int = 0  # 0 = all dev examples; else a fixed random subsample
+    batch_size: int = 64  # examples per forward when extracting features
+    folds: int = FOLDS  # cross-validation folds choosing the penalty on the training features
+    penalties: tuple[float, ...] = PENALTIES  # L2 penalties tried by cross-validation
     seed: int = 0  # the random-init baseline's weights
-    threads: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
     progress: bool = True  # a bar over the feature batches on stderr (on a terminal); False: --quiet
 
 
 @torch.no_grad()
 def features(model: RobertaClassifier, ids: list[list[int]], batch_size: int, progress: bool = False) -> np.ndarray:
     """(N, 2C): mean-pooled last layer over real tokens, then the <s> vector."""
-    from roberta.finetune import collate, length_batches
+    from roberta.data.loader import pad_rows
+    from roberta.downstream.finetune import length_batches
 
     model.eval()
     C = model.cfg.hidden
@@ -60,7 +61,7 @@ def features(model: RobertaClassifier, ids: list[list[int]], batch_size: int, pr
     lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
     for idx in tqdm(length_batches(lengths, batch_size, None), desc="probe: features", unit="batch", leave=False,
                     disable=None if progress else True):
-        input_ids, mask = collate(ids, idx)
+        input_ids, mask = pad_rows([ids[i] for i in idx])
         h = model.roberta(input_ids, mask)  # (B, T, C)
         m = mask.unsqueeze(-1).to(h.dtype)
         out[idx] = torch.cat([(h * m).sum(1) / m.sum(1), h[:, 0]], dim=1).numpy()
@@ -139,7 +140,7 @@ def probe(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: ProbeCon
           baseline: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Probe the checkpoint (and with baseline="random" the same network at random init); write
     OUT/metrics.json with task, metric, value (+ baseline_value, delta, interval)."""
-    from roberta.finetune import encode, subsample
+    from roberta.downstream.finetune import encode, subsample
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -188,7 +189,7 @@ __all__ = ["probe", "ProbeConfig", "features", "fit_logistic", "fit_ridge", "cho
 def probe_run(run_dir: Path, glue_dir: str, tasks: list[str], max_train: int = 2000) -> None:
     """`roberta ablate --probe TASK`: probe a finished arm on each GLUE task (skipping those done),
     written as run_dir/glue/probe-TASK/metrics.json, so the report shows a `probe-TASK` column."""
-    from roberta.tasks import glue_task
+    from roberta.downstream.tasks import glue_task
 
     for name in tasks:
         target = Path(run_dir) / "glue" / f"probe-{name}"

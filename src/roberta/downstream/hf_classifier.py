@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from roberta import checkpoint as ckpt
 from roberta.errors import UserError
 from roberta.hf import hf_config, to_hf_state
-from roberta.predict import Finetuned
+from roberta.downstream.predict import Finetuned
 from roberta.tokenizer import save_tokenizer
 
 

@@ -16,18 +16,18 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from roberta.config import ModelConfig
+from roberta.config import MaskingConfig, ModelConfig
 from roberta.errors import UserError
 from roberta.model import RobertaMLM, count_parameters, padded_vocab_size, positions_for, training_flops
-from roberta.optim import paper_lr, scaled_lr
+from roberta.optim import PAPER_LR_TABLE, paper_lr, scaled_lr
 from roberta.perf import GPU_PEAK_BF16
 from roberta.presets import get_preset
 
 GPU_PEAK = {name.lower(): peak for name, peak in GPU_PEAK_BF16.items()}  # the trainer's MFU table
 GPU_MEMORY = {"h100": 80e9, "h200": 141e9, "a100": 80e9, "l40s": 48e9, "l4": 24e9, "a10": 24e9, "v100": 32e9,
               "4090": 24e9, "3090": 24e9}
-BERT_BATCH, BERT_LR = 256, 1e-4  # the reference point of the lr scaling rules
-MASK_PROB = 0.15
+BERT_BATCH, BERT_LR = min(PAPER_LR_TABLE.items())  # BERT's (256, 1e-4): the reference point of the lr scaling rules
+MASK_PROB = MaskingConfig().mask_prob  # the trainer's default: the FLOPs of the sparse head scale with it
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Plan:
 def model_config(preset: str, vocab_size: int, seq_len: int) -> ModelConfig:
     """The model `roberta pretrain` builds for a tokenizer of vocab_size tokens (padded as it pads)."""
     cfg = get_preset(preset).model
-    return dataclasses.replace(cfg, vocab_size=padded_vocab_size(vocab_size, cfg.vocab_multiple), max_positions=max(cfg.max_positions, positions_for(seq_len, cfg.pad_token_id)))
+    return dataclasses.replace(cfg, vocab_size=padded_vocab_size(vocab_size, cfg.vocab_multiple), max_positions=positions_for(seq_len, cfg.pad_token_id))
 
 
 def parameters(cfg: ModelConfig) -> int:

@@ -1,0 +1,1 @@
+"""Studies of the recipe: ablations, their reports, and `roberta plan`. Only the CLI imports these."""
