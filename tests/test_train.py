@@ -790,7 +790,9 @@ def test_each_held_out_evaluation_is_printed_on_the_console(data_dir, tmp_path, 
     """With the progress bar on (the CLI without --quiet), every evaluation prints a line with its
     step, tokens, loss and perplexity -- the numbers metrics.jsonl records for it."""
     run_inprocess(data_dir, tmp_path / "run", "train.max_steps=4", "train.eval_interval=2", progress=True)
-    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("eval step")]
+    out = capsys.readouterr().out.splitlines()
+    assert len([x for x in out if x.startswith("precision: ")]) == 1  # the run says once what it chose and why
+    lines = [x for x in out if x.startswith("eval step")]
     evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
     assert len(lines) == len(evals) == 2
     for line, e in zip(lines, evals):

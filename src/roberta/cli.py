@@ -314,8 +314,7 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--from-scratch", action="store_true", help="same architecture, random init: the baseline")
     _add_threads(s)
     _add_precision(s)
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: a GPU when there is one (bf16 autocast there), else the CPU")
+    _add_device(s)
     s.add_argument("--patience", type=int, default=0,
                    help="stop a run after N epochs without a dev improvement (0 = never)")
     _add_quiet(s)
@@ -542,9 +541,14 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _add_precision(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="bf16 autocast or fp32 (auto: bf16 on a GPU and on a CPU with native bf16)")
+def _add_precision(s: argparse.ArgumentParser, default: str | None = "auto",
+                   help: str = "bf16 autocast or fp32 (auto: bf16 on a GPU and on a CPU with native bf16)") -> None:
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=default, help=help)
+
+
+def _add_device(s: argparse.ArgumentParser, default: str | None = "auto",
+                help: str = "auto: a GPU when there is one (bf16 autocast there), else the CPU") -> None:
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=default, help=help)
 
 
 def _add_quiet(s: argparse.ArgumentParser) -> None:
@@ -638,10 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     _renamed(s, "--init-from", "--checkpoint")
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads: shorthand for --set train.threads=N (default: the preset's, 0 = torch's)")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="shorthand for --set train.device=DEVICE (default: auto, a GPU when there is one)")
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help="shorthand for --set train.precision=P (default: auto, bf16 on a GPU and on a CPU with native bf16)")
+    _add_device(s, default=None, help="shorthand for --set train.device=DEVICE (default: auto, a GPU when there is one)")
+    _add_precision(s, default=None, help="shorthand for --set train.precision=P "
+                   "(default: auto, bf16 on a GPU and on a CPU with native bf16)")
     _add_quiet(s)
     s.set_defaults(fn=cmd_pretrain)
 
@@ -694,8 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-column", default=None,
                    help="gold labels: the metric is printed (default: a 'label' column when there is one)")
     s.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: a GPU when there is one, else the CPU")
+    _add_device(s)
     _add_threads(s)
     _add_precision(s)
     _add_quiet(s)

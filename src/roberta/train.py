@@ -419,7 +419,6 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
               f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
         print(f"precision: {precision} ({why})")
-        print(f"precision: {precision} ({why})")
     log = RunLog(out, dist.is_main, progress, *budget.bar(), initial=budget.bar_position(state),
                  step=state.step, report_to=t.report_to, config=cfg.to_dict()) if not done_before else None
 
