@@ -59,7 +59,7 @@ def fresh_checkpoint(task, out: Path) -> Path:
 def run_ours(task, ck: Path, a, work: Path) -> dict:
     cfg = FinetuneConfig(lrs=(a.lr,), batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                          warmup_fraction=a.warmup, max_len=a.max_len, max_train=a.max_train, device="cpu",
-                         threads=1, save_model=False)
+                         threads=1, save_model=False, precision="fp32")  # the Trainer's default precision
     t0 = time.perf_counter()
     r = finetune(task, ck, work / "ours", cfg, log=lambda _: None)
     seconds = time.perf_counter() - t0
