@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from roberta.errors import UserError
+from roberta.errors import LostRank, UserError
 from roberta.outdir import claim_out
 
 
@@ -845,6 +845,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, LostRank):  # a peer is gone: skip the teardown that can abort (see LostRank)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
