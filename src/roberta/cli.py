@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from roberta.errors import LostRank, UserError
+from roberta.errors import UserError
 from roberta.outdir import claim_out
 
 
@@ -842,17 +842,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args) or 0
+        code = args.fn(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        if isinstance(e, LostRank):  # a peer is gone: skip the teardown that can abort (see LostRank)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(2)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _end_process(code)
+    return code
+
+
+def _end_process(code: int) -> None:
+    """Under torchrun, end the process as soon as the command is done (its files are closed by
+    then): torch's gloo threads can abort the interpreter's own teardown ("terminate called without
+    an active exception", exit -6), after a clean run now and then, and often when a peer died."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from roberta.data.prepare import load_split, read_meta
 from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, barrier, broadcast_object, full_state,
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks, no_sync,
                                  shutdown, to_device)
-from roberta.errors import LostRank, UserError
+from roberta.errors import UserError
 from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
 from roberta.interrupt import GracefulStop, TrainingInterrupted
 from roberta.masking import IGNORE, Masker, mask_counts, masking_stats
@@ -256,7 +256,7 @@ def pretrain(data_dir: str, out: str, cfg: Config, resume: bool = False, progres
         return summary
     except RuntimeError as e:
         if dist.active and is_collective_failure(e):
-            raise LostRank(f"rank {dist.rank}: lost contact with another rank ({str(e).splitlines()[0][-160:]}); "
+            raise UserError(f"rank {dist.rank}: lost contact with another rank ({str(e).splitlines()[0][-160:]}); "
                             f"every rank stops within train.dist_timeout={cfg.train.dist_timeout}. Look for the "
                             "first error in the other ranks' output, then restart with --resume") from None
         raise
