@@ -112,6 +112,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("pretrain --data {data} --out {ck}", "already holds checkpoints"),
     ("pretrain --data {data} --out {new} --config {missing}", "--config"),
     ("pretrain --data {data} --out {new} --config {bad_json}", "--config"),
+    ("pretrain --data {data} --out {new} --config {data}/meta.json", "not the config's sections"),
     ("pretrain --data {data} --out {new} --config {ck} --preset base", "not both"),
     ("pretrain --data {data} --out {new} --config {ck} --set train.max_step=5", "train.max_step"),
     ("pretrain --data {data} --out {new} --threads -1", "train.threads=-1"),

@@ -30,7 +30,11 @@ def _config(preset: str, sets: list[str], saved: str | None = None):
         latest = latest_checkpoint(path) if not (path / "config.json").is_file() else None
         path = (latest or path) / "config.json"
     try:
-        base = Config.from_dict(json.loads(path.read_text()))
+        saved_dict = json.loads(path.read_text())
+        sections = {f.name for f in dataclasses.fields(Config)}
+        if not isinstance(saved_dict, dict) or not {"model", "train"} <= saved_dict.keys() <= sections:
+            raise ValueError(f"its keys are not the config's sections {', '.join(sorted(sections))}")
+        base = Config.from_dict(saved_dict)
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise UserError(f"--config {saved}: not a run's config.json ({e}); pass RUN/config.json of a pretraining "
                         "run") from None
