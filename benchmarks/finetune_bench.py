@@ -1,7 +1,7 @@
 """Our fine-tuning pipeline against the standard one, on the same checkpoint and data.
 
     ours: `roberta.downstream.finetune.finetune` (RobertaClassifier, length-bucketed batches, AdamW from
-          roberta.optim, 6% warmup then linear decay, dev after every epoch, best epoch kept)
+          roberta.training.optim, 6% warmup then linear decay, dev after every epoch, best epoch kept)
     HF:   the checkpoint exported with `roberta export-hf`, loaded as
           transformers.RobertaForSequenceClassification, trained by transformers.Trainer
           (DataCollatorWithPadding, length-grouped sampling, the same lr / epochs / batch / warmup /
@@ -43,7 +43,7 @@ def fresh_checkpoint(task, out: Path) -> Path:
     """A random-init `tiny` checkpoint with a 4K tokenizer trained on the task's training text."""
     import dataclasses
 
-    from roberta.checkpoint import save_checkpoint
+    from roberta.training.checkpoint import save_checkpoint
     from roberta.model import build_model, padded_vocab_size
     from roberta.presets import tiny
     from roberta.tokenizer import save_tokenizer, train_tokenizer
@@ -139,7 +139,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ck = Path(a.checkpoint) if a.checkpoint else fresh_checkpoint(task, work)
-        from roberta.checkpoint import resolve_checkpoint
+        from roberta.training.checkpoint import resolve_checkpoint
 
         ck = resolve_checkpoint(ck)
         for impl in a.impls.split(","):

@@ -20,7 +20,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from roberta.model import training_flops
-from roberta.perf import datasheet_peak, sync
+from roberta.training.perf import datasheet_peak, sync
 
 import train_bench as tb
 

@@ -30,7 +30,7 @@ import torch
 
 from roberta.masking import mask_tokens, sequence_keys
 from roberta.model import build_model
-from roberta.optim import build_optimizer
+from roberta.training.optim import build_optimizer
 from roberta.presets import tiny
 from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, SPECIAL_IDS, SPECIAL_TOKENS
 

@@ -1,7 +1,7 @@
 """Training-step throughput: ours vs the standard Hugging Face path, same model size, same batch.
 
-    ours: roberta.train's step as its loop runs it (hash masking on the host, one batch ahead; sparse
-          LM head; AdamW from roberta.optim; one host sync per step)
+    ours: roberta.training.loop's step as its loop runs it (hash masking on the host, one batch ahead; sparse
+          LM head; AdamW from roberta.training.optim; one host sync per step)
     HF:   transformers RobertaForMaskedLM + DataCollatorForLanguageModeling + torch.optim.AdamW
 
 Both see the same random token sequences (full length, no padding) with dropout 0.1 (--dropout),
@@ -36,16 +36,16 @@ import torch
 
 from roberta.config import Config
 from roberta.data.loader import Batch
-from roberta.distributed import Dist
+from roberta.training.distributed import Dist
 from roberta.model import build_model, padded_vocab_size, training_flops
-from roberta.optim import build_optimizer
-from roberta.perf import datasheet_peak, enable_float8, matmul_peak, sync
-from roberta.precision import cpu_native_bf16
+from roberta.training.optim import build_optimizer
+from roberta.training.perf import datasheet_peak, enable_float8, matmul_peak, sync
+from roberta.training.precision import cpu_native_bf16
 from roberta.presets import get_preset
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from roberta.masking import Masker
-from roberta.parallelize import compile_model
-from roberta.train import MaskedStep, launch_step, mask_step
+from roberta.training.parallelize import compile_model
+from roberta.training.loop import MaskedStep, launch_step, mask_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
 VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}

@@ -24,7 +24,7 @@ from roberta.cli import build_parser, main
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizer_dir, data_dir, corpus_docs, corpus_file) -> dict[str, Path]:
     """The files the cases point at: real outputs of each command, and wrong things."""
-    from roberta.checkpoint import save_checkpoint
+    from roberta.training.checkpoint import save_checkpoint
     from roberta.data.prepare import prepare
     from roberta.hf import export_hf
     from roberta.model import build_model

@@ -47,7 +47,7 @@ def test_pretrain_save_reload_evaluate_end_to_end(tmp_path, data_dir):
 
     # the checkpoint reloads into an identical model
     import roberta
-    from roberta.checkpoint import load_model
+    from roberta.training.checkpoint import load_model
 
     ck = run / "checkpoint-000008"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in ck.iterdir()}
@@ -144,7 +144,7 @@ def test_non_utf8_bytes_are_skipped_and_counted(tmp_path, tokenizer_dir):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, data_dir):
     from conftest import tiny_config
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     run = tmp_path_factory.mktemp("small_run") / "run"
     pretrain(str(data_dir), str(run), tiny_config(max_steps=1), progress=False)
@@ -186,7 +186,7 @@ def test_outputs_are_not_overwritten_without_overwrite(tmp_path, small_run, corp
 
 
 def test_checkpoint_tokenizer_config_says_the_models_real_length(small_run):
-    from roberta.checkpoint import latest_checkpoint, load_config
+    from roberta.training.checkpoint import latest_checkpoint, load_config
     from roberta.model import max_seq_len
 
     ck = latest_checkpoint(small_run)
@@ -226,7 +226,7 @@ def test_fill_mask_cli_prints_each_mask_and_clamps_top_k(small_run):
 
 
 def test_pretrain_warns_when_the_data_length_overrides_the_presets(tmp_path, data_dir, capsys):
-    from roberta.cli import seq_len_warning
+    from roberta.cli.pretrain import seq_len_warning
     from roberta.config import apply_overrides
     from roberta.presets import tiny
 

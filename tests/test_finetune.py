@@ -13,7 +13,8 @@ import torch
 
 from conftest import run_cli, tiny_config
 from roberta.errors import UserError
-from roberta.downstream.finetune import best_epoch, encode, length_batches
+from roberta.downstream.batches import encode, length_batches
+from roberta.downstream.finetune import best_epoch
 from roberta.downstream.metrics import accuracy, average_ranks, f1, matthews, pearson, spearman
 from roberta.downstream.tasks import GLUE_TASKS, Columns, file_task, find_glue_tasks, glue_task, label_order, read_examples, targets
 from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
@@ -201,7 +202,7 @@ def save_tiny_checkpoint(path, tokenizer_dir, seed: int = 0):
     """An untrained tiny model (weights from `seed`) saved as a checkpoint with the test tokenizer."""
     import dataclasses
 
-    from roberta.checkpoint import save_checkpoint
+    from roberta.training.checkpoint import save_checkpoint
     from roberta.model import build_model
 
     cfg = tiny_config()
@@ -278,7 +279,7 @@ def test_cli_reports_user_errors_and_evaluates_every_glue_task(tmp_path, tiny_ch
 
 @pytest.mark.slow
 def test_from_scratch_starts_from_random_weights_and_warns_about_a_single_lr(tmp_path, tokenizer_dir):
-    from roberta.checkpoint import load_weights
+    from roberta.training.checkpoint import load_weights
     from roberta.downstream.finetune import FinetuneConfig, setup
     from roberta.downstream.tasks import file_task
 

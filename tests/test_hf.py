@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 import roberta
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.errors import UserError
 from roberta.hf import export_hf, import_hf, renumber_tokenizer
 from roberta.model import RobertaMLM, build_model, count_parameters, max_seq_len, padded_vocab_size
 from roberta.config import resolve_run
 from roberta.presets import base, large, tiny
 from roberta.tokenizer import load_tokenizer, save_tokenizer
-from roberta.train import pretrain
+from roberta.training.loop import pretrain
 
 from conftest import run_cli, tiny_config
 

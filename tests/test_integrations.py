@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.cli import main
 from roberta.config import apply_overrides
 from roberta.data.readers import ReadStats, iter_documents
 from roberta.errors import UserError
 from roberta.presets import tiny
-from roberta.runlog import read_metrics
-from roberta.train import pretrain
+from roberta.training.runlog import read_metrics
+from roberta.training.loop import pretrain
 
 from conftest import tiny_config
 

@@ -27,7 +27,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_truncated_shard_is_detected_before_training(tmp_path, data_dir):
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     data = _copy(data_dir, tmp_path / "data")
     tokens = data / "train.tokens.bin"
@@ -38,7 +38,7 @@ def test_truncated_shard_is_detected_before_training(tmp_path, data_dir):
 
 
 def test_swapped_shard_is_detected_by_checksum(tmp_path, data_dir):
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     data = _copy(data_dir, tmp_path / "data")
     tokens = data / "train.tokens.bin"
@@ -51,7 +51,7 @@ def test_swapped_shard_is_detected_by_checksum(tmp_path, data_dir):
 
 def test_different_tokenizer_is_detected(tmp_path, data_dir, corpus_docs):
     from roberta.tokenizer import save_tokenizer, train_tokenizer
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     data = _copy(data_dir, tmp_path / "data")
     save_tokenizer(train_tokenizer(iter(corpus_docs[:200]), vocab_size=700), data / "tokenizer")
@@ -68,7 +68,7 @@ def test_corrupt_meta_is_a_clear_error(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_malicious_pickles_are_never_executed(tmp_path, data_dir):
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     MARKER.unlink(missing_ok=True)
     run = tmp_path / "run"
@@ -100,7 +100,7 @@ def test_malicious_pickles_are_never_executed(tmp_path, data_dir):
 
 _KILL_MID_WRITE = """
 import os, signal, sys
-import roberta.checkpoint as ck
+import roberta.training.checkpoint as ck
 real = ck.save_file
 def dying_save_file(tensors, path, *a, **k):
     if "checkpoint-000006" in path and path.endswith("model.safetensors"):
@@ -119,7 +119,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, data_dir):
     import subprocess
     import sys
 
-    from roberta.checkpoint import latest_checkpoint
+    from roberta.training.checkpoint import latest_checkpoint
 
     sets = ["--set", "model.layers=1", "--set", "model.hidden=32", "--set", "model.heads=2", "--set", "model.ffn=64",
             "--set", "train.batch_size=4", "--set", "train.max_steps=8", "--set", "train.checkpoint_interval=3",

@@ -343,7 +343,7 @@ def test_same_mask_on_gpu_and_cpu(ids):
 def test_trainer_logs_realised_mask_rate_and_shares(data_dir, tmp_path):
     from conftest import tiny_config
 
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     pretrain(str(data_dir), str(tmp_path / "run"), tiny_config(batch_size=16, max_steps=2), progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

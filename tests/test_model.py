@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import roberta
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.config import ModelConfig
 from roberta.model import RobertaMLM, build_model, count_parameters
 from roberta.config import resolve_run

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from roberta import precision as prec
-from roberta.parallelize import autocast
+from roberta.training import precision as prec
+from roberta.training.parallelize import autocast
 from roberta.config import Config, apply_overrides
 from roberta.errors import UserError
 from roberta.study.plan import make_plan
@@ -79,7 +79,7 @@ def test_bf16_training_matches_fp32(data_dir, tmp_path):
     """The default precision on this CPU (auto -> bf16) trains like fp32: the same data and masks,
     per-step losses within 0.05 nats over 40 steps, while the loss itself falls by 8x that."""
     from roberta.presets import tiny
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     def losses(precision: str) -> list[float]:
         sets = TWO_LAYERS + ["train.max_steps=40", "train.lr=2e-3"] + ([f"train.precision={precision}"] if precision else [])
@@ -103,12 +103,12 @@ def test_bf16_training_matches_fp32(data_dir, tmp_path):
 def _steps(cfg, checkpointing: bool, steps: int = 2):
     """Losses and final weights of `steps` trainer steps on random data, dropout on."""
     import test_train as tt
-    from roberta.distributed import Dist
+    from roberta.training.distributed import Dist
     from roberta.masking import Masker
-    from roberta.parallelize import checkpoint_blocks
+    from roberta.training.parallelize import checkpoint_blocks
     from roberta.model import build_model
-    from roberta.optim import build_optimizer
-    from roberta.train import seed_dropout
+    from roberta.training.optim import build_optimizer
+    from roberta.training.loop import seed_dropout
 
     model = build_model(cfg.model, "cpu", seed=0)
     if checkpointing:
@@ -136,12 +136,12 @@ def test_activation_checkpointing_gives_the_same_losses_and_weights():
 @pytest.mark.slow
 def test_activation_checkpointing_composes_with_compile():
     import test_train as tt
-    from roberta.distributed import Dist
+    from roberta.training.distributed import Dist
     from roberta.masking import Masker
-    from roberta.parallelize import checkpoint_blocks
+    from roberta.training.parallelize import checkpoint_blocks
     from roberta.model import build_model
-    from roberta.optim import build_optimizer
-    from roberta.parallelize import compile_model
+    from roberta.training.optim import build_optimizer
+    from roberta.training.parallelize import compile_model
 
     cfg = tt.one_layer_config("model.dropout=0", "model.attention_dropout=0", "train.precision=fp32")
     eager, _ = _steps(cfg, False, steps=3)
@@ -169,7 +169,7 @@ def test_activation_checkpointing_composes_with_fsdp2(data_dir, tmp_path):
 PEAK_SCRIPT = textwrap.dedent("""
     import resource, sys, torch
     from roberta.config import ModelConfig
-    from roberta.parallelize import checkpoint_blocks
+    from roberta.training.parallelize import checkpoint_blocks
     from roberta.model import build_model
     torch.set_num_threads(1)
     cfg = ModelConfig(vocab_size=1024, layers=6, hidden=256, heads=4, ffn=1024, max_positions=514, dropout=0.1,
@@ -250,11 +250,12 @@ def test_gpu_speed_script_dry_run_on_cpu(tmp_path):
 
 
 def test_finetune_and_evaluate_take_precision():
-    from roberta.cli import _finetune_config, build_parser
+    from roberta.cli import build_parser
+    from roberta.cli.downstream import finetune_config
 
     for cmd in (["finetune", "--checkpoint", "ck", "--glue", "sst2", "--out", "o"],
                 ["evaluate", "--checkpoint", "ck", "--data", "d"]):
         assert build_parser().parse_args(cmd + ["--precision", "fp32"]).precision == "fp32"
         assert build_parser().parse_args(cmd).precision == "auto"
-    assert _finetune_config(build_parser().parse_args(["glue", "--checkpoint", "ck", "--glue-dir", "g",
+    assert finetune_config(build_parser().parse_args(["glue", "--checkpoint", "ck", "--glue-dir", "g",
                                                        "--precision", "bf16"])).precision == "bf16"

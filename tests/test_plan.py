@@ -36,7 +36,7 @@ def test_paper_comparison_bert_vs_roberta():
 
 
 def test_plan_matches_a_measured_run(tmp_path, data_dir):
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     cfg = tiny_config(max_steps=5, batch_size=8)
     summary = pretrain(str(data_dir), str(tmp_path / "run"), cfg, progress=False)

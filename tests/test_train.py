@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from roberta.config import apply_overrides
 from roberta.errors import UserError
 from roberta.presets import tiny
-from roberta.train import pretrain
+from roberta.training.loop import pretrain
 
 # The equivalences below are exact in fp32; bf16 (auto's choice on a CPU with native bf16) rounds
 # differently per GEMM shape, and is held to fp32's losses in test_performance.py instead.
@@ -107,7 +107,7 @@ def train_records(run_dir: Path) -> dict[int, dict]:
 # --- schedule and lr scaling ------------------------------------------------------------------
 
 def test_lr_schedule_against_hand_computed_values():
-    from roberta.optim import lr_at
+    from roberta.training.optim import lr_at
     # warmup 10% to a peak of 1e-3, then linear to 0 at the end of the budget
     assert lr_at(0.0, 0.1, 1e-3) == 0.0
     assert lr_at(0.05, 0.1, 1e-3) == pytest.approx(5e-4)
@@ -119,8 +119,8 @@ def test_lr_schedule_against_hand_computed_values():
 
 
 def test_budget_steps_tokens_and_warmup_conversion():
-    from roberta.optim import Budget
-    from roberta.train import TrainState
+    from roberta.training.optim import Budget
+    from roberta.training.loop import TrainState
     cfg = apply_overrides(tiny(), ["train.max_steps=200", "train.warmup_steps=20"])
     b = Budget(cfg)
     assert b.warmup == pytest.approx(0.1) and b.progress(TrainState(step=50)) == pytest.approx(0.25)
@@ -137,7 +137,8 @@ def test_budget_steps_tokens_and_warmup_conversion():
 
 
 def test_lr_scaling_rules_and_paper_table():
-    from roberta.optim import PAPER_LR_TABLE, paper_lr, scaled_lr
+    from roberta.config import scaled_lr
+    from roberta.training.optim import PAPER_LR_TABLE, paper_lr
     assert scaled_lr(1e-4, 2048, 256, "none") == 1e-4
     assert scaled_lr(1e-4, 2048, 256, "sqrt") == pytest.approx(1e-4 * math.sqrt(8))
     assert scaled_lr(1e-4, 2048, 256, "linear") == pytest.approx(8e-4)
@@ -292,7 +293,7 @@ def test_resume_is_bit_exact_at_the_defaults(data_dir, tmp_path, uninterrupted):
 
 
 def test_the_matmul_probe_leaves_the_global_rng_alone():
-    from roberta.perf import matmul_peak
+    from roberta.training.perf import matmul_peak
 
     before = torch.get_rng_state()
     assert matmul_peak(torch.device("cpu"), n=64, repeats=1) > 0
@@ -374,7 +375,7 @@ def test_a_second_signal_exits_at_once_and_a_duplicate_does_not(tmp_path):
     script = tmp_path / "second.py"
     script.write_text(
         "import os, signal, time\n"
-        "from roberta.interrupt import GracefulStop\n"
+        "from roberta.training.interrupt import GracefulStop\n"
         "with GracefulStop() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.1)\n"
         "    assert stop.signum == signal.SIGTERM\n"
@@ -390,7 +391,7 @@ def test_a_second_signal_exits_at_once_and_a_duplicate_does_not(tmp_path):
 
 
 def test_signal_handlers_are_restored_after_the_block():
-    from roberta.interrupt import GracefulStop
+    from roberta.training.interrupt import GracefulStop
 
     before = signal.getsignal(signal.SIGINT)
     with GracefulStop() as stop:
@@ -493,7 +494,7 @@ def test_a_run_from_before_vocabulary_padding_resumes_with_its_own_rows(data_dir
 def test_step_if_finite_skips_the_update_and_the_step_count(fused):
     """The fused AdamW decides on the device (found_inf, as GradScaler does); the other path on
     the host. Either way a non-finite step changes nothing, weight decay included."""
-    from roberta.optim import step_if_finite
+    from roberta.training.optim import step_if_finite
 
     w = torch.nn.Parameter(torch.ones(4))
     opt = torch.optim.AdamW([w], lr=0.1, weight_decay=0.01, fused=fused or None, foreach=False)
@@ -509,7 +510,7 @@ def test_step_if_finite_skips_the_update_and_the_step_count(fused):
 
 def train_step(model, optimizer, micro_batches, masker, dist, cfg, with_stats: bool = False) -> dict:
     """mask -> launch -> wait: one step, for tests without a loop to overlap."""
-    from roberta.train import launch_step, mask_step
+    from roberta.training.loop import launch_step, mask_step
 
     return launch_step(model, optimizer, mask_step(micro_batches, masker, cfg, with_stats), dist, cfg).result()
 
@@ -536,11 +537,11 @@ def random_micro_batches(step: int, micro_batches: int = 1, rows: int = 8, seq_l
 def test_compiled_training_matches_eager():
     """train.compile=true (compiled blocks, embeddings and head loss, any masked count) trains
     the same network as eager: same losses over three steps, within fp32 reordering."""
-    from roberta.distributed import Dist
+    from roberta.training.distributed import Dist
     from roberta.model import build_model
-    from roberta.optim import build_optimizer
+    from roberta.training.optim import build_optimizer
     from roberta.masking import Masker
-    from roberta.parallelize import compile_model
+    from roberta.training.parallelize import compile_model
 
     cfg = one_layer_config("model.dropout=0", "model.attention_dropout=0")
 
@@ -562,12 +563,12 @@ def test_compiled_training_matches_eager():
 def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     """Everything the host needs (shapes, masked counts) is known before the step; the one sync
     is PendingStep.result(). CUDA's sync debug mode raises on any other."""
-    from roberta.distributed import Dist
-    from roberta.interrupt import GracefulStop
+    from roberta.training.distributed import Dist
+    from roberta.training.interrupt import GracefulStop
     from roberta.model import build_model
-    from roberta.optim import build_optimizer
+    from roberta.training.optim import build_optimizer
     from roberta.masking import Masker
-    from roberta.train import launch_step, mask_step
+    from roberta.training.loop import launch_step, mask_step
 
     cfg = one_layer_config()
     asked = GracefulStop()
@@ -607,7 +608,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(data_dir, tmp_path, mo
 
     from safetensors import SafetensorError
 
-    import roberta.checkpoint as ckpt
+    import roberta.training.checkpoint as ckpt
     sets = ["train.max_steps=6", "train.checkpoint_interval=2", "train.keep_checkpoints=0"]
     run_inprocess(data_dir, tmp_path / "whole", *sets)
     real_save = ckpt.save_file
@@ -725,7 +726,7 @@ def test_a_held_out_split_is_reported_as_held_out(data_dir, tmp_path, capsys):
 
 
 def test_mlm_loss_refuses_to_score_nothing():
-    from roberta.evaluate import mlm_loss
+    from roberta.training.evaluate import mlm_loss
     from roberta.model import build_model
 
     with pytest.raises(UserError, match="nothing to evaluate"):
@@ -737,7 +738,7 @@ def test_mfu_is_never_above_one_when_the_probe_reads_low(data_dir, tmp_path, mon
     """A CPU probe taken while other work loads the machine reads low (here: 1 MFLOP/s, faked).
     At the default settings otherwise, no logged MFU exceeds 1: the peak is probed again when a
     window beats it, and raised to the achieved rate if even that probe reads low."""
-    import roberta.perf as perf
+    import roberta.training.perf as perf
 
     real, calls = perf.matmul_peak, []
 
@@ -774,8 +775,8 @@ def test_resuming_a_finished_run_says_so(data_dir, tmp_path, capsys):
 def test_the_progress_bar_counts_the_budget_that_ends_the_run(data_dir, tmp_path, capsys):
     """Under a token budget the step count is an estimate (padding makes more steps): the bar
     counts percent of the budget and ends at 100, never "0/10 ... 12it"."""
-    from roberta.optim import Budget
-    from roberta.train import TrainState
+    from roberta.training.optim import Budget
+    from roberta.training.loop import TrainState
 
     b = Budget(apply_overrides(tiny(), ["train.max_steps=7"]))
     assert b.bar() == (7, "step") and b.bar_position(TrainState(step=3)) == 3

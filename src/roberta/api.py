@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from roberta.checkpoint import load_model
+from roberta.training.checkpoint import load_model
 from roberta.data.loader import pad_rows
 from roberta.errors import UserError
 from roberta.model import RobertaMLM, max_seq_len

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from roberta.errors import UserError
 Format = Literal["full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp"]
 FORMATS: tuple[str, ...] = typing.get_args(Format)
 NSP_FORMATS = ("segment-pair+nsp", "sentence-pair+nsp")  # the formats that train next-sentence prediction
-Precision = Literal["auto", "fp32", "bf16"]  # train.precision; roberta.precision says what each means
+Precision = Literal["auto", "fp32", "bf16"]  # train.precision; roberta.training.precision says what each means
 REPORTERS = ("tensorboard", "wandb")  # train.report_to: where metrics.jsonl's records also go
 
 
@@ -266,6 +267,12 @@ ARCHITECTURE = ("vocab_size", "layers", "hidden", "heads", "ffn", "max_positions
                 "pad_token_id", "norm", "bias", "glu")
 
 
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
+    """lr for `batch_size` when `lr` was tuned at `base_batch_size`: none | sqrt | linear."""
+    ratio = batch_size / base_batch_size
+    return {"none": lr, "sqrt": lr * math.sqrt(ratio), "linear": lr * ratio}[rule]
+
+
 def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | None = None,
                 init_from: ModelConfig | None = None) -> Config:
     """The config a run trains with: every None ("derive it") filled in, every impossible
@@ -276,8 +283,6 @@ def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | 
       init_from  -- the model config of the pretrain --checkpoint (continued pretraining), if any
     The result has no None left and lr already scaled (lr_scaling none), so its config.json
     re-runs the same run."""
-    from roberta.optim import scaled_lr  # optim imports this module
-
     m, d, t = cfg.model, cfg.data, cfg.train
     if d.seq_len is None:
         if not meta.get("seq_len"):

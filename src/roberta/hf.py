@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.config import ModelConfig
 from roberta.errors import UserError
 from roberta.data.hubcache import hub_snapshot, is_hub_repo
@@ -189,7 +189,7 @@ def _check_out(src: Path, out: Path) -> None:
 
 def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
     """Write OUT as a transformers RobertaForMaskedLM dir (config, safetensors, tokenizer). -> notes."""
-    from roberta.checkpoint import load_model  # validates weights against config.json
+    from roberta.training.checkpoint import load_model  # validates weights against config.json
 
     model, ck = load_model(checkpoint)
     config = hf_config(model.cfg)

@@ -144,7 +144,7 @@ class LMHead(nn.Module):
     def loss_sum(self, h: torch.Tensor, targets: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of the logits at h (n, C) against targets (n,), IGNORE skipped.
         The softmax is fp32 (.float() is a no-op in fp32, autocast's own choice under bf16).
-        A method of its own so that roberta.parallelize.compile_model compiles the whole head with its
+        A method of its own so that roberta.training.parallelize.compile_model compiles the whole head with its
         loss: the fp32 cast, log-softmax and loss then run as fused kernels, not eager ones."""
         return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
 

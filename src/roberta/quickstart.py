@@ -18,12 +18,12 @@ from roberta.api import load
 from roberta.data.corpus import stdlib_documents
 from roberta.data.prepare import load_split, prepare
 from roberta.errors import UserError
-from roberta.evaluate import eval_batches, mlm_loss, unigram_loss
+from roberta.training.evaluate import eval_batches, mlm_loss, unigram_loss
 from roberta.model import build_model
 from roberta.outdir import claim_out
 from roberta.presets import tiny
 from roberta.tokenizer import save_tokenizer, train_tokenizer
-from roberta.train import pretrain
+from roberta.training.loop import pretrain
 
 QUICKSTART_STEPS = 1000
 SEQ_LEN = 128

@@ -26,17 +26,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.config import OptimConfig
-from roberta.distributed import pick_device
-from roberta.parallelize import autocast
+from roberta.training.distributed import pick_device
+from roberta.training.parallelize import autocast
 from roberta.errors import UserError
+from roberta.downstream.batches import Encoded, encode, forward, length_batches
 from roberta.downstream.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
-from roberta.optim import build_optimizer, lr_at, set_lr
+from roberta.training.optim import build_optimizer, lr_at, set_lr
 from roberta.data.loader import pad_rows
+from roberta.downstream.predict import save_finetuned  # the artifact's format lives with its reader
 from roberta.downstream.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
-from roberta.precision import resolve_precision
+from roberta.training.precision import resolve_precision
 from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 PAPER_LR_GRID = (1e-5, 2e-5, 3e-5)
@@ -64,66 +66,8 @@ class FinetuneConfig:
     eval_batch_size: int = 64  # examples per forward when scoring dev
     threads: int = 0  # torch intra-op threads; 0 = torch's default (on a shared CPU, 1 can beat 2 several times)
     device: str = "auto"  # "auto" (a GPU when there is one) | "cpu" | "cuda"
-    precision: str = "auto"  # "auto" | "fp32" | "bf16" (roberta.precision): bf16 on a GPU and on a CPU that has it
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" (roberta.training.precision): bf16 on a GPU and on a CPU that has it
     progress: bool = True  # a bar per epoch on stderr (on a terminal); False: --quiet
-
-
-@dataclass
-class Encoded:
-    """Model inputs; with long="chunk" several inputs belong to one example (`owner`)."""
-    ids: list[list[int]]  # one token-id list per input, framed <s> ... </s>
-    owner: np.ndarray  # (n_inputs,) example index of each input
-    y: np.ndarray  # (n_examples,) class indices or regression targets
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.fromiter((len(i) for i in self.ids), dtype=np.int64, count=len(self.ids))
-
-
-def encode(tokenizer, examples: list[Example], y: np.ndarray, max_len: int, long: str) -> Encoded:
-    if long == "truncate":
-        # the tokenizer's post-processor frames `<s> A </s>` / `<s> A </s></s> B </s>`, and its
-        # truncation budgets for those special tokens (longest_first for pairs)
-        tokenizer.enable_truncation(max_length=max_len)
-        inputs = [(e.text, e.pair) if e.pair is not None else e.text for e in examples]
-        ids = [enc.ids for enc in tokenizer.encode_batch(inputs)]
-        return Encoded(ids, np.arange(len(ids)), y)
-    if examples[0].pair is not None:
-        raise UserError("--long chunk applies to single-text tasks; sentence pairs are truncated (--long truncate)")
-    tokenizer.no_truncation()
-    body = max_len - 2
-    ids, owner = [], []
-    for i, enc in enumerate(tokenizer.encode_batch([e.text for e in examples], add_special_tokens=False)):
-        for start in range(0, max(len(enc.ids), 1), body):
-            ids.append([BOS_ID, *enc.ids[start : start + body], EOS_ID])
-            owner.append(i)
-    return Encoded(ids, np.asarray(owner), y)
-
-
-def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None,
-                   pool: int = 50) -> list[np.ndarray]:
-    """Index batches of similar length, so that little compute goes into padding.
-
-    Training (rng given): shuffle, sort by length within pools of `pool` batches, shuffle the
-    batches — random order, little padding, exactly ceil(n / batch_size) batches.
-    Evaluation (rng None): sorted by length throughout."""
-    if rng is None:
-        pools = [np.argsort(lengths, kind="stable")]
-    else:
-        perm, size = rng.permutation(len(lengths)), batch_size * pool
-        pools = [p[np.argsort(lengths[p], kind="stable")] for p in (perm[i : i + size] for i in range(0, len(perm), size))]
-    batches = [p[i : i + batch_size] for p in pools for i in range(0, len(p), batch_size)]
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
-def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray, precision: str = "auto") -> torch.Tensor:
-    """Logits (fp32) for the inputs idx, on the model's device, under `precision`'s autocast."""
-    device = next(model.parameters()).device
-    input_ids, mask = (t.to(device, non_blocking=True) for t in pad_rows([ids[i] for i in idx]))
-    with autocast(device, precision):
-        return model(input_ids, mask).float()
 
 
 @torch.no_grad()
@@ -311,8 +255,6 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
             + ", ".join(f"{lr:g} {100 * medians[lr]:.2f}" for lr in cfg.lrs))
     best_run = max(chosen, key=lambda r: r["value"] if r["value"] == r["value"] else -math.inf)
     if cfg.save_model and best_run["state"] is not None:
-        from roberta.downstream.predict import save_finetuned  # the artifact's format lives with its reader
-
         save_finetuned(out / "model", best_run["state"], s, cfg, {
             "task": task.name, "metric": task.metric, "lr": best_lr, "seed": best_run["seed"],
             "epoch": best_run["best_epoch"], "value": best_run["value"], "checkpoint": str(s.checkpoint),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.errors import UserError
 from roberta.hf import hf_config, to_hf_state
 from roberta.downstream.predict import Finetuned

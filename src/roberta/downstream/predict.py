@@ -25,9 +25,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from roberta import checkpoint as ckpt
-from roberta.distributed import pick_device
+from roberta.training import checkpoint as ckpt
+from roberta.training.distributed import pick_device
 from roberta.errors import UserError
+from roberta.downstream.batches import encode, forward, length_batches
 from roberta.downstream.metrics import all_metrics
 from roberta.model import build_classifier
 from roberta.downstream.tasks import Example, targets
@@ -64,7 +65,7 @@ class Finetuned:
         if d is None:
             raise UserError(f"{path}: not a fine-tuned model (no model/{RECORD}); pass the --out directory of "
                             "`roberta finetune`")
-        self.path, self.precision = d, precision  # "auto" | "fp32" | "bf16" (roberta.precision)
+        self.path, self.precision = d, precision  # "auto" | "fp32" | "bf16" (roberta.training.precision)
         self.record = json.loads((d / RECORD).read_text())
         lab = json.loads((d / "labels.json").read_text())
         self.labels, self.regression = tuple(lab["labels"]), bool(lab["regression"])
@@ -81,8 +82,6 @@ class Finetuned:
 
     def outputs(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(n, n_out): class probabilities, or values (n_out = 1), in input order."""
-        from roberta.downstream.finetune import encode, forward, length_batches
-
         data = encode(self.tokenizer, examples, np.zeros(len(examples)), self.record["max_len"], self.record["long"])
         n_out = max(len(self.labels), 1)
         per_input = np.zeros((len(data.ids), n_out))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.downstream.compare import paired_bootstrap, verdict
 from roberta.downstream.metrics import METRICS
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
@@ -53,7 +53,7 @@ class ProbeConfig:
 def features(model: RobertaClassifier, ids: list[list[int]], batch_size: int, progress: bool = False) -> np.ndarray:
     """(N, 2C): mean-pooled last layer over real tokens, then the <s> vector."""
     from roberta.data.loader import pad_rows
-    from roberta.downstream.finetune import length_batches
+    from roberta.downstream.batches import length_batches
 
     model.eval()
     C = model.cfg.hidden
@@ -140,7 +140,8 @@ def probe(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: ProbeCon
           baseline: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Probe the checkpoint (and with baseline="random" the same network at random init); write
     OUT/metrics.json with task, metric, value (+ baseline_value, delta, interval)."""
-    from roberta.downstream.finetune import encode, subsample
+    from roberta.downstream.batches import encode
+    from roberta.downstream.finetune import subsample
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

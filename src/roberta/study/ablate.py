@@ -18,7 +18,8 @@ from pathlib import Path
 
 from roberta.config import FORMATS, Config, apply_overrides
 from roberta.errors import UserError
-from roberta.optim import paper_lr, scaled_lr
+from roberta.config import scaled_lr
+from roberta.training.optim import paper_lr
 from roberta.presets import get_preset
 from roberta.study.report import make_report
 
@@ -144,7 +145,7 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
                  progress: bool = True, finetune_args: dict | None = None, overwrite: bool = False,
                  probe_tasks: list[str] | None = None) -> dict:
     from roberta.data.prepare import read_meta
-    from roberta.train import pretrain
+    from roberta.training.loop import pretrain
 
     if budget_tokens <= 0:
         raise UserError("ablate: --max-tokens must be > 0")

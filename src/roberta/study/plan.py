@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from roberta.config import MaskingConfig, ModelConfig
 from roberta.errors import UserError
 from roberta.model import RobertaMLM, count_parameters, padded_vocab_size, positions_for, training_flops
-from roberta.optim import PAPER_LR_TABLE, paper_lr, scaled_lr
-from roberta.perf import GPU_PEAK_BF16
+from roberta.config import scaled_lr
+from roberta.training.optim import PAPER_LR_TABLE, paper_lr
+from roberta.training.perf import GPU_PEAK_BF16
 from roberta.presets import get_preset
 
 GPU_PEAK = {name.lower(): peak for name, peak in GPU_PEAK_BF16.items()}  # the trainer's MFU table

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roberta.errors import UserError
-from roberta.runlog import read_metrics
+from roberta.training.runlog import read_metrics
 
 
 def run_summary(run_dir: Path) -> dict:

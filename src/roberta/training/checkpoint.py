@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from roberta.config import Config
 from roberta.errors import UserError
-from roberta.distributed import pick_device
+from roberta.training.distributed import pick_device
 from roberta.model import RobertaMLM, build_model, max_seq_len
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -22,24 +22,24 @@ from typing import Callable
 import numpy as np
 import torch
 
-from roberta import checkpoint as ckpt
+from roberta.training import checkpoint as ckpt
 from roberta.config import Config, ModelConfig, parse_duration, resolve_run
 from roberta.data.formats import batch_token_budget, build_sequences
 from roberta.data.loader import Batch, BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
-from roberta.distributed import (Dist, all_gather_object, all_reduce_sum, barrier, broadcast_object, full_state,
+from roberta.training.distributed import (Dist, all_gather_object, all_reduce_sum, barrier, broadcast_object, full_state,
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks, no_sync,
                                  shutdown, to_device)
 from roberta.errors import UserError
-from roberta.evaluate import eval_batches, masked_token_count, mlm_loss
-from roberta.interrupt import GracefulStop, TrainingInterrupted
+from roberta.training.evaluate import eval_batches, masked_token_count, mlm_loss
+from roberta.training.interrupt import GracefulStop, TrainingInterrupted
 from roberta.masking import IGNORE, Masker, mask_counts, masking_stats
 from roberta.model import build_model, count_parameters, training_flops
-from roberta.optim import Budget, build_optimizer, set_lr, step_if_finite
-from roberta.parallelize import autocast, parallelize
-from roberta.perf import PeakFlops
-from roberta.precision import resolve_precision
-from roberta.runlog import RunLog, last_record, truncate_metrics
+from roberta.training.optim import Budget, build_optimizer, set_lr, step_if_finite
+from roberta.training.parallelize import autocast, parallelize
+from roberta.training.perf import PeakFlops
+from roberta.training.precision import resolve_precision
+from roberta.training.runlog import RunLog, last_record, truncate_metrics
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, same_tokenizer
 
 
@@ -243,7 +243,7 @@ def check_data(data_dir: str, meta: dict) -> None:
 def pretrain(data_dir: str, out: str, cfg: Config, resume: bool = False, progress: bool = True,
              init_from: str | None = None) -> dict:
     """Train; returns the run's summary. SIGINT/SIGTERM during the run finish the step, write a
-    checkpoint and raise roberta.interrupt.TrainingInterrupted (the handlers are restored after)."""
+    checkpoint and raise roberta.training.interrupt.TrainingInterrupted (the handlers are restored after)."""
     dist = init_distributed(cfg.train.device, parse_duration(cfg.train.dist_timeout))
     try:
         with GracefulStop() as stop:

@@ -12,12 +12,6 @@ from roberta.config import Config, OptimConfig, parse_duration
 PAPER_LR_TABLE = {256: 1e-4, 2048: 7e-4, 8192: 1e-3}
 
 
-def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
-    """lr for `batch_size` when `lr` was tuned at `base_batch_size`: none | sqrt | linear."""
-    ratio = batch_size / base_batch_size
-    return {"none": lr, "sqrt": lr * math.sqrt(ratio), "linear": lr * ratio}[rule]
-
-
 def paper_lr(batch_size: int) -> float:
     """The paper's table, log-log interpolated between its points (clamped outside them)."""
     pts = sorted(PAPER_LR_TABLE.items())

@@ -1,5 +1,5 @@
 """How the model is run, applied from outside it (as torchtitan's parallelize.py): the precision
-policy (autocast; roberta.precision chooses it), float8, activation checkpointing and torch.compile
+policy (autocast; roberta.training.precision chooses it), float8, activation checkpointing and torch.compile
 per block, and data parallelism (DDP, or FSDP2 per block).
 The model code knows none of this; parameter names, hence checkpoints, are unchanged by it."""
 
@@ -10,9 +10,9 @@ import functools
 import torch
 
 from roberta.config import TrainConfig
-from roberta.distributed import Dist
-from roberta.perf import enable_float8
-from roberta.precision import resolve_precision
+from roberta.training.distributed import Dist
+from roberta.training.perf import enable_float8
+from roberta.training.precision import resolve_precision
 
 
 def parallelize(model: torch.nn.Module, t: TrainConfig, dist: Dist) -> torch.nn.Module:

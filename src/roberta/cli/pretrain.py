@@ -1,0 +1,131 @@
+"""pretrain: a saved config or a preset, --set on top, then the training loop; resume and interrupts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from roberta.cli.common import add_device, add_precision, add_preset, add_quiet, add_renamed, add_sets, command
+from roberta.errors import UserError
+
+
+def run_config(preset: str, sets: list[str], saved: str | None = None):
+    from roberta.config import Config, apply_overrides
+    from roberta.presets import get_preset
+
+    if saved is None:
+        return apply_overrides(get_preset(preset), sets or [])
+    path = Path(saved)
+    if path.is_dir():  # a run directory (or a checkpoint): its config.json, else its latest checkpoint's
+        from roberta.training.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(path) if not (path / "config.json").is_file() else None
+        path = (latest or path) / "config.json"
+    try:
+        saved_dict = json.loads(path.read_text())
+        sections = {f.name for f in dataclasses.fields(Config)}
+        if not isinstance(saved_dict, dict) or not {"model", "train"} <= saved_dict.keys() <= sections:
+            raise ValueError(f"its keys are not the config's sections {', '.join(sorted(sections))}")
+        base = Config.from_dict(saved_dict)
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise UserError(f"--config {saved}: not a run's config.json ({e}); pass RUN/config.json of a pretraining "
+                        "run") from None
+    # config.json holds the run as it ran: nothing left to derive, the lr already scaled (runs written
+    # before lr_scaling was reset to none on resolution still say sqrt/linear: do not scale twice)
+    base.train = dataclasses.replace(base.train, lr_scaling="none")
+    return apply_overrides(base, sets or [])
+
+
+def resume_command(a) -> str:
+    """The command line that continues this run: the same data, directory, preset and settings."""
+    args = ["roberta", "pretrain", "--data", a.data, "--out", a.out]
+    args += ["--config", a.config] if a.config else ["--preset", a.preset] if a.preset != "tiny" else []
+    for item in a.set:
+        args += ["--set", item]
+    return shlex.join(args + ["--resume"])
+
+
+def cmd_pretrain(a) -> int:
+    from roberta.training.interrupt import TrainingInterrupted
+    from roberta.training.loop import pretrain
+
+    if a.config and a.preset != "tiny":
+        raise UserError("pass --config (a saved run) or --preset, not both; --set works on top of either")
+    for flag, key in (("threads", "train.threads"), ("device", "train.device"), ("precision", "train.precision")):
+        if getattr(a, flag) is not None:
+            a.set = [*a.set, f"{key}={getattr(a, flag)}"]
+    cfg = run_config(a.preset, a.set, a.config)
+    note = seq_len_warning(a.preset, cfg, a.data)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {note}", file=sys.stderr)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        summary = pretrain(a.data, a.out, cfg, resume=a.resume, progress=not a.quiet, init_from=a.checkpoint)
+    except TrainingInterrupted as e:
+        if main_rank:
+            print(f"stopped by {signal.Signals(e.signum).name} after step {e.step}; checkpoint {e.checkpoint}. "
+                  f"Resume with: {resume_command(a)}", file=sys.stderr)
+        return e.exit_code
+    if not main_rank:
+        return 0
+    if summary.get("already_complete"):
+        print(f"already complete: {a.out} finished at step {summary['step']}; nothing to do (to train further, "
+              f"raise train.max_steps, train.max_tokens or train.max_time and --resume); checkpoint {summary['checkpoint']}")
+    held_out = summary.get("eval_split", "valid") == "valid"
+    loss = f", loss {summary['loss']:.4f}" if "loss" in summary else ""
+    print(f"done: step {summary['step']}, {summary['tokens']:,} tokens{loss}, "
+          f"{'held-out' if held_out else 'train-split (no held-out split)'} perplexity "
+          f"{summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+    ck = shlex.quote(str(summary["checkpoint"]))
+    print(f"next: roberta evaluate --checkpoint {ck} --data {shlex.quote(a.data)}   (held-out perplexity)\n"
+          f"      roberta finetune --checkpoint {ck} --train TRAIN.tsv --dev DEV.tsv --out FT   (a task)")
+    return 0
+
+
+def seq_len_warning(preset: str, cfg, data: str) -> str | None:
+    """The sequence length is the data's (`prepare --seq-len`, default 512) unless data.seq_len is
+    set; a preset's own length (tiny: 128) otherwise silently gives way, and a step costs several
+    times more than the preset table suggests. Say so where it bites."""
+    from roberta.data.prepare import read_meta
+    from roberta.presets import SEQ_LEN
+
+    if cfg.data.seq_len is not None:  # given: the run trains at it
+        return None
+    prepared, sized_for = read_meta(data).get("seq_len"), SEQ_LEN.get(preset)
+    if not prepared or not sized_for or int(prepared) == sized_for:
+        return None
+    return (f"{data} was prepared with --seq-len {prepared}, so pretraining runs at {prepared} tokens per "
+            f"sequence, not preset {preset}'s {sized_for}; pass --set data.seq_len={sized_for} "
+            f"to train at the preset's length")
+
+
+def register(sub) -> None:
+    s = command(sub, "pretrain", "pretrain a masked language model on prepared data",
+                "roberta pretrain --data data --out runs/r --preset tiny --set train.max_time=2h\n"
+                "roberta pretrain --data data --out runs/r --resume                # continue where it stopped\n"
+                "roberta pretrain --data data --out runs/r2 --config runs/r/config.json   # the same run again\n"
+                "torchrun --nproc-per-node 8 -m roberta pretrain --data data --out runs/base --preset base",
+                "Pretrain a masked language model. The run is one typed Config: a --preset (or a saved\n"
+                "--config), then each --set on top; docs/config.md lists every key.")
+    s.add_argument("--data", required=True, help="a prepare --out directory")
+    s.add_argument("--out", required=True, help="the run directory: checkpoints, metrics.jsonl, summary.json")
+    add_preset(s, "tiny")
+    s.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="re-run a saved run exactly: its RUN/config.json (or the RUN directory); instead of --preset")
+    add_sets(s)
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--checkpoint", default=None,
+                   help="start from this checkpoint's weights (continued pretraining; import-hf makes one)")
+    add_renamed(s, "--init-from", "--checkpoint")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads: shorthand for --set train.threads=N (default: the preset's, 0 = torch's)")
+    add_device(s, default=None, help="shorthand for --set train.device=DEVICE (default: auto, a GPU when there is one)")
+    add_precision(s, default=None, help="shorthand for --set train.precision=P "
+                   "(default: auto, bf16 on a GPU and on a CPU with native bf16)")
+    add_quiet(s)
+    s.set_defaults(fn=cmd_pretrain)

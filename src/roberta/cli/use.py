@@ -1,0 +1,78 @@
+"""fill-mask, export-hf, import-hf: using a checkpoint, and moving it to and from Hugging Face."""
+
+from __future__ import annotations
+
+import argparse
+
+from roberta.cli.common import Renamed, add_overwrite, command
+from roberta.errors import UserError
+from roberta.outdir import claim_out
+
+
+def cmd_fill_mask(a) -> None:
+    import roberta
+
+    if a.top_k < 1:
+        raise UserError(f"--top-k {a.top_k}: must be >= 1")
+    m = roberta.load(a.checkpoint)
+    results = m.fill_mask(a.text, top_k=a.top_k)
+    several = bool(results) and isinstance(results[0], list)  # one list per <mask>
+    for n, per_mask in enumerate(results if several else [results], start=1):
+        if several:
+            print(f"<mask> {n} of {len(results)}:")
+        for r in per_mask:
+            print(f"{r['score']:.4f}  {r['token']!r:>16}  {r['sequence']}")
+
+
+def cmd_export_hf(a) -> None:
+    from roberta.hf import export_hf
+
+    claim_out(a.out, a.overwrite, "export-hf")
+    from roberta.downstream.predict import finetuned_dir
+
+    if finetuned_dir(a.checkpoint) is not None:  # a finetune output: a sequence classifier
+        from roberta.downstream.hf_classifier import export_classifier
+
+        export_classifier(a.checkpoint, a.out)
+        print(f"exported -> {a.out} (transformers.AutoModelForSequenceClassification / pipeline('text-classification') load it)")
+        return
+    for note in export_hf(a.checkpoint, a.out):
+        print(f"note: {note}")
+    print(f"exported -> {a.out} (transformers.AutoModelForMaskedLM / AutoTokenizer.from_pretrained load it)")
+
+
+def cmd_import_hf(a) -> None:
+    from roberta.hf import import_hf
+
+    claim_out(a.out, a.overwrite, "import-hf")
+    for note in import_hf(a.checkpoint, a.out):
+        print(f"note: {note}")
+    print(f"imported -> {a.out} (continue pretraining with `roberta pretrain --checkpoint {a.out}`)")
+
+
+def register(sub) -> None:
+    s = command(sub, "fill-mask", "predict the <mask> token in TEXT (each one, if several)",
+                "roberta fill-mask --checkpoint runs/r \"The capital of France is <mask>.\"")
+    s.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run (its latest checkpoint)")
+    s.add_argument("text", metavar="TEXT", help="text with one or more <mask>")
+    s.add_argument("--top-k", type=int, default=5, help="candidates per <mask> (at most the vocabulary)")
+    s.set_defaults(fn=cmd_fill_mask)
+
+    s = command(sub, "export-hf", "write a checkpoint or a fine-tuned model as a Hugging Face model directory",
+                "roberta export-hf --checkpoint runs/r --out hf-model        # RobertaForMaskedLM\n"
+                "roberta export-hf --checkpoint ft/mine --out hf-classifier  # RobertaForSequenceClassification")
+    s.add_argument("--checkpoint", required=True,
+                   help="a checkpoint or run (-> RobertaForMaskedLM), or a finetune --out (-> a sequence classifier)")
+    s.add_argument("--out", required=True, help="the transformers model directory to write")
+    add_overwrite(s)
+    s.set_defaults(fn=cmd_export_hf)
+
+    s = command(sub, "import-hf", "turn a local Hugging Face RoBERTa directory into a checkpoint",
+                "roberta import-hf --checkpoint ~/.cache/huggingface/hub/models--FacebookAI--roberta-base --out imported")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a directory holding config.json + weights (+ tokenizer), or a hub "
+                       "cache directory models--org--name (its refs/main snapshot)")
+    which.add_argument("--model", dest="checkpoint", action=Renamed, new="--checkpoint", help=argparse.SUPPRESS)
+    s.add_argument("--out", required=True, help="the checkpoint directory to write")
+    add_overwrite(s)
+    s.set_defaults(fn=cmd_import_hf)
