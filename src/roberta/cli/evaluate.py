@@ -1,4 +1,4 @@
-"""evaluate: held-out masked-token loss of a checkpoint."""
+"""evaluate: held-out masked-token loss of a checkpoint, against the unigram model and the untrained network."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from roberta.errors import UserError
 
 
 def cmd_evaluate(a) -> None:
-    from roberta.training.checkpoint import load_model
+    from roberta.training.checkpoint import load_config, load_model
     from roberta.data.prepare import load_split, read_meta
-    from roberta.training.evaluate import eval_batches, masked_token_count, mlm_loss
-    from roberta.model import max_seq_len
+    from roberta.training.evaluate import compare_with_baselines, eval_batches, format_comparison, masked_token_count
+    from roberta.model import build_model, max_seq_len
     from roberta.training.parallelize import autocast
     from roberta.training.precision import resolve_precision
     from roberta.tokenizer import check_same_tokenizer
@@ -40,16 +40,26 @@ def cmd_evaluate(a) -> None:
     device = next(model.parameters()).device
     precision, why = resolve_precision(a.precision, device)
     print(f"precision: {precision} ({why})", file=sys.stderr)  # stdout is the JSON result
+    # the network this checkpoint's run started from (its seed): what training changed
+    untrained = build_model(model.cfg, device, seed=load_config(ck).train.seed)
     with autocast(device, precision):
-        result = mlm_loss(model, batches, progress=not a.quiet)
-    print(json.dumps(result))
+        c = compare_with_baselines(model, untrained, load_split(a.data, "train").tokens, meta["vocab_size"],
+                                   batches, device, progress=not a.quiet)
+    more = "score more with --max-sequences, or run `roberta prepare` with a larger --valid-fraction"
+    print("\n".join(format_comparison(c, more, held_out=a.split == "valid")), file=sys.stderr)
+    t, u, n = c["trained"], c["unigram"], c["untrained"]
+    print(json.dumps({**t, "unigram_loss": u["mlm_loss"], "unigram_perplexity": u["perplexity"],
+                      "untrained_loss": n["mlm_loss"], "untrained_perplexity": n["perplexity"],
+                      "ratio_to_unigram": c["ratio"], "ratio_interval": list(c["interval"])}))
 
 
 def register(sub) -> None:
     s = command(sub, "evaluate", "held-out masked-token loss and perplexity of a checkpoint",
                 "roberta evaluate --checkpoint runs/r --data data",
-                "Held-out masked-token loss and perplexity of a checkpoint on prepared data (the last line\n"
-                "printed is JSON). GLUE fine-tuning moved to `roberta glue`.")
+                "Held-out masked-token loss and perplexity of a checkpoint on prepared data, beside a unigram\n"
+                "model of the training split and the untrained network on the same masked tokens, with the\n"
+                "ratio to the unigram model's perplexity and its 95% interval (on stderr; stdout is one JSON\n"
+                "line). GLUE fine-tuning moved to `roberta glue`.")
     s.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run (its latest checkpoint)")
     s.add_argument("--data", required=True, help="a prepare --out directory made with the checkpoint's tokenizer")
     s.add_argument("--split", default="valid", choices=["valid", "train"], help="which split to score")

@@ -15,7 +15,8 @@ from roberta.training.runlog import read_metrics
 
 
 def run_summary(run_dir: Path) -> dict:
-    """The run's last numbers: steps, tokens, final train / held-out loss and perplexity, throughput."""
+    """The run's last numbers: steps, tokens, final train / held-out loss and perplexity, the ratio
+    of that perplexity to the unigram model's (once the run has finished), throughput."""
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("loss") is not None]
     evals = [r for r in records if r.get("eval_loss") is not None]
@@ -29,9 +30,36 @@ def run_summary(run_dir: Path) -> dict:
          "eval_loss": evals[-1]["eval_loss"] if evals else None}
     s["train_perplexity"] = math.exp(s["train_loss"]) if s["train_loss"] is not None else None
     s["eval_perplexity"] = evals[-1].get("eval_perplexity") if evals else None
+    # the unigram baseline is scored when the run finishes, on the evaluation tokens of every eval
+    s["unigram_perplexity"] = finished_summary(run_dir).get("unigram_perplexity") if s["finished"] else None
+    unigram, ppl = s["unigram_perplexity"], s["eval_perplexity"]
+    s["ratio_to_unigram"] = ppl / unigram if isinstance(unigram, (int, float)) and unigram > 0 and ppl else None
     # over the whole run, evaluations and checkpoints included, as a user waits for it
     s["tokens_per_s"] = last["tokens"] / last["elapsed"] if last.get("elapsed") else None
     return s
+
+
+def finished_summary(run_dir: Path) -> dict:
+    """The summary.json a finished run wrote."""
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); a finished run writes it whole, so it was damaged "
+                        "afterwards: remove it and `roberta report` reads the run from metrics.jsonl") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{path}: not a run's summary (a JSON object); remove it and `roberta report` reads the "
+                        "run from metrics.jsonl")
+    return summary
+
+
+def _unigram_line(s: dict) -> str:
+    if s["ratio_to_unigram"] is None:
+        why = "written when the run finishes" if not s["finished"] else "not recorded by the version that ran it"
+        return f"unigram model: - ({why}; `roberta evaluate` scores it)"
+    return (f"unigram model: perplexity {s['unigram_perplexity']:.2f}; held-out / unigram perplexity "
+            f"{s['ratio_to_unigram']:.2f} (below 1 when the model uses context; `roberta evaluate` gives its "
+            "95% interval)")
 
 
 def format_summary(s: dict) -> str:
@@ -45,6 +73,7 @@ def format_summary(s: dict) -> str:
         f"steps: {s['step']:,}; tokens: {s['tokens']:,}",
         f"train loss: {num(s['train_loss'], '.4f')} (perplexity {num(s['train_perplexity'], '.2f')}, last batch)",
         f"held-out loss: {num(s['eval_loss'], '.4f')} (perplexity {num(s['eval_perplexity'], '.2f')}){eval_at}",
+        _unigram_line(s),
         f"tokens/s: {num(s['tokens_per_s'], ',.0f')} over {num(s['elapsed'], ',.1f')} s "
         "(evaluation and checkpoints included)",
     ])
