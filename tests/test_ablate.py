@@ -71,20 +71,39 @@ def test_custom_arms_toml_and_json(tmp_path):
         load_custom_arms(str(tmp_path / "bad.json"))
 
 
+@pytest.fixture(scope="module")
+def few_docs_data(tmp_path_factory, corpus_docs, tokenizer_dir):
+    """Prepared data of a few short documents: a budget of seconds spans the > 10 epochs a masking
+    ablation needs at the default dupe_factor (static and dynamic differ only after that)."""
+    from roberta.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("few")
+    (root / "docs.txt").write_text("\n\n".join(d for d in corpus_docs[:100] if len(d) < 400))
+    prepare([str(root / "docs.txt")], str(tokenizer_dir), str(root / "data"), seq_len=64, valid_fraction=0.2,
+            workers=1, progress=False)
+    return root / "data"
+
+
 @pytest.mark.slow
-def test_masking_ablation_runs_is_fair_and_resumable(tmp_path, data_dir, capsys):
+def test_masking_ablation_runs_is_fair_and_resumable(tmp_path, few_docs_data, capsys):
+    from roberta.data.prepare import read_meta
+
+    data_dir = few_docs_data
+    budget = 12 * read_meta(data_dir)["splits"]["train"]["tokens"]  # 12 epochs: past the static masks' 10
     out = tmp_path / "abl"
-    result = run_ablation("masking", str(data_dir), 1500, str(out), preset="tiny", sets=SMALL, progress=False)
+    result = run_ablation("masking", str(data_dir), budget, str(out), preset="tiny", sets=SMALL, progress=False)
     assert set(result["arms"]) == {"static", "dynamic"}
     tokens = [result["arms"][a]["tokens"] for a in ("static", "dynamic")]
-    assert tokens[0] == tokens[1] and tokens[0][0] >= 1500  # identical data, identical budget
+    assert tokens[0] == tokens[1] and tokens[0][0] >= budget  # identical data, identical budget
+    losses = [result["arms"][a]["eval_loss"] for a in ("static", "dynamic")]
+    assert losses[0] != losses[1]  # past the first repeat of a static mask the runs differ
     cfgs = {a: json.loads((out / a / "seed0" / "config.json").read_text()) for a in ("static", "dynamic")}
     assert cfgs["static"]["masking"]["kind"] == "static" and cfgs["dynamic"]["masking"]["kind"] == "dynamic"
     assert cfgs["static"]["train"]["seed"] == cfgs["dynamic"]["train"]["seed"]
     assert (out / "report.md").is_file() and (out / "loss_vs_tokens.png").is_file()
     mtime = (out / "static" / "seed0" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
-    run_ablation("masking", str(data_dir), 1500, str(out), preset="tiny", sets=SMALL, progress=False)
+    run_ablation("masking", str(data_dir), budget, str(out), preset="tiny", sets=SMALL, progress=False)
     assert capsys.readouterr().out.count("already finished") == 2
     assert (out / "static" / "seed0" / "summary.json").stat().st_mtime_ns == mtime
 
@@ -153,3 +172,66 @@ def test_a_tie_names_no_winner(tmp_path):
     assert make_report(runs, tmp_path / "report2")["best"] is None
     runs = [_fake_run(tmp_path / "c", "static", 0, 5.0), _fake_run(tmp_path / "c", "dynamic", 0, 4.0)]
     assert make_report(runs, tmp_path / "report3")["best"] == "dynamic"
+
+
+# ---- issue 23: an ablation scored on the user's own labelled files; masking too short to differ
+
+def _sentiment_file(path, n: int):
+    rows = [f"{'good fine great' if i % 2 else 'bad awful poor'} movie {i}\t{'pos' if i % 2 else 'neg'}" for i in range(n)]
+    path.write_text("review\tsentiment\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_ablate_fine_tunes_and_probes_each_arm_on_the_users_own_files(tmp_path, data_dir, capsys):
+    from roberta.cli import main
+
+    train = _sentiment_file(tmp_path / "mine.tsv", 60)
+    arms = tmp_path / "arms.json"
+    arms.write_text(json.dumps({"a": {"train.lr": 0.001}}))
+    out = tmp_path / "abl"
+    argv = ["ablate", "custom", "--data", str(data_dir), "--max-tokens", "600", "--out", str(out), "--arms", str(arms),
+            *[x for s in SMALL for x in ("--set", s)], "--task-train", str(train), "--text-column", "review",
+            "--label-column", "sentiment", "--task-eval", "finetune,probe", "--ft-epochs", "1", "--ft-seeds", "1",
+            "--quiet"]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "no --task-dev: holding out 10% of mine.tsv (6 examples)" in stdout
+    run = out / "a" / "seed0"
+    ft = json.loads((run / "glue" / "mine" / "metrics.json").read_text())
+    probe = json.loads((run / "glue" / "probe-mine" / "metrics.json").read_text())
+    assert (ft["task"], ft["train_examples"], ft["dev_examples"]) == ("mine", 54, 6)
+    assert (probe["task"], probe["train_examples"], probe["dev_examples"]) == ("probe-mine", 54, 6)
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report["arms"]["a"]["tasks"] == {"mine": [ft["value"]], "probe-mine": [probe["value"]]}
+    assert "probe-mine" in (out / "report.md").read_text()
+
+
+def test_a_masking_ablation_too_short_for_a_static_mask_to_repeat_is_refused(tmp_path, data_dir):
+    """Static masking draws mask epoch % dupe_factor, dynamic mask epoch: the same masks, so the same
+    run, until a sequence is drawn for the (dupe_factor + 1)-th time. Refused before any compute."""
+    from roberta.data.prepare import read_meta
+
+    n = read_meta(data_dir)["splits"]["train"]["tokens"]
+    out = tmp_path / "abl"
+    with pytest.raises(UserError, match=rf"--max-tokens 1,500 covers 0\.0\d+ epochs of .*\({n:,} training tokens\).*"
+                                        rf"masking\.dupe_factor=10 .*same run.*--max-tokens >= 20 epochs = {20 * n:,}"):
+        run_ablation("masking", str(data_dir), 1500, str(out), sets=SMALL, progress=False)
+    with pytest.raises(UserError, match=rf"covers 1 epoch.*dupe_factor=1 .*--max-tokens >= 2 epochs = {2 * n:,}"):
+        run_ablation("masking", str(data_dir), n, str(out), sets=SMALL + ["masking.dupe_factor=1"], progress=False)
+    assert not out.exists()
+
+
+def test_static_and_dynamic_masks_are_the_same_until_the_first_repeat():
+    """Why the refusal above: for epochs below dupe_factor the two maskers return identical batches."""
+    import torch
+
+    from roberta.config import MaskingConfig
+    from roberta.masking import Masker
+
+    ids = torch.randint(5, 900, (8, 64))
+    indices = torch.arange(8)
+    static, dynamic = (Masker(MaskingConfig(kind=k, dupe_factor=3), 0, 1000) for k in ("static", "dynamic"))
+    for epoch in range(5):
+        epochs = torch.full((8,), epoch)
+        same = torch.equal(static(ids, epochs, indices)[0], dynamic(ids, epochs, indices)[0])
+        assert same == (epoch < 3), epoch

@@ -152,6 +152,32 @@ def test_ragged_and_empty_rows_name_file_and_line(tmp_path, name, content, line,
         read_examples(path, Columns("text", None, "label"))
 
 
+@pytest.mark.parametrize("name, content", [
+    ("headerless.csv", '"' + "A review that goes on, and on about the film. " * 45 + '",pos\n"Short, but data.",neg\n'),
+    ("headerless.tsv", "great film, would watch again\t1\nawful\t0\n"),
+])
+def test_a_file_without_a_header_is_named_as_such_at_line_1(tmp_path, name, content):
+    """Issue 23: a header-less file quoted a 2,000-character document as a "column name", at the
+    line where the next record ended."""
+    path = write(tmp_path / name, content)
+    with pytest.raises(UserError) as e:
+        file_task(path, path)
+    message = str(e.value)
+    assert message.startswith(f"{path}:1: the first row looks like data, not a header ("), message
+    assert message.endswith("does the file have a header? add one with the columns text,label"), message
+    assert len(message) < len(str(path)) + 200, message  # a cell is quoted by its first 40 characters
+
+
+def test_header_and_multi_line_record_errors_point_where_they_are(tmp_path):
+    named = write(tmp_path / "named.csv", "review,sentiment\na,pos\nb,neg\n")
+    with pytest.raises(UserError, match=rf"{named}:1: no column 'text' in the header \(has: 'review', 'sentiment'\); "
+                                        "choose it with --text-column"):
+        file_task(named, named)
+    multi = write(tmp_path / "multi.csv", 'text,label\n"one line",pos\n"a record\nover three\nlines",neg,extra\n')
+    with pytest.raises(UserError, match=rf"{multi}:3: 3 columns where the header has 2"):  # where it starts
+        read_examples(multi, Columns("text", None, "label"))
+
+
 def test_regression_labels_must_be_numbers(tmp_path):
     train = write(tmp_path / "t.jsonl", '{"s": "a", "y": 1.5}\n{"s": "b", "y": "high"}\n')
     task = file_task(train, train, text_column="s", label_column="y", regression=True)
@@ -302,3 +328,181 @@ def test_from_scratch_starts_from_random_weights_and_warns_about_a_single_lr(tmp
     r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", tmp_path / "t.tsv", "--dev", tmp_path / "t.tsv",
                 "--out", tmp_path / "o2", "--epochs", "1", "--lr-grid", "1e-3,3e-3", "--from-scratch", "--device", "cpu")
     assert r.returncode == 0 and "note: one lr" not in r.stdout
+
+
+# ---- issue 23: an interrupted job continues; one bar for the whole job; no --dev; --test
+
+# a grid of 2 lrs x 2 seeds x 2 epochs; one thread: on a loaded 2-core machine torch's default of 2 ran 20x slower
+FT_ARGS = ["--text-column", "review", "--label-column", "sentiment", "--lr-grid", "1e-3,3e-4", "--batch-size", "16",
+           "--epochs", "2", "--seeds", "2", "--device", "cpu", "--threads", "1"]
+
+
+def _sentiment_tsv(path, n: int, seed: int):
+    return write(path, "review\tsentiment\n" + "".join(f"{r['review']}\t{r['sentiment']}\n" for r in _separable(n, seed)))
+
+
+def _finetune_argv(ck, train, dev, out, *more) -> list[str]:
+    split = ["--train", str(train)] + (["--dev", str(dev)] if dev else [])
+    return ["finetune", "--checkpoint", str(ck), *split, "--out", str(out), *FT_ARGS, *more]
+
+
+def _runs(out) -> list[dict]:
+    """runs.jsonl without wall-clock times."""
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        for h in r["history"]:
+            h.pop("seconds")
+    return runs
+
+
+def test_an_interrupted_finetune_continues_where_it_stopped(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """Ctrl-C in the third of four (lr, seed) runs, then the same command again: the two finished runs
+    are reused (not retrained), the rest run, and everything written equals an uninterrupted job's."""
+    import roberta.downstream.finetune as ft
+    from roberta.cli import main
+    from roberta.training.checkpoint import load_weights
+
+    train, dev = _sentiment_tsv(tmp_path / "train.tsv", 96, 0), _sentiment_tsv(tmp_path / "dev.tsv", 40, 1)
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, tmp_path / "whole", "--quiet")) == 0
+    real, steps = ft.forward, []
+
+    def forward(model, ids, idx, precision="auto", stop_at=None):
+        if model.training:
+            steps.append(1)
+            if len(steps) == stop_at:
+                raise KeyboardInterrupt
+        return real(model, ids, idx, precision)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(ft, "forward", lambda *a: forward(*a, stop_at=2 * 12 + 3))  # 6 steps x 2 epochs per run
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, out, "--quiet")) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    assert len(_runs(out)) == 2
+    steps.clear()
+    monkeypatch.setattr(ft, "forward", lambda *a: forward(*a))
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, out, "--quiet")) == 0
+    assert "reusing 2 finished run(s)" in capsys.readouterr().out
+    assert len(steps) == 2 * 12  # only the two unfinished runs trained
+    assert _runs(out) == _runs(tmp_path / "whole")
+    whole, again = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    for key in ("value", "per_seed", "best_epoch", "lr", "lr_grid", "per_seed_metrics"):
+        assert again[key] == whole[key], key
+    a, b = load_weights(tmp_path / "whole" / "model"), load_weights(out / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "dev_outputs.json").read_text() == (tmp_path / "whole" / "dev_outputs.json").read_text()
+
+    # a finished job run again: nothing retrained, the same result
+    steps.clear()
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, out, "--quiet")) == 0
+    assert not steps and "already finished" in capsys.readouterr().out
+    # another configuration into the same --out: refused, naming what differs; --overwrite starts over
+    before = (out / "runs.jsonl").read_text()
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, out, "--quiet", "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "epochs 2 -> 1" in err and "--overwrite" in err and (out / "runs.jsonl").read_text() == before
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, out, "--quiet", "--epochs", "1", "--overwrite")) == 0
+    assert [len(r["history"]) for r in _runs(out)] == [1, 1, 1, 1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_finetune_process_then_the_same_command_finishes(tmp_path, tiny_checkpoint):
+    """A real SIGINT to `python -m roberta finetune` after its first run: exit 130 with a line
+    saying how to continue, and the same command then finishes the job in that --out, reusing it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train, dev = _sentiment_tsv(tmp_path / "train.tsv", 960, 0), _sentiment_tsv(tmp_path / "dev.tsv", 40, 1)
+    argv = [sys.executable, "-m", "roberta", *_finetune_argv(tiny_checkpoint, train, dev, tmp_path / "out")]
+    runs = tmp_path / "out" / "runs.jsonl"
+    # a shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: the child gets the default disposition a user's terminal gives it, whoever runs pytest
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (runs.is_file() and runs.read_text().endswith("\n")):
+        time.sleep(0.005)
+    assert proc.poll() is None, "the job ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)  # in the second of four runs
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "run the same command again to continue" in err
+    finished = _runs(tmp_path / "out")
+    assert 1 <= len(finished) < 4
+    r = run_cli(*argv[3:])
+    assert r.returncode == 0, r.stderr
+    assert f"reusing {len(finished)} finished run(s)" in r.stdout
+    assert _runs(tmp_path / "out")[: len(finished)] == finished
+    assert len(_runs(tmp_path / "out")) == 4 and (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_finetune_shows_one_bar_over_the_whole_job_unless_quiet(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    import io
+    import sys
+
+    from roberta.cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    train, dev = _sentiment_tsv(tmp_path / "train.tsv", 96, 0), _sentiment_tsv(tmp_path / "dev.tsv", 40, 1)
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, tmp_path / "o")) == 0
+    lines = term.getvalue().replace("\r", "\n").splitlines()
+    bars = [ln for ln in lines if "%|" in ln]
+    total = 2 * 2 * 2 * 6  # lrs x seeds x epochs x steps per epoch
+    assert bars and all(ln.startswith("finetune:") for ln in bars), bars[:3]  # one job bar, no bar per epoch
+    assert "100%" in bars[-1] and f"| {total}/{total} [" in bars[-1], bars[-1]
+    assert "lr 0.001 seed 0 epoch 1/2: train loss" in capsys.readouterr().out  # the per-epoch lines stay
+    # an early stop takes the steps it will not run off the total: the bar still ends at 100%
+    term.truncate(0)
+    term.seek(0)
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, tmp_path / "p", "--lr-grid", "1e-7", "--seeds", "1",
+                               "--epochs", "8", "--patience", "1")) == 0
+    last = [ln for ln in term.getvalue().replace("\r", "\n").splitlines() if "%|" in ln][-1]
+    done = int(last.split("| ")[1].split("/")[0])
+    assert "100%" in last and f"| {done}/{done} [" in last and done < 8 * 6 and done % 6 == 0, last
+    term.truncate(0)
+    assert main(_finetune_argv(tiny_checkpoint, train, dev, tmp_path / "q", "--quiet")) == 0
+    assert "%|" not in term.getvalue()
+
+
+def test_no_dev_holds_out_a_fixed_stratified_tenth_of_train(tmp_path):
+    from collections import Counter
+
+    train = write(tmp_path / "t.tsv", "text\tlabel\n" + "".join(f"t{i}\t{'pos' if i % 4 else 'neg'}\n" for i in range(200)))
+    task = file_task(train, None)
+    assert (len(task.train), len(task.dev)) == (180, 20) and task.held_out == 20
+    everything = read_examples(train, Columns("text", None, "label"))
+    assert sorted(e.where for e in task.train + task.dev) == sorted(e.where for e in everything)  # a split, no loss
+    assert Counter(e.label for e in task.dev) == {"pos": 15, "neg": 5}  # the train's label shares
+    assert [e.where for e in file_task(train, None).dev] == [e.where for e in task.dev]  # fixed, not random per run
+    assert task.labels == ("neg", "pos")
+    with pytest.raises(UserError, match=r"one\.tsv: 1 example.*pass --dev"):
+        file_task(write(tmp_path / "one.tsv", "text\tlabel\na\t0.5\n"), None, regression=True)
+
+
+def test_finetune_without_dev_holds_out_and_scores_test_once_per_seed(tmp_path, tiny_checkpoint, capsys):
+    """--train alone: a held-out tenth selects epoch and lr (and says so); --test is scored at the
+    selected lr and epoch of each seed: the saved model's test accuracy is its seed's test score."""
+    from roberta.cli import main
+    from roberta.downstream.predict import Finetuned
+
+    train, test = _sentiment_tsv(tmp_path / "train.tsv", 200, 0), _sentiment_tsv(tmp_path / "test.tsv", 40, 2)
+    out = tmp_path / "o"
+    assert main(_finetune_argv(tiny_checkpoint, train, None, out, "--test", str(test), "--quiet")) == 0
+    stdout = capsys.readouterr().out
+    assert "no --dev: holding out 10% of train.tsv (20 examples) for selecting epoch and lr" in stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["train_examples"], m["dev_examples"], m["test_examples"]) == (180, 20, 40)
+    assert len(m["test_per_seed"]) == 2 and m["test_value"] == pytest.approx(np.median(m["test_per_seed"]))
+    printed = json.loads(stdout.strip().splitlines()[-1])
+    assert printed["test_value"] == m["test_value"] and printed["test_per_seed"] == m["test_per_seed"]
+    assert f"test accuracy {100 * m['test_value']:.2f}" in stdout
+    rows = [line.split("\t") for line in test.read_text().splitlines()[1:]]
+    preds = Finetuned(out, precision=m["config"]["precision"]).predict([text for text, _ in rows])
+    saved = np.mean([p["label"] == label for p, (_, label) in zip(preds, rows)])
+    assert saved == pytest.approx(m["test_per_seed"][m["model"]["seed"]])

@@ -3,7 +3,8 @@
 `claim_out` is called before any work: an absent or empty `--out` is fine; a non-empty one is
 refused unless the caller says it is the command's own resumable output (`own`) or the user passed
 `--overwrite`. The message names the directory and both ways out. pretrain has its own rule
-(`--resume`), and ablate its own per-arm check.
+(`--resume`), ablate its own per-arm check, and finetune continues only its own job
+(job.json); `settings_diff` names what differs when they refuse.
 """
 
 from __future__ import annotations
@@ -34,3 +35,21 @@ def claim_out(out: str | Path, overwrite: bool, command: str, own: Callable[[Pat
         return
     raise UserError(f"--out {p}: not empty (holds {describe(p)}); `roberta {command}` would overwrite it -- "
                     "choose a new --out, or pass --overwrite to replace it")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """["train.max_tokens 10000 -> 20000", ...] between the record of what is in an --out (an
+    ablation arm's, a finetune job's) and what this command would run: the error names these."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k.removeprefix('config.')} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

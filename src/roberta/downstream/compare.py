@@ -96,10 +96,12 @@ def format_comparison(r: dict, name: str = "pretrained", baseline: str = "scratc
 BASELINE_DIR = "baseline-scratch"
 
 
-def finetune_with_baseline(task, checkpoint, out, cfg, baseline_lrs: tuple[float, ...] = (), log=print) -> dict:
+def finetune_with_baseline(task, checkpoint, out, cfg, baseline_lrs: tuple[float, ...] = (), log=print,
+                           overwrite: bool = False) -> dict:
     """`roberta finetune ... --baseline scratch`: the pretrained arm in OUT, the same architecture
     from random init in OUT/baseline-scratch (same examples, same seeds, its own lr grid), then
-    the paired comparison added to OUT/metrics.json."""
+    the paired comparison added to OUT/metrics.json. Each arm is a finetune job of its own: an
+    interrupted command run again continues whichever arm was unfinished."""
     import dataclasses
 
     from roberta.downstream.finetune import finetune
@@ -108,10 +110,10 @@ def finetune_with_baseline(task, checkpoint, out, cfg, baseline_lrs: tuple[float
         raise UserError("--baseline scratch compares a pretrained checkpoint with scratch; drop --from-scratch")
     out = Path(out)
     log("== arm 1/2: pretrained ==")
-    finetune(task, checkpoint, out, cfg, log)
+    finetune(task, checkpoint, out, cfg, log, overwrite)
     log("== arm 2/2: same architecture from random init ==")
     scratch_cfg = dataclasses.replace(cfg, from_scratch=True, save_model=False, lrs=baseline_lrs or cfg.lrs)
-    finetune(task, checkpoint, out / BASELINE_DIR, scratch_cfg, log)
+    finetune(task, checkpoint, out / BASELINE_DIR, scratch_cfg, log, overwrite)
     return add_comparison(out, out / BASELINE_DIR, log)
 
 

@@ -122,8 +122,9 @@ def choose_penalty(x, y, regression: bool, n_classes: int, metric: str, penaltie
 
 
 def probe_encoder(model: RobertaClassifier, train_ids, dev_ids, y_train, y_dev, task: TaskData,
-                  cfg: ProbeConfig) -> dict:
-    """Features -> CV'd penalty -> fit on all train -> dev predictions and metric."""
+                  cfg: ProbeConfig, test: tuple | None = None) -> dict:
+    """Features -> CV'd penalty -> fit on all train -> dev predictions and metric (and, for
+    test = (ids, y), the same fitted probe's test metric)."""
     ftr, fdv = (features(model, ids, cfg.batch_size, cfg.progress) for ids in (train_ids, dev_ids))
     mean, std = ftr.mean(0), ftr.std(0) + 1e-6
     x = torch.from_numpy((ftr - mean) / std).double()
@@ -132,8 +133,13 @@ def probe_encoder(model: RobertaClassifier, train_ids, dev_ids, y_train, y_dev, 
     y = torch.from_numpy(y_train).double() if regression else torch.from_numpy(y_train).long()
     n_classes = max(len(task.labels), 1)
     penalty, cv = choose_penalty(x, y, regression, n_classes, task.metric, cfg.penalties, cfg.folds)
-    pred = _apply(_fit(x, y, regression, n_classes, penalty), xd, regression)
-    return {"value": float(METRICS[task.metric](pred, y_dev)), "penalty": penalty, "cv": cv, "pred": pred}
+    w = _fit(x, y, regression, n_classes, penalty)
+    pred = _apply(w, xd, regression)
+    r = {"value": float(METRICS[task.metric](pred, y_dev)), "penalty": penalty, "cv": cv, "pred": pred}
+    if test is not None:
+        xt = torch.from_numpy((features(model, test[0], cfg.batch_size, cfg.progress) - mean) / std).double()
+        r["test_value"] = float(METRICS[task.metric](_apply(w, xt, regression), test[1]))
+    return r
 
 
 def probe(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: ProbeConfig = ProbeConfig(),
@@ -154,6 +160,10 @@ def probe(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: ProbeCon
     y_dev = targets(dev_ex, task.labels, task.label_source)
     train_ids = encode(tok, train_ex, y_train, max_len, "truncate").ids
     dev_ids = encode(tok, dev_ex, y_dev, max_len, "truncate").ids
+    test = None
+    if task.test is not None:
+        y_test = targets(task.test, task.labels, task.label_source)
+        test = (encode(tok, task.test, y_test, max_len, "truncate").ids, y_test)
 
     def encoder(pretrained: bool) -> RobertaClassifier:
         model = build_classifier(model_cfg, max(len(task.labels), 1), "cpu", seed=cfg.seed)
@@ -164,10 +174,12 @@ def probe(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: ProbeCon
 
     log(f"probe {task.name}: {len(train_ex):,} train / {len(dev_ex):,} dev examples, max {max_len} tokens, "
         f"{cfg.folds}-fold CV over L2 penalties {', '.join(f'{p:g}' for p in cfg.penalties)}")
-    r = probe_encoder(encoder(True), train_ids, dev_ids, y_train, y_dev, task, cfg)
-    log(f"{ck}: {task.metric} {100 * r['value']:.2f} (penalty {r['penalty']:g})")
+    r = probe_encoder(encoder(True), train_ids, dev_ids, y_train, y_dev, task, cfg, test)
+    test_line = "" if test is None else f"; test {task.metric} {100 * r['test_value']:.2f}"
+    log(f"{ck}: {task.metric} {100 * r['value']:.2f} (penalty {r['penalty']:g}){test_line}")
     summary = {"task": task.name, "metric": task.metric, "value": r["value"], "penalty": r["penalty"], "cv": r["cv"],
                "checkpoint": str(ck), "train_examples": len(train_ex), "dev_examples": len(dev_ex),
+               **({} if test is None else {"test_value": r["test_value"], "test_examples": len(test[1])}),
                "max_len": max_len, "features": "mean-pooled last layer + <s>, standardised",
                "config": dataclasses.asdict(cfg)}
     if baseline is not None:
@@ -187,15 +199,16 @@ def probe(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: ProbeCon
 __all__ = ["probe", "ProbeConfig", "features", "fit_logistic", "fit_ridge", "choose_penalty"]
 
 
-def probe_run(run_dir: Path, glue_dir: str, tasks: list[str], max_train: int = 2000) -> None:
-    """`roberta ablate --probe TASK`: probe a finished arm on each GLUE task (skipping those done),
-    written as run_dir/glue/probe-TASK/metrics.json, so the report shows a `probe-TASK` column."""
+def probe_run(run_dir: Path, glue_dir: str | None, tasks: list, max_train: int = 2000) -> None:
+    """`roberta ablate --probe TASK` / `--task-eval probe`: probe a finished arm on each task (a GLUE
+    name under glue_dir, or a TaskData; skipping those done), written as
+    run_dir/glue/probe-NAME/metrics.json, so the report shows a `probe-NAME` column."""
     from roberta.downstream.tasks import glue_task
 
-    for name in tasks:
+    for t in tasks:
+        name = t if isinstance(t, str) else t.name
         target = Path(run_dir) / "glue" / f"probe-{name}"
         if (target / "metrics.json").is_file():
             continue
-        task = glue_task(name, glue_dir)
-        task.name = f"probe-{name}"
-        probe(task, run_dir, target, ProbeConfig(max_train=max_train, threads=1))
+        task = glue_task(t, glue_dir) if isinstance(t, str) else t
+        probe(dataclasses.replace(task, name=f"probe-{name}"), run_dir, target, ProbeConfig(max_train=max_train, threads=1))

@@ -5,8 +5,11 @@ prepared data, with the same token budget (train.max_tokens: real tokens seen, t
 B*L*S) and, for seed k, the same data-order/initialisation seed k. Arms run one after another.
 Each arm's directory records what defines it (ARM_FILE: its full config, budget and data); re-running
 reuses a finished arm and resumes an interrupted one only when that record is identical, and
-otherwise refuses, naming the arm and what differs (--overwrite re-runs it). The report shows tokens, FLOPs and wall time per arm so the fairness is visible, and
-calls a difference real only when it exceeds the spread across seeds.
+otherwise refuses, naming the arm and what differs (--overwrite re-runs it). The report shows
+tokens, FLOPs and wall time per arm so the fairness is visible, and calls a difference real only
+when it exceeds the spread across seeds. Each arm can be scored downstream: fine-tuned (median
+over seeds) or probed on GLUE tasks or on the user's own labelled files, all loaded before the
+first arm trains, so that a bad file is an error before hours of pretraining, not after.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from roberta.config import FORMATS, Config, apply_overrides
 from roberta.errors import UserError
+from roberta.outdir import settings_diff
 from roberta.config import scaled_lr
 from roberta.training.optim import paper_lr
 from roberta.presets import get_preset
@@ -25,6 +29,8 @@ from roberta.study.report import make_report
 
 KINDS = ("masking", "formats", "batch-size", "custom")
 ARM_FILE = "arm.json"  # in each arm's run directory: what defines the arm
+EVALS = ("finetune", "probe")  # how an arm is scored on a labelled task
+PROBE_MAX_TRAIN = 2000  # a probe's training examples per task: enough for a linear read-out, seconds on a CPU
 PAPER_FORMAT_ORDER = ("segment-pair+nsp", "sentence-pair+nsp", "full-sentences", "doc-sentences")
 assert set(PAPER_FORMAT_ORDER) == set(FORMATS)
 
@@ -100,23 +106,6 @@ def arm_definition(cfg: Config, budget_tokens: int, data: str) -> dict:
     return json.loads(json.dumps(definition))  # as it reads back from ARM_FILE (tuples become lists)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def definition_diff(old: dict, new: dict) -> list[str]:
-    """["train.max_tokens 10000 -> 20000", ...] between two arm definitions."""
-    a, b = _flat(old), _flat(new)
-    return [f"{k.removeprefix('config.')} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
 def arm_state(run_dir: Path, definition: dict, label: str, overwrite: bool) -> str:
     """"new", "finished" (reuse), "interrupted" (resume) or "rerun" (--overwrite, the old run
     removed); a run of another definition is a UserError that says what differs."""
@@ -135,7 +124,7 @@ def arm_state(run_dir: Path, definition: dict, label: str, overwrite: bool) -> s
         shutil.rmtree(run_dir)
         return "rerun"
     why = ("has no record of its config (written by an older version, or not by ablate)" if old is None
-           else f"was run with {'; '.join(definition_diff(old, definition)[:4])}")
+           else f"was run with {'; '.join(settings_diff(old, definition)[:4])}")
     raise UserError(f"ablate: arm {label} in {run_dir} {why}; re-run it with --overwrite, or choose a new --out")
 
 
@@ -143,22 +132,47 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
                  sets: list[str] | None = None, seeds: int = 1, glue_dir: str | None = None,
                  glue_tasks: list[str] | None = None, custom: str | None = None, lr_rule: str = "sqrt",
                  progress: bool = True, finetune_args: dict | None = None, overwrite: bool = False,
-                 probe_tasks: list[str] | None = None) -> dict:
+                 probe_tasks: list[str] | None = None, tasks: list[tuple[str, object]] | None = None) -> dict:
+    """Train every arm x seed (reusing finished ones), score each downstream, write OUT/report.md.
+    glue_tasks / probe_tasks: GLUE names under glue_dir, fine-tuned / probed; tasks: more (how,
+    TaskData) pairs, how in EVALS (the user's own labelled files)."""
     from roberta.data.prepare import read_meta
-    from roberta.training.loop import pretrain
 
     if budget_tokens <= 0:
         raise UserError("ablate: --max-tokens must be > 0")
     if seeds < 1:
         raise UserError(f"ablate: --seeds {seeds}: must be >= 1")
-    data_seq_len = int(read_meta(data).get("seq_len") or 0)  # a missing or unprepared --data: an error before anything is written
+    meta = read_meta(data)  # a missing or unprepared --data: an error before anything is written
     sets = sets or []
-    base = apply_overrides(get_preset(preset), list(sets))
-    arms = arms_for(kind, base, custom, lr_rule)
+    arms = arms_for(kind, apply_overrides(get_preset(preset), list(sets)), custom, lr_rule)
     outdir = Path(out)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--out {outdir}: is a file, not a directory; choose a new --out")
-    # every arm's state is decided before any arm runs: a stale arm is refused up front, not after hours
+    plan = plan_arms(arms, seeds, outdir, preset, sets, budget_tokens, data, int(meta.get("seq_len") or 0), overwrite)
+    if kind == "masking":
+        static = next(cfg for arm, _, _, cfg, _, _ in plan if arm.name == "static")
+        check_masking_budget(data, meta, budget_tokens, static.masking.dupe_factor)
+    evals = downstream_tasks(glue_dir, glue_tasks or [], probe_tasks or []) + list(tasks or [])
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "ablation.json").write_text(json.dumps(
+        {"kind": kind, "data": str(data), "budget_tokens": budget_tokens, "preset": preset, "sets": sets,
+         "seeds": seeds, "arms": [dataclasses.asdict(a) for a in arms]}, indent=2))
+    for arm, seed, run_dir, cfg, definition, state in plan:
+        train_arm(arm, seed, run_dir, cfg, definition, state, data, progress)
+        finetune_run(run_dir, None, [t for how, t in evals if how == "finetune"], finetune_args or {}, overwrite)
+        if any(how == "probe" for how, _ in evals):  # frozen features: a signal where fine-tuning cannot separate arms
+            from roberta.downstream.probe import probe_run
+
+            probe_run(run_dir, None, [t for how, t in evals if how == "probe"], max_train=PROBE_MAX_TRAIN)
+    return make_report([run_dir for _, _, run_dir, *_ in plan], outdir,
+                       title=f"{kind} ablation at {budget_tokens:,} tokens per arm")
+
+
+def plan_arms(arms: list[Arm], seeds: int, outdir: Path, preset: str, sets: list[str], budget_tokens: int,
+              data: str, data_seq_len: int, overwrite: bool) -> list[tuple]:
+    """(arm, seed, run_dir, cfg, definition, state) for every run. Every arm's state is decided
+    before any arm runs: a stale arm is refused up front, not after hours (with --overwrite it is
+    decided when its turn comes, so a refused plan never deletes anything)."""
     plan = []
     for arm in arms:
         for seed in range(seeds):
@@ -167,45 +181,70 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
             definition = arm_definition(cfg, budget_tokens, data)
             state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=False) if not overwrite else None
             plan.append((arm, seed, run_dir, cfg, definition, state))
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / "ablation.json").write_text(json.dumps(
-        {"kind": kind, "data": str(data), "budget_tokens": budget_tokens, "preset": preset, "sets": sets,
-         "seeds": seeds, "arms": [dataclasses.asdict(a) for a in arms]}, indent=2))
-    run_dirs = []
-    for arm, seed, run_dir, cfg, definition, state in plan:
-        run_dirs.append(run_dir)
-        if state is None:  # --overwrite: decided now, so a refused plan never deletes anything
-            state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=True)
-        if state == "finished":
-            print(f"ablate: {arm.name} seed {seed} already finished with the same config and budget; reusing it")
-        else:
-            verb = {"new": "", "interrupted": " (resuming an interrupted run)",
-                    "rerun": " (--overwrite: the earlier run of another config was removed)"}[state]
-            print(f"ablate: {arm.name} seed {seed}{verb}: {' '.join(arm.overrides)} -> {run_dir}")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ARM_FILE).write_text(json.dumps(definition, indent=2))
-            pretrain(str(data), str(run_dir), cfg, resume=state == "interrupted", progress=progress)
-        if glue_dir and glue_tasks:
-            finetune_run(run_dir, glue_dir, glue_tasks, finetune_args or {})
-        if glue_dir and probe_tasks:  # frozen features: a signal where fine-tuning cannot separate arms
-            from roberta.downstream.probe import probe_run
-
-            probe_run(run_dir, glue_dir, probe_tasks)
-    return make_report(run_dirs, outdir, title=f"{kind} ablation at {budget_tokens:,} tokens per arm")
+    return plan
 
 
-def finetune_run(run_dir: Path, glue_dir: str, tasks: list[str], args: dict) -> None:
-    """Fine-tune a finished arm on each task (skipping tasks already done): run_dir/glue/TASK/metrics.json
-    holds the median over fine-tuning seeds, as the paper reports."""
+def check_masking_budget(data: str, meta: dict, budget_tokens: int, dupe_factor: int) -> None:
+    """Static masking draws mask number (epoch % dupe_factor) of a sequence, dynamic mask number
+    epoch: the two arms draw the same masks -- they are the same run, to the bit -- until a
+    sequence is drawn for the (dupe_factor + 1)-th time. A budget that never gets there would spend
+    the compute of two runs on one, and the report would call it a tie: refused before any compute.
+    (Epochs counted from the training tokens; <s> and </s> make a real epoch a little longer.)"""
+    tokens = int(meta["splits"]["train"]["tokens"])
+    epochs = budget_tokens / max(tokens, 1)
+    if epochs > dupe_factor:
+        return
+    fewer = ("" if dupe_factor == 1 else
+             f", or --set masking.dupe_factor=1 (one fixed mask per sequence) with "
+             f"--max-tokens >= 2 epochs = {2 * tokens:,}")
+    raise UserError(f"ablate masking: --max-tokens {budget_tokens:,} covers {epochs:.2g} epochs of {data} "
+                    f"({tokens:,} training tokens), and static masking with masking.dupe_factor={dupe_factor} draws the "
+                    f"same masks as dynamic for the first {dupe_factor} epoch(s), so the two arms would be the same run; "
+                    f"give --max-tokens >= {2 * dupe_factor} epochs = {2 * dupe_factor * tokens:,} tokens (each static "
+                    f"mask seen twice){fewer}, or a smaller corpus")
+
+
+def downstream_tasks(glue_dir: str | None, glue_tasks: list[str], probe_tasks: list[str]) -> list[tuple[str, object]]:
+    """(how, TaskData) for the GLUE tasks named, read now: a missing file is an error before the
+    first arm trains, not after it."""
+    from roberta.downstream.tasks import glue_task
+
+    if (glue_tasks or probe_tasks) and not glue_dir:
+        raise UserError(f"ablate: GLUE tasks ({', '.join(glue_tasks + probe_tasks)}) need --glue-dir DIR")
+    loaded = {name: glue_task(name, glue_dir) for name in dict.fromkeys(glue_tasks + probe_tasks)}
+    return [("finetune", loaded[n]) for n in glue_tasks] + [("probe", loaded[n]) for n in probe_tasks]
+
+
+def train_arm(arm: Arm, seed: int, run_dir: Path, cfg: Config, definition: dict, state: str | None, data: str,
+              progress: bool) -> None:
+    """Pretrain one arm x seed, resume it, or reuse it as arm_state decided."""
+    from roberta.training.loop import pretrain
+
+    if state is None:  # --overwrite: decided now, so a refused plan never deletes anything
+        state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=True)
+    if state == "finished":
+        print(f"ablate: {arm.name} seed {seed} already finished with the same config and budget; reusing it")
+        return
+    verb = {"new": "", "interrupted": " (resuming an interrupted run)",
+            "rerun": " (--overwrite: the earlier run of another config was removed)"}[state]
+    print(f"ablate: {arm.name} seed {seed}{verb}: {' '.join(arm.overrides)} -> {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ARM_FILE).write_text(json.dumps(definition, indent=2))
+    pretrain(str(data), str(run_dir), cfg, resume=state == "interrupted", progress=progress)
+
+
+def finetune_run(run_dir: Path, glue_dir: str | None, tasks: list, args: dict, overwrite: bool = False) -> None:
+    """Fine-tune a finished arm on each task (a GLUE name under glue_dir, or a TaskData) into
+    run_dir/glue/NAME, whose metrics.json holds the median over fine-tuning seeds, as the paper
+    reports. finetune reuses a finished job there, continues an interrupted one, and refuses one of
+    other settings (--ft-epochs changed, say) unless `overwrite`."""
     from roberta.downstream.finetune import FinetuneConfig, finetune
     from roberta.downstream.tasks import glue_task
 
     cfg = FinetuneConfig(**args)
-    for task in tasks:
-        target = run_dir / "glue" / task
-        if (target / "metrics.json").is_file():
-            continue
-        finetune(glue_task(task, glue_dir), str(run_dir), str(target), cfg)
+    for t in tasks:
+        task = glue_task(t, glue_dir) if isinstance(t, str) else t
+        finetune(task, str(run_dir), str(run_dir / "glue" / task.name), cfg, overwrite=overwrite)
 
 
 __all__ = ["run_ablation", "make_report", "arms_for", "Arm"]
