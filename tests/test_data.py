@@ -260,7 +260,7 @@ def test_cli_prepare_skips_bad_lines_and_says_how_much_went_in_and_out(tmp_path,
     (tmp_path / "long.txt").write_text("word " * (MAX_DOC_CHARS // 5 + 1000))
     out = tmp_path / "out"
     r = run_cli("prepare", tmp_path / "nonutf.txt", tmp_path / "blank.txt", tmp_path / "mixed.jsonl",
-                tmp_path / "long.txt", "--tokenizer", tokenizer_dir, "--out", out, "--workers", 1)
+                tmp_path / "long.txt", "--tokenizer", tokenizer_dir, "--out", out, "--threads", 1)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().splitlines()) == 1
     line = r.stdout
@@ -300,7 +300,7 @@ def test_cli_prepare_refuses_bad_input_with_one_line(case, tmp_path, tokenizer_d
     else:
         inp, expect, tok = tmp_path / "ok.txt", "not a tokenizer directory", tmp_path
         inp.write_text("fine\n")
-    r = run_cli("prepare", inp, "--tokenizer", tok, "--out", tmp_path / "out", "--workers", 1, *extra)
+    r = run_cli("prepare", inp, "--tokenizer", tok, "--out", tmp_path / "out", "--threads", 1, *extra)
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expect in last and "Traceback" not in r.stderr
@@ -356,3 +356,37 @@ def test_another_commands_output_is_not_a_corpus(data_dir, tokenizer_dir):
         iter_documents([str(data_dir)])  # its tokenizer/merges.txt would otherwise be read as text
     with pytest.raises(UserError, match="not a corpus"):
         iter_documents([str(tokenizer_dir)])
+
+
+def test_a_directory_names_the_files_it_does_not_read(tmp_path, tokenizer_dir):
+    """Issue 23: a corpus directory's other files (notes, a CSV, code, a blob, a man page .gz) read
+    as "2 file(s)" with 5 ignored without a word. They are still not read, but one line names them
+    and why, the summary counts them, and meta.json lists them."""
+    corpus = tmp_path / "corpus"
+    (corpus / "man").mkdir(parents=True)
+    (corpus / "a.txt").write_text("The first document is here.\n\nThe second one follows it.\n")
+    (corpus / "man" / "b.jsonl").write_text(json.dumps({"text": "A third document, in JSON."}) + "\n")
+    (corpus / "README.md").write_text("# notes about the corpus\n")
+    (corpus / "labels.csv").write_text("text,label\nx,1\n")
+    (corpus / "clean.py").write_text("print('cleaning')\n")
+    (corpus / "weights.bin").write_bytes(bytes(range(256)))
+    (corpus / "man" / "ls.1.gz").write_bytes(gzip.compress(b".TH LS 1\n"))
+    (corpus / ".DS_Store").write_bytes(b"\x00\x01")  # hidden files stay out of it, unnamed
+    skipped = ["README.md", "clean.py", "labels.csv", "man/ls.1.gz", "weights.bin"]
+    r = run_cli("train-tokenizer", corpus, "--out", tmp_path / "tok", "--vocab-size", "300", "--min-frequency", "1")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "not a corpus format" in line]
+    assert len(lines) == 1 and f"skipped 5 file(s) in {corpus}/" in lines[0], r.stderr
+    assert lines[0].endswith(f"{', '.join(skipped)} (read are .txt, .jsonl, .jsonl.gz, .parquet, .arrow and "
+                             "Hugging Face dataset directories)")
+    assert "in 2 file(s)" in r.stdout and "5 skipped (file not a corpus format)" in r.stdout
+    r = run_cli("prepare", corpus, "--tokenizer", tokenizer_dir, "--out", tmp_path / "data", "--seq-len", "16")
+    assert r.returncode == 0, r.stderr
+    assert "5 skipped (file not a corpus format)" in r.stdout
+    read = read_meta(tmp_path / "data")["read"]
+    assert read["files"] == 2 and read["skipped"] == {"file not a corpus format": 5}
+    assert read["skipped_files"] == {"file not a corpus format": [str(corpus / name) for name in skipped]}
+    # compressed or binary content under a corpus name is still refused, not skipped
+    (corpus / "packed.txt").write_bytes(gzip.compress(b"hello\n" * 100))
+    with pytest.raises(UserError, match="packed.txt: is gzip-compressed"):
+        iter_documents([str(corpus)])

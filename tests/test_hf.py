@@ -300,3 +300,27 @@ def test_prepared_data_from_before_fingerprints_still_loads(tmp_path, tokenizer_
     meta["tokenizer_hash"] = "0" * 16  # the copy no longer matches what the data was made with
     with pytest.raises(UserError, match="tokenizer differs"):
         check_same_tokenizer(tmp_path / "imported", old, meta, "the checkpoint")
+
+
+def test_exported_mlm_fills_masks_in_long_texts_with_truncation(tmp_path, tokenizer_dir):
+    """Issue 23: pipeline('fill-mask') on a text longer than the model fails in transformers
+    ('index out of bounds') unless asked to truncate; no setting of the export can make it truncate
+    by default, so the export says how, at the model's real length, and then agrees with fill_mask."""
+    cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
+        TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, max_positions=66))
+    model = build_model(cfg.model, seed=0)
+    randomise(model)
+    ckpt.save_checkpoint(tmp_path / "run", 1, model, cfg, tokenizer_dir)
+    out = tmp_path / "hf"
+    r = run_cli("export-hf", "--checkpoint", tmp_path / "run", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert (f"for texts over 64 tokens, use pipeline('fill-mask', model='{out}', "
+            "tokenizer_kwargs={'truncation': True})") in r.stdout
+    text = "The <mask> is returned. " + "Return the value of the list. " * 40
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.model_max_length == 64 < len(tok(text)["input_ids"])
+    pipe = transformers.pipeline("fill-mask", model=str(out), device="cpu", tokenizer_kwargs={"truncation": True})
+    theirs = pipe(text, top_k=3)
+    ours = roberta.load(tmp_path / "run").fill_mask(text, top_k=3)
+    assert [p["token"] for p in theirs] == [p["token_id"] for p in ours]
+    assert [p["score"] for p in theirs] == pytest.approx([p["score"] for p in ours], abs=1e-4)

@@ -60,3 +60,30 @@ def test_plan_cli(tmp_path):
     assert plans[0]["tokens"] == 8192 * 512 * 500_000
     r = run_cli("plan", "--batch-size", "8", "--max-steps", "1", "--gpu", "tpu9")
     assert r.returncode == 2 and "unknown" in r.stderr
+
+
+def _strict_json(line: str):
+    """json.loads, but NaN / Infinity (which Python's json accepts and JSON does not) are errors."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_plan_on_a_cpu_is_valid_json_with_a_time_and_the_presets_own_lr():
+    """Issue 23: with no GPU given, `plan` printed "hours": NaN and "wall time n/a", and only the
+    paper's lr (1e-4 at batch 16) for `tiny`, whose preset trains at 5e-4."""
+    r = run_cli("plan", "--preset", "tiny", "--batch-size", "16", "--seq-len", "128", "--max-steps", "1000",
+                "--vocab-size", "8000")
+    assert r.returncode == 0, r.stderr
+    plan = _strict_json(r.stdout.strip().splitlines()[-1])[0]
+    assert "this CPU (peak" in r.stdout and "matmul probe" in r.stdout
+    # FLOPs / (probed peak x MFU): the header's peak reproduces the hours to its printed precision
+    peak = float(r.stdout.split("this CPU (peak ")[1].split(" GFLOP/s")[0]) * 1e9  # rounded to 1 GFLOP/s
+    hours = [plan["flops"] / (p * 0.45) / 3600 for p in (peak + 0.5e9, peak - 0.5e9)]
+    assert hours[0] <= plan["hours"] <= hours[1]
+    assert plan["lr_preset"] == pytest.approx(5e-4) and plan["lr_paper"] == pytest.approx(1e-4)
+    assert any(line.startswith("lr: tiny's own") and line.endswith(" 5.00e-04") for line in r.stdout.splitlines())
+    # base at the paper's batch: its own 6e-4 beside the paper's table
+    base = make_plan("base", 8192, 512, 10, peak_flops=0.0)
+    assert base.lr_preset == pytest.approx(6e-4) and base.hours is None
+    assert _strict_json(json.dumps(dataclasses.asdict(base)))["hours"] is None

@@ -13,7 +13,7 @@ import torch
 
 from roberta.training.checkpoint import load_model
 from roberta.data.loader import pad_rows
-from roberta.errors import UserError
+from roberta.errors import UserError, WrongModelError
 from roberta.model import RobertaMLM, max_seq_len
 from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, load_tokenizer
 
@@ -26,6 +26,14 @@ class Pretrained:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def __getattr__(self, name: str):  # only for names a Pretrained lacks
+        if name in ("predict", "outputs"):
+            raise WrongModelError(
+                f"{self.path} is a pretrained (masked-LM) checkpoint, which has no .{name}(): use .fill_mask() "
+                f"or .embed() here, or fine-tune it (`roberta finetune --checkpoint {self.path} ...`) and "
+                "roberta.load() its --out to predict labels")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded (B, T) ids and attention mask on the model's device; a text too long keeps

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 
 from roberta.cli import downstream, evaluate, prepare, pretrain, quickstart, study, tokenizer, use
@@ -82,22 +83,51 @@ def _moved(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _moved(list(sys.argv[1:] if argv is None else argv))
+    try:
+        try:
+            code = _run(_moved(list(sys.argv[1:] if argv is None else argv)))
+        finally:  # (also after --help's SystemExit) a pipe closed early fails here, not in the interpreter's exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_closed():  # another pipe broke (a worker's): a real failure, not a reader gone
+            raise
+        code = _stdout_gone()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _end_process(code)
+    return code
+
+
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["--markdown"]:  # docs/commands.md is this output (tests/test_docs.py keeps it current)
         print(commands_markdown(build_parser()), end="")
         return 0
     args = build_parser().parse_args(argv)
     try:
-        code = args.fn(args) or 0
+        return args.fn(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        code = 2
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        code = 130
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _end_process(code)
-    return code
+        return 130
+
+
+def _stdout_closed() -> bool:
+    """Whether nobody reads our stdout any more: poll() reports POLLERR on a pipe whose reader closed."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no file descriptor: assume so
+        return True
+
+
+def _stdout_gone() -> int:
+    """The reader of our stdout left (`roberta report run | head -5`): as Python's docs advise
+    (signal module, "Note on SIGPIPE"), point stdout at devnull, so that the interpreter's own
+    final flush has nowhere to fail, and end quietly with 1, as a SIGPIPE'd `cat` ends non-zero."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def _end_process(code: int) -> None:

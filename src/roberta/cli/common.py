@@ -4,6 +4,7 @@ examples, old flag names, and the flags several commands take."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 
@@ -82,8 +83,8 @@ def add_sets(s: argparse.ArgumentParser, what: str = "") -> None:
                    help="override one config key, e.g. train.max_steps=500 (repeatable; docs/config.md)" + what)
 
 
-def add_threads(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+def add_threads(s: argparse.ArgumentParser, help: str = "torch CPU threads (0 = torch's default)") -> None:
+    s.add_argument("--threads", type=int, default=0, help=help)
 
 
 def set_threads(n: int) -> None:
@@ -93,6 +94,17 @@ def set_threads(n: int) -> None:
         raise UserError(f"--threads {n}: must be >= 0 (0 = torch's default)")
     if n:
         torch.set_num_threads(n)
+
+
+def set_tokenizer_threads(n: int) -> None:
+    """The threads `tokenizers` uses in this process (0 = its default: all cores). It reads the
+    environment once, when its Rust thread pool (rayon) first starts: call this before any
+    tokenizer work. One thread is TOKENIZERS_PARALLELISM=false (no pool); more, RAYON_NUM_THREADS."""
+    if n < 0:
+        raise UserError(f"--threads {n}: must be >= 0 (0 = all cores)")
+    if n:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false" if n == 1 else "true"
+        os.environ["RAYON_NUM_THREADS"] = str(n)
 
 
 def add_precision(s: argparse.ArgumentParser, default: str | None = "auto",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from roberta.cli.common import TEXT_COLUMN_HELP, add_overwrite, add_quiet, add_renamed, command
+from roberta.cli.common import (TEXT_COLUMN_HELP, add_overwrite, add_quiet, add_renamed, add_threads, command,
+                                set_tokenizer_threads)
 from roberta.outdir import claim_out
 
 
 def cmd_prepare(a) -> None:
     from roberta.data.prepare import prepare
 
+    if a.threads == 1:  # one process; and `tokenizers` must not spread its encode_batch over every core
+        set_tokenizer_threads(1)
     claim_out(a.out, a.overwrite, "prepare")
     r = prepare(a.inputs, a.tokenizer, a.out, seq_len=a.seq_len, valid_fraction=a.valid_fraction,
-                text_field=a.text_column, workers=a.workers, progress=not a.quiet)
+                text_field=a.text_column, workers=a.threads, progress=not a.quiet)
     print(r.summary())
 
 
@@ -27,7 +30,8 @@ def register(sub) -> None:
     s.add_argument("--valid-fraction", type=float, default=0.02, help="share of documents held out")
     s.add_argument("--text-column", default="text", help=TEXT_COLUMN_HELP)
     add_renamed(s, "--text-field", "--text-column")
-    s.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = all cores)")
+    add_threads(s, "tokenizer processes (0 = all cores)")
+    add_renamed(s, "--workers", "--threads", type=int)
     add_quiet(s)
     add_overwrite(s)
     s.set_defaults(fn=cmd_prepare)

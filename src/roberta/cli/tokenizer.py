@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from roberta.cli.common import TEXT_COLUMN_HELP, add_overwrite, add_quiet, add_renamed, command
+from roberta.cli.common import (TEXT_COLUMN_HELP, add_overwrite, add_quiet, add_renamed, add_threads, command,
+                                set_tokenizer_threads)
 from roberta.errors import UserError
 from roberta.outdir import claim_out
 
@@ -11,14 +12,15 @@ def cmd_train_tokenizer(a) -> None:
     from roberta.data.readers import ReadStats, iter_documents, read_with_progress
     from roberta.tokenizer import save_tokenizer, train_tokenizer
 
+    set_tokenizer_threads(a.threads)
     claim_out(a.out, a.overwrite, "train-tokenizer")
     stats = ReadStats()
     docs = iter_documents(a.inputs, a.text_column, stats)
     if a.sample_bytes:
         from roberta.data.sample import parse_bytes, sample_documents, text_bytes
         want = parse_bytes(a.sample_bytes)
-        # a first streamed pass counts the text (its own stats: warnings and totals are reported once)
-        total = text_bytes(iter_documents(a.inputs, a.text_column, ReadStats()))
+        # a first streamed pass counts the text (its own quiet stats: warnings and totals are reported once)
+        total = text_bytes(iter_documents(a.inputs, a.text_column, ReadStats(quiet=True)))
         docs = sample_documents(docs, total, want, a.seed)
         print(f"train-tokenizer: learning from a uniform document sample of ~{min(want, total):,} of {total:,} "
               f"text bytes (seed {a.seed})")
@@ -45,6 +47,7 @@ def register(sub) -> None:
     s.add_argument("--sample-bytes", default="",
                    help="learn from a uniform document sample of about this much text (e.g. 1G; default: all of it)")
     s.add_argument("--seed", type=int, default=0, help="the document sample's seed (with --sample-bytes)")
+    add_threads(s, "tokenizer training threads (0 = all cores)")
     add_quiet(s)
     add_overwrite(s)
     s.set_defaults(fn=cmd_train_tokenizer)

@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from roberta.cli.common import Renamed, add_overwrite, command
 from roberta.errors import UserError
 from roberta.outdir import claim_out
 
 
+def one_line(text: str) -> str:
+    """`text` with newlines, tabs and other unprintable characters escaped as repr() writes them
+    (a table row stays one line); printable characters, accents and all, stay as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def cmd_fill_mask(a) -> None:
-    import roberta
+    from roberta.api import load
+    from roberta.downstream.predict import RECORD, finetuned_dir
 
     if a.top_k < 1:
         raise UserError(f"--top-k {a.top_k}: must be >= 1")
-    m = roberta.load(a.checkpoint)
-    results = m.fill_mask(a.text, top_k=a.top_k)
+    if (d := finetuned_dir(a.checkpoint)) is not None:
+        source = json.loads((d / RECORD).read_text()).get("checkpoint", "the pretrained checkpoint it came from")
+        raise UserError(f"--checkpoint {a.checkpoint}: is a fine-tuned classifier (a `roberta finetune` output), "
+                        f"which does not fill masks; label text with `roberta predict --checkpoint {a.checkpoint} "
+                        f"FILE --out preds.jsonl`, or fill masks with --checkpoint {source}")
+    results = load(a.checkpoint).fill_mask(a.text, top_k=a.top_k)
     several = bool(results) and isinstance(results[0], list)  # one list per <mask>
     for n, per_mask in enumerate(results if several else [results], start=1):
         if several:
             print(f"<mask> {n} of {len(results)}:")
         for r in per_mask:
-            print(f"{r['score']:.4f}  {r['token']!r:>16}  {r['sequence']}")
+            print(f"{r['score']:.4f}  {r['token']!r:>16}  {one_line(r['sequence'])}")
 
 
 def cmd_export_hf(a) -> None:
@@ -35,10 +48,21 @@ def cmd_export_hf(a) -> None:
 
         export_classifier(a.checkpoint, a.out)
         print(f"exported -> {a.out} (transformers.AutoModelForSequenceClassification / pipeline('text-classification') load it)")
+        _truncation_note(a.out, f"pipeline('text-classification', model='{a.out}', truncation=True)")
         return
     for note in export_hf(a.checkpoint, a.out):
         print(f"note: {note}")
     print(f"exported -> {a.out} (transformers.AutoModelForMaskedLM / AutoTokenizer.from_pretrained load it)")
+    _truncation_note(a.out, f"pipeline('fill-mask', model='{a.out}', tokenizer_kwargs={{'truncation': True}})")
+
+
+def _truncation_note(out: str, call: str) -> None:
+    """transformers' tokenizers truncate only when asked (no setting of an exported directory can
+    make that the default), and a text longer than the position table fails in the model."""
+    config = Path(out) / "tokenizer_config.json"
+    if config.is_file():
+        n = json.loads(config.read_text())["model_max_length"]
+        print(f"note: transformers' pipelines do not truncate unless asked: for texts over {n} tokens, use {call}")
 
 
 def cmd_import_hf(a) -> None:

@@ -8,8 +8,8 @@ Layout of a prepared directory (format-agnostic: the input format is chosen at p
     tokenizer/                    a copy of the tokenizer the tokens were made with
 
 Pipeline, streamed end to end: the main process reads and normalises documents (readers.py) and
-groups them into chunks of <= CHUNK_DOCS documents and <= CHUNK_CHARS characters; `--workers`
-processes encode each chunk with one `encode_batch` call over whole documents and map the
+groups them into chunks of <= CHUNK_DOCS documents and <= CHUNK_CHARS characters; `--threads`
+worker processes encode each chunk with one `encode_batch` call over whole documents and map the
 sentence splitter's cuts to token offsets; the main process appends each chunk, in input order,
 to the train or valid files. At most IN_FLIGHT_PER_WORKER chunks per worker exist at any time, so memory is
 O(workers x chunk) whatever the corpus size (`Pool.imap` would read the whole corpus ahead).
@@ -199,7 +199,7 @@ def prepare(inputs: list[str], tokenizer_dir: str, out: str, seq_len: int = 512,
     if seq_len < MIN_SEQ_LEN:
         raise UserError(f"--seq-len {seq_len}: must be at least {MIN_SEQ_LEN}")
     if workers < 0:
-        raise UserError(f"--workers {workers}: must be >= 0 (0 = all cores)")
+        raise UserError(f"--threads {workers}: must be >= 0 (0 = all cores)")
     tok = encoder(tokenizer_dir)
     stats = ReadStats()
     docs = iter_documents(inputs, text_field, stats)  # checks the inputs before anything is written

@@ -32,6 +32,9 @@ from roberta.data.sentences import sentence_cuts
 from roberta.errors import UserError
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
+NOT_CORPUS = "file not a corpus format"  # ReadStats.skipped's reason for a directory's other files
+SHOW_SKIPPED_FILES = 5  # names on the warning line
+MAX_SKIPPED_FILES = 100  # names kept in meta.json per reason; the count has them all
 MAX_WARNINGS = 3  # per kind of problem; the summary has the full counts
 READ_BYTES = 1 << 20
 MAX_DOC_CHARS = 100_000  # ~25K tokens; BPE time and memory grow faster than linearly in a space-free run
@@ -48,19 +51,32 @@ class ReadStats:
     bytes_in: int = 0  # bytes of the input files as read (decompressed), parquet: of the text column
     invalid_bytes: int = 0  # invalid UTF-8 bytes (or lone surrogate escapes) dropped from kept text
     skipped: dict = field(default_factory=dict)  # reason -> count of skipped lines / rows / files
+    skipped_files: dict = field(default_factory=dict)  # reason -> the first MAX_SKIPPED_FILES files skipped
     cut: int = 0  # over-long documents cut into pieces (nothing dropped)
     cut_into: int = 0  # ... the number of documents they became
+    quiet: bool = False  # count only: a second pass over the same inputs (a sample's size) warns once
     _warned: dict = field(default_factory=dict)
 
     def warn(self, kind: str, message: str) -> None:
         n = self._warned[kind] = self._warned.get(kind, 0) + 1
-        if n <= MAX_WARNINGS:
+        if n <= MAX_WARNINGS and not self.quiet:
             more = " (further warnings of this kind suppressed; the summary counts them)" if n == MAX_WARNINGS else ""
             tqdm.write(f"warning: {message}{more}", file=sys.stderr)  # tqdm.write: keeps a progress bar intact
 
     def skip(self, reason: str, where: str, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         self.warn(reason, f"{where}: {reason}{detail}; skipped")
+
+    def skip_files(self, directory: Path, files: list[Path]) -> None:
+        """A directory's files that are not a corpus format: counted, named (one line), kept in meta.json."""
+        self.skipped[NOT_CORPUS] = self.skipped.get(NOT_CORPUS, 0) + len(files)
+        kept = self.skipped_files.setdefault(NOT_CORPUS, [])
+        kept.extend(str(f) for f in files[: MAX_SKIPPED_FILES - len(kept)])
+        names = ", ".join(str(f.relative_to(directory)) for f in files[:SHOW_SKIPPED_FILES])
+        more = ", ..." if len(files) > SHOW_SKIPPED_FILES else ""
+        self.warn(f"{NOT_CORPUS} in {directory}",
+                  f"skipped {len(files):,} file(s) in {directory}/ that are not a corpus format: {names}{more} "
+                  f"(read are {', '.join(SUFFIXES)} and Hugging Face dataset directories)")
 
     def clean(self, text: str, where: str) -> str:
         """Drop invalid bytes / lone surrogates (tokenizers cannot encode them), counting them."""
@@ -84,6 +100,7 @@ class ReadStats:
     def to_dict(self) -> dict:
         return {"files": self.files, "documents": self.documents, "bytes": self.bytes_in,
                 "invalid_utf8_bytes": self.invalid_bytes, "skipped": dict(self.skipped),
+                "skipped_files": {reason: list(files) for reason, files in self.skipped_files.items()},
                 "cut_documents": self.cut, "cut_into": self.cut_into}
 
 
@@ -135,8 +152,10 @@ def _check_is_text(path: Path) -> None:
         raise UserError(f"{path}: is {why}, not a {path.suffix} text file; {hint}")
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files to read, in order; a directory means its supported files, recursively, sorted."""
+def expand_inputs(inputs: list[str], stats: ReadStats | None = None) -> list[Path]:
+    """Files to read, in order; a directory means its supported files, recursively, sorted. The
+    other files met in a directory (README.md, a .csv, a man page .gz) are not read: with `stats`,
+    they are counted and named (ReadStats.skip_files), so that none goes missing without a word."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -147,9 +166,13 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise UserError(f"{p}: is a tokenizer, checkpoint or run directory, not a corpus; "
                             "pass text files (.txt, .jsonl, .jsonl.gz, .parquet, .arrow) or a directory of them")
         if p.is_dir():
-            found = _directory_files(p)
+            others: list[Path] = []
+            found = _directory_files(p, others)
             if not found:
-                raise UserError(f"{p}: directory has no {', '.join(SUFFIXES)} files")
+                listed = f" (it has {len(others):,} other file(s), e.g. {others[0].name})" if others else ""
+                raise UserError(f"{p}: directory has no {', '.join(SUFFIXES)} files{listed}")
+            if others and stats is not None:
+                stats.skip_files(p, others)
             files.extend(found)
         elif p.is_file():
             if not p.name.endswith(SUFFIXES):
@@ -162,10 +185,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _directory_files(directory: Path) -> list[Path]:
-    """The supported files under `directory` (hidden ones aside), depth first in name order; a
-    Hugging Face dataset met on the way gives the files of its own layout (one split, not the
-    `datasets` cache's intermediate files)."""
+def _directory_files(directory: Path, others: list[Path]) -> list[Path]:
+    """The supported files under `directory` (hidden ones aside), depth first in name order; the
+    rest are appended to `others`. A Hugging Face dataset met on the way gives the files of its
+    own layout (one split, not the `datasets` cache's intermediate files; hf_datasets notes them)."""
     hf_files = hf_dataset_files(directory, SUFFIXES)
     if hf_files is not None:
         return hf_files
@@ -175,9 +198,9 @@ def _directory_files(directory: Path) -> list[Path]:
             continue
         if entry.is_dir():
             if not entry.is_symlink():  # as rglob: a linked directory is not entered (no cycles)
-                files.extend(_directory_files(entry))
-        elif entry.is_file() and entry.name.endswith(SUFFIXES):
-            files.append(entry)
+                files.extend(_directory_files(entry, others))
+        elif entry.is_file():
+            (files if entry.name.endswith(SUFFIXES) else others).append(entry)
     return files
 
 
@@ -380,8 +403,8 @@ def iter_documents(inputs: list[str], text_field: str = "text", stats: ReadStats
 
     The inputs are checked now (missing file, empty directory, unsupported type raise UserError
     before anything is read); the documents are then streamed."""
-    files = expand_inputs(inputs)
-    return _documents(files, text_field, stats if stats is not None else ReadStats())
+    stats = stats if stats is not None else ReadStats()
+    return _documents(expand_inputs(inputs, stats), text_field, stats)
 
 
 def expected_bytes(inputs: list[str], text_field: str = "text") -> int:

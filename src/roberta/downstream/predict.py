@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from roberta.training import checkpoint as ckpt
 from roberta.training.distributed import pick_device
-from roberta.errors import UserError
+from roberta.errors import UserError, WrongModelError
 from roberta.downstream.batches import encode, forward, length_batches
 from roberta.downstream.metrics import all_metrics
 from roberta.model import build_classifier
@@ -79,6 +79,14 @@ class Finetuned:
     @property
     def metric(self) -> str:
         return self.record["metric"]
+
+    def __getattr__(self, name: str):  # only for names a Finetuned lacks
+        if name in ("fill_mask", "embed"):
+            raise WrongModelError(
+                f"{self.path} is a fine-tuned classifier, which has no .{name}(): use .predict(texts) for its labels, "
+                f"or roberta.load() the pretrained checkpoint it was fine-tuned from ({self.record.get('checkpoint')}) "
+                f"for .{name}()")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def outputs(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """(n, n_out): class probabilities, or values (n_out = 1), in input order."""

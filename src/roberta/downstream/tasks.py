@@ -23,6 +23,8 @@ from roberta.errors import UserError
 
 FILE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".jsonl.gz")
 Column = str | int  # a header name, or a 0-based position in a header-less tsv
+QUOTE_CHARS = 40  # of a cell quoted in an error: a header-less file's "column name" can be a whole document
+FLAGS = {"text": "--text-column", "pair": "--text-pair-column", "label": "--label-column"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class TaskData:
     train: list[Example]
     dev: list[Example]
     label_source: str = "the training data"  # named in the unseen-label error
+    test: list[Example] | None = None  # scored once at the selected lr/epoch, never used to select
+    held_out: int = 0  # > 0: no dev file, dev is this many examples held out of train (hold_out)
 
     @property
     def regression(self) -> bool:
@@ -84,16 +88,64 @@ class TaskData:
 
 # ---------------------------------------------------------------------------------------- rows
 
-def _tabular_rows(path: Path, delimiter: str, header: bool) -> Iterator[tuple[int, dict]]:
-    """(line number, {column: value}) for a .tsv (tabs only) or .csv (CSV quoting) file."""
+def quote_cell(value) -> str:
+    """repr() of a cell, cut to QUOTE_CHARS characters."""
+    text = str(value)
+    return repr(text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "...")
+
+
+def quote_columns(names: list) -> str:
+    return ", ".join(map(quote_cell, names))
+
+
+def _looks_like_data(cell: str) -> bool:
+    """A header cell that reads as a value, not a name: a number (a label), or prose (longer than
+    QUOTE_CHARS characters, or five words or more)."""
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return len(cell) > QUOTE_CHARS or len(cell.split()) >= 5
+
+
+def check_header(path: Path, names: list[str], columns: Columns) -> None:
+    """Every column asked for is in the header (line 1); when one is not and the header's cells
+    look like data (_looks_like_data), the file most likely has no header at all: say so."""
+    wanted = {what: c for what, c in (("text", columns.text), ("pair", columns.pair), ("label", columns.label))
+              if c is not None}
+    missing = [what for what, c in wanted.items() if c not in names]
+    if not missing:
+        return
+    if any(_looks_like_data(n) for n in names):
+        raise UserError(f"{path}:1: the first row looks like data, not a header ({quote_columns(names[:3])}"
+                        f"{', ...' if len(names) > 3 else ''}): does the file have a header? add one with the "
+                        f"columns {','.join(map(str, wanted.values()))}")
+    what = missing[0]
+    raise UserError(f"{path}:1: no column {quote_cell(wanted[what])} in the header (has: {quote_columns(names)}); "
+                    f"choose it with {FLAGS[what]}")
+
+
+def _csv_records(f) -> Iterator[tuple[int, list[str]]]:
+    """(line where the record starts, cells): a quoted field can span lines, and an error about the
+    record belongs where it begins."""
+    reader = csv.reader(f)
+    start = 1
+    for row in reader:
+        yield start, row
+        start = reader.line_num + 1
+
+
+def _tabular_rows(path: Path, delimiter: str, header: bool, columns: Columns | None = None
+                  ) -> Iterator[tuple[int, dict]]:
+    """(line number, {column: value}) for a .tsv (tabs only) or .csv (CSV quoting) file; with
+    `columns`, the header is checked for them first (check_header)."""
     stray = "tab" if delimiter == "\t" else "comma or quote"
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: MRPC begins with a BOM
             if delimiter == "\t":
                 rows = ((n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(f, 1))
             else:
-                reader = csv.reader(f)
-                rows = ((reader.line_num, row) for row in reader)  # line_num: where the record ends
+                rows = _csv_records(f)
             names: list[Column] | None = None
             for n, row in rows:
                 if not any(cell.strip() for cell in row):
@@ -101,6 +153,8 @@ def _tabular_rows(path: Path, delimiter: str, header: bool) -> Iterator[tuple[in
                 if names is None:
                     if header:
                         names = [c.strip() for c in row]
+                        if columns is not None:
+                            check_header(path, names, columns)
                         continue
                     names = list(range(len(row)))
                 if len(row) != len(names):
@@ -131,8 +185,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _cell(row: dict, column: Column, where: str, what: str) -> str:
     if column not in row:
-        flag = {"text": "--text-column", "pair": "--text-pair-column", "label": "--label-column"}[what]
-        raise UserError(f"{where}: no column {column!r} (has: {', '.join(map(str, row))}); choose it with {flag}")
+        raise UserError(f"{where}: no column {quote_cell(column)} (has: {quote_columns(list(row))}); "
+                        f"choose it with {FLAGS[what]}")
     value = row[column]
     if isinstance(value, bool):
         value = int(value)
@@ -146,11 +200,11 @@ def _cell(row: dict, column: Column, where: str, what: str) -> str:
     return value
 
 
-def _rows(path: Path, header: bool) -> Iterator[tuple[int, dict]]:
+def _rows(path: Path, header: bool, columns: Columns | None = None) -> Iterator[tuple[int, dict]]:
     if path.name.endswith(".tsv"):
-        return _tabular_rows(path, "\t", header)
+        return _tabular_rows(path, "\t", header, columns)
     if path.name.endswith(".csv"):
-        return _tabular_rows(path, ",", header)
+        return _tabular_rows(path, ",", header, columns)
     if path.name.endswith((".jsonl", ".jsonl.gz")):
         return _jsonl_rows(path)
     raise UserError(f"{path}: unsupported file type; use {', '.join(FILE_SUFFIXES)}")
@@ -171,7 +225,7 @@ def read_examples(path: str | Path, columns: Columns, header: bool = True) -> li
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    rows = _rows(path, header)
+    rows = _rows(path, header, columns)
     out = []
     for n, row in rows:
         where = f"{path}:{n}"
@@ -220,14 +274,17 @@ def targets(examples: list[Example], labels: tuple[str, ...], source: str) -> np
 
 # --------------------------------------------------------------------------------------- tasks
 
-def glue_task(name: str, glue_dir: str | Path) -> TaskData:
+def glue_task(name: str, glue_dir: str | Path, test: str | Path | None = None) -> TaskData:
+    """A GLUE task's train and dev files; `test`: a labelled file in the task's own layout (GLUE's
+    test sets carry no labels)."""
     if name not in GLUE_TASKS:
         raise UserError(f"--glue {name}: unknown task; choose one of {', '.join(GLUE_TASKS)}")
     spec = GLUE_TASKS[name]
     folder = Path(glue_dir) / spec.folder
     train = read_examples(folder / "train.tsv", spec.columns, spec.header)
     dev = read_examples(folder / spec.dev, spec.columns, spec.header)
-    return TaskData(name, spec.metric, spec.labels, train, dev, f"GLUE {name}'s labels")
+    test_ex = None if test is None else read_examples(test, spec.columns, spec.header)
+    return TaskData(name, spec.metric, spec.labels, train, dev, f"GLUE {name}'s labels", test_ex)
 
 
 def find_glue_tasks(glue_dir: str | Path) -> list[str]:
@@ -243,13 +300,40 @@ def find_glue_tasks(glue_dir: str | Path) -> list[str]:
     return found
 
 
-def file_task(train: str | Path, dev: str | Path, text_column: str = "text", pair_column: str | None = None,
-              label_column: str = "label", regression: bool = False, metric: str | None = None) -> TaskData:
+HOLD_OUT_EVERY = 10  # no dev file: every 10th training example (by label) selects epoch and lr
+HOLD_OUT_SEED = 0  # one fixed split, so every run of a command holds out the same examples
+
+
+def hold_out(examples: list[Example], every: int = HOLD_OUT_EVERY,
+             seed: int = HOLD_OUT_SEED) -> tuple[list[Example], list[Example]]:
+    """(train, dev): every `every`-th example in label order (random order within a label, fixed
+    seed), so dev has each label's share of train (and for regression, the spread of values);
+    both keep the file's order."""
+    shuffled = np.random.default_rng(seed).permutation(len(examples))
+    by_label = sorted(shuffled.tolist(), key=lambda i: _label_key(examples[i].label))  # stable: random within a label
+    held = set(by_label[::every])
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
+def file_task(train: str | Path, dev: str | Path | None, text_column: str = "text", pair_column: str | None = None,
+              label_column: str = "label", regression: bool = False, metric: str | None = None,
+              test: str | Path | None = None, dev_flag: str = "--dev") -> TaskData:
+    """Labelled files with named columns. dev None: a fixed tenth of train is held out as dev
+    (`hold_out`; TaskData.held_out says how many); `test`: scored, never used to select."""
     columns = Columns(text_column, pair_column, label_column)
-    train_ex, dev_ex = read_examples(train, columns), read_examples(dev, columns)
-    labels = () if regression else label_order(train_ex)
+    train_ex = read_examples(train, columns)
+    labels = () if regression else label_order(train_ex)  # from all of train: the held-out part too
     if not regression and len(labels) < 2:
         raise UserError(f"{train}: only one label ({labels[0]!r}) in column {label_column!r}; "
                         "classification needs two or more (or pass --task regression)")
+    held = 0
+    if dev is None:
+        if len(train_ex) < 2:
+            raise UserError(f"{train}: {len(train_ex)} example; too few to hold out a dev set, pass {dev_flag} FILE")
+        train_ex, dev_ex = hold_out(train_ex)
+        held = len(dev_ex)
+    else:
+        dev_ex = read_examples(dev, columns)
+    test_ex = None if test is None else read_examples(test, columns)
     return TaskData(Path(train).name, metric or ("pearson" if regression else "accuracy"), labels, train_ex, dev_ex,
-                    f"the training data ({train})")
+                    f"the training data ({train})", test_ex, held)

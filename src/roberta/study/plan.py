@@ -8,6 +8,12 @@ attention kernel (~34 * s * h bytes per layer per sequence; Korthikanti et al. 2
 s^2 term that flash attention removes). With activation checkpointing (per block) a layer keeps
 only its bf16 input (2 * s * h bytes) and one block at a time holds its full activations during
 the recompute; the recompute costs one more forward of the blocks, ~1/3 more time.
+
+Wall time is FLOPs / (devices x peak x MFU). Without a GPU's peak (--gpu, --peak-tflops) the
+device is this machine's CPU, its peak measured on the spot as the trainer measures it on a CPU
+(training/perf.py's matmul probe with torch's threads, in the precision `train.precision=auto`
+picks here: bf16 where the CPU has native bf16, else fp32; a fraction of a second), under the same
+assumed MFU (a CPU run of `tiny`/`small` reached 50-58% of such a probe: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from roberta.errors import UserError
 from roberta.model import RobertaMLM, count_parameters, padded_vocab_size, positions_for, training_flops
 from roberta.config import scaled_lr
 from roberta.training.optim import PAPER_LR_TABLE, paper_lr
-from roberta.training.perf import GPU_PEAK_BF16
+from roberta.training.perf import GPU_PEAK_BF16, matmul_peak
+from roberta.training.precision import cpu_native_bf16
 from roberta.presets import get_preset
 
 GPU_PEAK = {name.lower(): peak for name, peak in GPU_PEAK_BF16.items()}  # the trainer's MFU table
@@ -29,6 +36,7 @@ GPU_MEMORY = {"h100": 80e9, "h200": 141e9, "a100": 80e9, "l40s": 48e9, "l4": 24e
               "4090": 24e9, "3090": 24e9}
 BERT_BATCH, BERT_LR = min(PAPER_LR_TABLE.items())  # BERT's (256, 1e-4): the reference point of the lr scaling rules
 MASK_PROB = MaskingConfig().mask_prob  # the trainer's default: the FLOPs of the sparse head scale with it
+CPU_PROBE_SIZE = 1024  # the quick probe's matrices: ~0.1 s, within the noise of the trainer's 2048
 
 
 @dataclass
@@ -42,17 +50,26 @@ class Plan:
     lr_sqrt: float
     lr_linear: float
     lr_paper: float
+    lr_preset: float  # what `roberta pretrain --preset P` uses at this batch (its lr, scaled by its rule)
     micro_batch: int
     accumulation: int
     memory_states_gb: float
     memory_activations_gb: float
-    hours: float
+    hours: float | None  # None: no peak to divide by (JSON null, never NaN)
 
 
 def model_config(preset: str, vocab_size: int, seq_len: int) -> ModelConfig:
     """The model `roberta pretrain` builds for a tokenizer of vocab_size tokens (padded as it pads)."""
     cfg = get_preset(preset).model
     return dataclasses.replace(cfg, vocab_size=padded_vocab_size(vocab_size, cfg.vocab_multiple), max_positions=positions_for(seq_len, cfg.pad_token_id))
+
+
+def cpu_peak() -> tuple[float, str]:
+    """This machine's CPU peak in FLOP/s, probed as the trainer probes it on a CPU, and the precision."""
+    import torch
+
+    bf16 = cpu_native_bf16()[0]
+    return matmul_peak(torch.device("cpu"), n=CPU_PROBE_SIZE, bf16=bf16), "bf16" if bf16 else "fp32"
 
 
 def parameters(cfg: ModelConfig) -> int:
@@ -91,11 +108,16 @@ def make_plan(preset: str, batch_size: int, seq_len: int, steps: int, vocab_size
     per_device = math.ceil(batch_size / gpus)
     micro = max(1, min(per_device, 2 ** int(math.log2(free / per_seq))))
     accumulation = math.ceil(per_device / micro)
-    hours = flops / (gpus * peak_flops * mfu) / 3600 if peak_flops else float("nan")
-    hours *= RECOMPUTE_TIME if activation_checkpointing else 1.0
+    hours = None
+    if peak_flops:
+        hours = flops / (gpus * peak_flops * mfu) / 3600 * (RECOMPUTE_TIME if activation_checkpointing else 1.0)
+    t = get_preset(preset).train
     return Plan(batch_size, seq_len, steps, tokens, flops, n,
-                scaled_lr(BERT_LR, batch_size, BERT_BATCH, "sqrt"), scaled_lr(BERT_LR, batch_size, BERT_BATCH, "linear"),
-                paper_lr(batch_size), micro, accumulation, states / 1e9, micro * per_seq / 1e9, hours)
+                lr_sqrt=scaled_lr(BERT_LR, batch_size, BERT_BATCH, "sqrt"),
+                lr_linear=scaled_lr(BERT_LR, batch_size, BERT_BATCH, "linear"), lr_paper=paper_lr(batch_size),
+                lr_preset=scaled_lr(t.lr, batch_size, t.base_batch_size, t.lr_scaling), micro_batch=micro,
+                accumulation=accumulation, memory_states_gb=states / 1e9,
+                memory_activations_gb=micro * per_seq / 1e9, hours=hours)
 
 
 def _fmt(x: float) -> str:
@@ -105,7 +127,13 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def render(plans: list[Plan], names: list[str]) -> str:
+def _hours(h: float | None) -> str:
+    if h is None:
+        return "n/a (give --gpu or --peak-tflops)"
+    return f"{h:,.1f}" if h >= 10 else f"{h:.2g}"
+
+
+def render(plans: list[Plan], names: list[str], preset: str = "the preset") -> str:
     rows = [
         ("effective tokens (B*L*S)", lambda p: _fmt(p.tokens)),
         ("batch x seq x steps", lambda p: f"{p.batch_size} x {p.seq_len} x {p.steps:,}"),
@@ -114,10 +142,11 @@ def render(plans: list[Plan], names: list[str]) -> str:
         ("lr: sqrt rule (256 -> 1e-4)", lambda p: f"{p.lr_sqrt:.2e}"),
         ("lr: linear rule", lambda p: f"{p.lr_linear:.2e}"),
         ("lr: paper's table", lambda p: f"{p.lr_paper:.2e}"),
+        (f"lr: {preset}'s own (pretrain's)", lambda p: f"{p.lr_preset:.2e}"),
         ("micro-batch x accumulation", lambda p: f"{p.micro_batch} x {p.accumulation}"),
         ("weights+optimizer GB/device", lambda p: f"{p.memory_states_gb:.1f}"),
         ("activations GB/device", lambda p: f"{p.memory_activations_gb:.1f}"),
-        ("wall time (hours)", lambda p: "n/a (give --gpu or --peak-tflops)" if math.isnan(p.hours) else f"{p.hours:,.1f}"),
+        ("wall time (hours)", lambda p: _hours(p.hours)),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [" " * width + "  " + "  ".join(f"{n:>22}" for n in names)]
