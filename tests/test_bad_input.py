@@ -34,7 +34,8 @@ def world(tmp_path_factory, tokenizer_dir, data_dir, corpus_docs, corpus_file) -
     root = tmp_path_factory.mktemp("world")
     cfg = tiny()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layers=1, hidden=32, heads=2, ffn=64,
-                                                             vocab_size=1024, max_positions=66),
+                                                             vocab_size=1024, max_positions=66,
+                                                             nsp_head=False),  # resolved, as a run saves it
                               data=dataclasses.replace(cfg.data, seq_len=64))
     run = root / "run"
     save_checkpoint(run, 1, build_model(cfg.model), cfg, tokenizer_dir)
@@ -54,10 +55,16 @@ def world(tmp_path_factory, tokenizer_dir, data_dir, corpus_docs, corpus_file) -
     (root / "bad.json").write_text("[1, 2")
     (root / "arms.json").write_text(json.dumps({"a": {"train.lr": 0.001}}))
     (root / "train.tsv").write_text("text\tlabel\ngood\t1\nbad\t0\n")
+    (root / "headerless.csv").write_text("a first review that reads as data and runs on,pos\nanother one,neg\n")
+    from roberta.downstream.finetune import FinetuneConfig, finetune
+    from roberta.downstream.tasks import file_task
+    finetune(file_task(root / "train.tsv", root / "train.tsv"), run, root / "ft",
+             FinetuneConfig(lrs=(1e-3,), epochs=1, device="cpu", progress=False), log=lambda _: None)
     return {"ck": run, "hf": root / "hf", "tok": tokenizer_dir, "data": data_dir, "other_data": root / "other_data",
             "swapped": swapped, "bin": root / "binary.txt", "gz": root / "packed.txt", "empty": root / "empty_dir",
             "file": root / "a_file.txt", "bad_json": root / "bad.json", "arms": root / "arms.json",
-            "tsv": root / "train.tsv", "corpus": root / "corpus.txt", "jsonl": corpus_file, "root": root}
+            "tsv": root / "train.tsv", "headerless": root / "headerless.csv", "ft": root / "ft",
+            "corpus": root / "corpus.txt", "jsonl": corpus_file, "root": root}
 
 
 # (command line with {placeholders}, a piece the error line must contain). {new} is a path that must
@@ -80,6 +87,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("train-tokenizer {corpus} --out {new} --min-frequency 0", "--min-frequency 0"),
     ("train-tokenizer {corpus} --out {ck}/checkpoint-000001", "not empty"),
     ("train-tokenizer {corpus} --out {file}", "is a file"),
+    ("train-tokenizer {corpus} --out {new} --threads -1", "--threads -1"),
     # prepare
     ("prepare {missing} --tokenizer {tok} --out {new}", "no such file"),
     ("prepare {bin} --tokenizer {tok} --out {new}", "binary.txt"),
@@ -93,7 +101,8 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("prepare {corpus} --tokenizer {tok} --out {new} --valid-fraction 1", "--valid-fraction"),
     ("prepare {corpus} --tokenizer {tok} --out {new} --valid-fraction -0.1", "--valid-fraction"),
     ("prepare {corpus} --tokenizer {tok} --out {new} --valid-fraction nan", "--valid-fraction"),
-    ("prepare {corpus} --tokenizer {tok} --out {new} --workers -1", "--workers -1"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --threads -1", "--threads -1"),
+    ("prepare {corpus} --tokenizer {tok} --out {new} --workers -1", "--threads -1"),
     ("prepare {jsonl} --tokenizer {tok} --out {new} --text-column nope", "no documents"),
     ("prepare {corpus} --tokenizer {tok} --out {data}", "not empty"),
     ("prepare {corpus} --tokenizer {tok} --out {file}", "is a file"),
@@ -117,6 +126,16 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("pretrain --data {data} --out {new} --config {ck} --set train.max_step=5", "train.max_step"),
     ("pretrain --data {data} --out {new} --threads -1", "train.threads=-1"),
     ("pretrain --data {data} --out {new} --device tpu", "--device"),
+    ("pretrain --data {data} --out {new} --set train.max_time=6", "train.max_time=6: give the duration a unit"),
+    ("pretrain --data {data} --out {new} --set train.dist_timeout=30", "give the duration a unit"),
+    # pretrain --resume: the run continues as saved; only a budget may be raised (a runtime setting changed)
+    ("pretrain --data {data} --out {ck} --resume --set train.lr=0.001", "train.lr is 0.0005 in"),
+    ("pretrain --data {data} --out {ck} --resume --set masking.kind=static", "masking.kind is dynamic in"),
+    ("pretrain --data {data} --out {ck} --resume --set train.max_steps=10", "not lowered"),
+    ("pretrain --data {data} --out {ck} --resume --set train.max_tokens=5000", "train.max_tokens is unset in"),
+    ("pretrain --data {data} --out {ck} --resume --precision fp32", "train.precision is auto in"),
+    ("pretrain --data {data} --out {ck} --resume --preset small", "model.layers is 1 in the checkpoint, not 6"),
+    ("pretrain --data {data} --out {ck} --resume --config {data}/meta.json", "not the config's sections"),
     # evaluate
     ("evaluate --checkpoint {ck}", "--data"),
     ("evaluate --checkpoint {missing} --data {data}", "no such checkpoint"),
@@ -146,6 +165,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --seq-len 1", "--seq-len 1"),
     ("finetune --checkpoint {ck} --out {new} --train {tsv} --dev {tsv} --threads -2", "--threads -2"),
     ("finetune --checkpoint {ck} --out {new} --train {missing} --dev {tsv}", "missing"),
+    ("finetune --checkpoint {ck} --out {new} --train {headerless} --dev {tsv}", "headerless.csv:1: the first row looks like data"),
     ("finetune --checkpoint {ck} --out {new} --train {empty} --dev {tsv}", "empty_dir"),
     ("finetune --checkpoint {ck} --out {new} --train {bin} --dev {tsv}", "binary.txt"),
     ("finetune --checkpoint {ck} --out {new}", "--train"),
@@ -155,6 +175,10 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("finetune --checkpoint {hf} --out {new} --train {tsv} --dev {tsv}", "import-hf"),
     ("finetune --checkpoint {swapped} --out {new} --train {tsv} --dev {tsv}", "do not belong together"),
     ("finetune --checkpoint {ck} --out {nonempty} --train {tsv} --dev {tsv}", "not empty"),
+    ("finetune --checkpoint {ck} --out {new} --dev {tsv}", "--train FILE"),
+    ("finetune --checkpoint {ck} --out {new} --train {tsv} --test {missing}", "missing.txt: no such file"),
+    ("finetune --checkpoint {ck} --out {ft} --train {tsv} --dev {tsv} --lr 1e-3 --epochs 2 --device cpu",
+     "other settings (epochs 1 -> 2)"),
     # glue (and its old spelling, evaluate --glue-dir)
     ("glue --checkpoint {ck} --glue-dir {empty}", "empty_dir"),
     ("glue --checkpoint {ck} --glue-dir {missing}", "missing"),
@@ -184,6 +208,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("probe --checkpoint {ck} --out {new} --glue sst2", "--glue-dir"),
     ("probe --checkpoint {ck} --out {new} --glue sst9 --glue-dir {empty}", "invalid choice"),
     ("probe --checkpoint {data} --out {new} --train {tsv} --dev {tsv}", "prepared data, not a checkpoint"),
+    ("probe --checkpoint {ck} --out {new} --train {tsv} --test {missing}", "missing.txt: no such file"),
     # fill-mask
     ("fill-mask --checkpoint {ck} --top-k 0 'a <mask> b'", "--top-k 0", SUBPROCESS),
     ("fill-mask --checkpoint {ck} --top-k -1 'a <mask> b'", "--top-k -1"),
@@ -194,6 +219,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("fill-mask --checkpoint {hf} 'a <mask> b'", "import-hf"),
     ("fill-mask --checkpoint {swapped} 'a <mask> b'", "do not belong together"),
     ("fill-mask --checkpoint {empty} 'a <mask> b'", "not a checkpoint"),
+    ("fill-mask --checkpoint {ft} 'a <mask> b'", "is a fine-tuned classifier"),
     # export-hf
     ("export-hf --checkpoint {missing} --out {new}", "no such checkpoint"),
     ("export-hf --checkpoint {data} --out {new}", "prepared data, not a checkpoint"),
@@ -212,6 +238,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("quickstart --out {new} --max-steps -1", "--max-steps -1"),
     ("quickstart --out {nonempty}", "not empty"),
     ("quickstart --out {file}", "is a file"),
+    ("quickstart --out {new} --threads -1", "--threads -1"),
     # plan
     ("plan --batch-size 0 --max-steps 10", "--batch-size"),
     ("plan --batch-size 8 --max-steps -1", "--max-steps"),
@@ -240,6 +267,18 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("ablate custom --data {data} --max-tokens 1e4 --out {new} --arms {bad_json}", "bad.json"),
     ("ablate masking --data {data} --max-tokens 1e4 --out {file}", "is a file"),
     ("ablate masking --data {data} --max-tokens 1e4 --out {nonempty_arm}", "no record of its config"),
+    ("ablate masking --data {data} --max-tokens 1e4 --out {new}", "the two arms would be the same run"),
+    ("ablate masking --data {data} --max-tokens 1e4 --out {new} --set masking.dupe_factor=1", "dupe_factor=1"),
+    ("ablate custom --data {data} --max-tokens 1e4 --out {new} --arms {arms} --glue-tasks sst2", "--glue-dir"),
+    ("ablate custom --data {data} --max-tokens 1e4 --out {new} --arms {arms} --glue-tasks sst2 --glue-dir {empty}",
+     "empty_dir"),
+    ("ablate custom --data {data} --max-tokens 1e4 --out {new} --arms {arms} --task-dev {tsv}",
+     "--task-dev needs --task-train"),
+    ("ablate custom --data {data} --max-tokens 1e4 --out {new} --arms {arms} --task-train {missing}", "no such file"),
+    ("ablate custom --data {data} --max-tokens 1e4 --out {new} --arms {arms} --task-train {tsv} --task-eval tune",
+     "--task-eval tune"),
+    ("ablate custom --data {data} --max-tokens 1e4 --out {new} --arms {arms} --task-train {tsv} --label-column y",
+     "no column 'y'"),
     # report
     ("report {missing} --out {new}", "no summary.json"),
     ("report {empty} --out {new}", "no summary.json"),

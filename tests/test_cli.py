@@ -91,7 +91,7 @@ def test_train_tokenizer_and_prepare_cli(tmp_path, corpus_file):
     assert r.returncode == 0, r.stderr
     assert {"tokenizer.json", "vocab.json", "merges.txt"} <= {p.name for p in tok.iterdir()}
     r = run_cli("prepare", corpus_file, "--tokenizer", tok, "--out", tmp_path / "data", "--seq-len", "64",
-                "--workers", "1", "--quiet")
+                "--threads", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["read"]["documents"] == meta["splits"]["train"]["documents"] + meta["splits"]["valid"]["documents"]
@@ -106,7 +106,7 @@ def test_bad_input_is_one_line_error(tmp_path, data_dir, tokenizer_dir, case):
     elif case == "empty":
         (tmp_path / "empty.txt").write_text("\n\n  \n")
         r = run_cli("prepare", tmp_path / "empty.txt", "--tokenizer", tokenizer_dir, "--out", tmp_path / "d",
-                    "--workers", "1")
+                    "--threads", "1")
         _one_line_error(r, "empty.txt", "no documents")
     elif case == "not-checkpoint":
         (tmp_path / "junk").mkdir()
@@ -131,7 +131,7 @@ def test_bad_input_is_one_line_error(tmp_path, data_dir, tokenizer_dir, case):
 def test_non_utf8_bytes_are_skipped_and_counted(tmp_path, tokenizer_dir):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"caf\xe9 au lait is good.\n\nsecond \xff\xfe document here.\n")
-    r = run_cli("prepare", path, "--tokenizer", tokenizer_dir, "--out", tmp_path / "d", "--workers", "1",
+    r = run_cli("prepare", path, "--tokenizer", tokenizer_dir, "--out", tmp_path / "d", "--threads", "1",
                 "--valid-fraction", "0", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "3 invalid UTF-8 bytes dropped" in r.stdout and "bad.txt:3" in r.stderr
@@ -173,7 +173,7 @@ def test_outputs_are_not_overwritten_without_overwrite(tmp_path, small_run, corp
     # prepare: a second run into the same --out is refused, accepted with --overwrite
     out = tmp_path / "data"
     prep = ["prepare", str(corpus_file), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--seq-len", "64",
-            "--workers", "1", "--quiet"]
+            "--threads", "1", "--quiet"]
     assert main(prep) == 0
     meta = (out / "meta.json").read_bytes()
     assert main(prep) == 2 and (out / "meta.json").read_bytes() == meta
@@ -294,6 +294,7 @@ OLD_SPELLINGS = [  # (old command line, the same with today's names)
     ("plan --batch-size 8 --steps 5", "plan --batch-size 8 --max-steps 5"),
     ("ablate masking --data d --out o --budget-tokens 2e6", "ablate masking --data d --out o --max-tokens 2e6"),
     ("evaluate --checkpoint c --glue-dir g --epochs 2", "glue --checkpoint c --glue-dir g --epochs 2"),
+    ("prepare c --tokenizer t --out d --workers 2", "prepare c --tokenizer t --out d --threads 2"),
 ]
 
 
@@ -351,7 +352,7 @@ def test_train_tokenizer_and_prepare_show_a_bar_with_a_total_unless_quiet(tmp_pa
     term = _fake_terminal(monkeypatch)
     assert main(["train-tokenizer", str(corpus_file), "--out", str(tmp_path / "tok"), "--vocab-size", "600"]) == 0
     assert main(["prepare", str(corpus_file), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "d"),
-                 "--seq-len", "64", "--workers", "1"]) == 0
+                 "--seq-len", "64", "--threads", "1"]) == 0
     shown = term.getvalue()
     size = f"{corpus_file.stat().st_size / 1e3:.0f}k"
     for name in ("train-tokenizer", "prepare"):  # the bar ends at 100% of the input's bytes: its ETA was right
@@ -387,3 +388,98 @@ def test_expected_bytes_is_what_reading_counts(tmp_path, corpus_docs):
             pass
         expected = expected_bytes([path])
         assert abs(expected - stats.bytes_in) <= 0.02 * stats.bytes_in, (path, expected, stats.bytes_in)
+
+
+# ---- issue 23: the rough edges a new user hit
+
+def test_fill_mask_table_keeps_one_row_per_candidate_with_newlines_escaped(small_run):
+    r = run_cli("fill-mask", "--checkpoint", small_run, "--top-k", "3", "First line.\nThe <mask> is\tred.")
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.splitlines()
+    assert len(rows) == 3, r.stdout  # a newline in the sequence no longer splits a row in two
+    assert all("First line.\\nThe" in row and "is\\tred." in row for row in rows), r.stdout
+
+
+@pytest.mark.parametrize("argv", [["report", "RUN"], ["--markdown"]], ids=["report", "markdown"])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(small_run, argv):
+    """`roberta report run | head -5`: the pipe is closed before the command writes; Python's
+    advice (SIGPIPE note): stdout to devnull, exit quietly -- no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    argv = [str(small_run) if a == "RUN" else a for a in argv]
+    p = subprocess.Popen([sys.executable, "-m", "roberta", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 1, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+def _threads_after(argv: list[str], **env: str) -> int:
+    """The threads a fresh interpreter holds once `roberta ARGV` is done (Linux: /proc/self/task);
+    the BLAS libraries are held to one thread so that only the tokenizer's pool can vary."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
+    for key in ("RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
+        if env.get(key) == "":
+            del env[key]
+    code = ("import os, sys; from roberta.cli import main; assert main(sys.argv[1:]) == 0; "
+            "print(len(os.listdir('/proc/self/task')))")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_threads_bounds_the_tokenizer_pool_of_train_tokenizer_and_prepare(tmp_path, corpus_file, tokenizer_dir):
+    tok = ["train-tokenizer", str(corpus_file), "--vocab-size", "300", "--quiet"]
+    five = _threads_after(tok + ["--out", str(tmp_path / "t5"), "--threads", "5"], TOKENIZERS_PARALLELISM="")
+    one = _threads_after(tok + ["--out", str(tmp_path / "t1"), "--threads", "1"], TOKENIZERS_PARALLELISM="")
+    assert five - one == 5  # `tokenizers` started exactly the pool asked for; with one thread, none
+    # prepare --threads 1: one process, and its encode_batch does not spread over the cores either,
+    # whatever the environment says
+    prep = ["prepare", str(corpus_file), "--tokenizer", str(tokenizer_dir), "--seq-len", "64", "--quiet"]
+    assert _threads_after(prep + ["--out", str(tmp_path / "d1"), "--threads", "1"],
+                          RAYON_NUM_THREADS="6", TOKENIZERS_PARALLELISM="true") < 6
+
+
+def test_quickstart_threads_reach_its_pretraining(tmp_path, monkeypatch):
+    import roberta.quickstart as qs
+    from roberta.cli import main
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain(data, run, cfg, progress=True):
+        seen.append(cfg.train.threads)
+        raise Stop
+
+    docs = [f"Document {i} says that the value of a list is returned. It ends here." for i in range(60)]
+    monkeypatch.setattr(qs, "stdlib_documents", lambda: iter(docs))
+    monkeypatch.setattr(qs, "pretrain", fake_pretrain)
+    for argv in (["--threads", "3"], []):
+        with pytest.raises(Stop):
+            main(["quickstart", "--out", str(tmp_path / "q"), "--quiet", *argv])
+    assert seen == [3, 0]  # 0, the default, stays the automatic choice (train.threads=0)
+
+
+def test_help_texts_say_what_the_command_does():
+    import re
+    from pathlib import Path
+
+    from roberta.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    helps = {name: {a.dest: a.help for a in commands[name]._actions} for name in ("probe", "finetune")}
+    assert "epoch" not in helps["probe"]["dev"] and "lr" not in helps["probe"]["dev"]  # a probe has neither
+    assert "epoch" not in helps["probe"]["metric"] and "epoch" in helps["finetune"]["metric"]
+    assert "selects the epoch and lr" in helps["finetune"]["dev"]
+    # the quickstart's promised minutes are the README's
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    promised = re.search(r"runs `roberta quickstart` \(~(\d+) min", readme).group(1)
+    assert re.search(r"~(\d+) min", commands["quickstart"].description).group(1) == promised

@@ -263,3 +263,71 @@ def test_ablate_probe_column_comes_from_probe_run(tmp_path, tokenizer_dir):
     assert result.tasks["probe-sst2"] > 0.7  # keyword sentiment is linearly readable even at random init
     r = run_cli("ablate", "masking", "--data", tmp_path, "--max-tokens", "1e3", "--out", tmp_path / "a", "--probe", "sst2")
     assert r.returncode == 2 and "--probe TASK needs --glue-dir" in r.stderr
+
+
+def test_probe_scores_a_test_file_with_the_probe_it_fitted(tmp_path, tiny_checkpoint, sentiment_files, capsys):
+    """issue 23: probe --test. The test file here holds the dev examples, so the fitted probe must
+    score them exactly as it scored dev (features standardised with train's statistics both times)."""
+    from roberta.cli import main
+
+    train, dev = sentiment_files
+    out = tmp_path / "p"
+    assert main(["probe", "--checkpoint", str(tiny_checkpoint), "--train", str(train), "--dev", str(dev), "--test",
+                 str(dev), "--text-column", "review", "--label-column", "sentiment", "--max-train", "100",
+                 "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_examples"] == m["dev_examples"] == 60 and m["test_value"] == m["value"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_value"] == m["test_value"]
+
+
+# ---- issue 23: a model of the other kind, and exported models on long inputs
+
+@pytest.fixture(scope="module")
+def quick_finetuned(tmp_path_factory, tiny_checkpoint):
+    """A finetune output in seconds (one epoch, one lr): for what does not need a trained classifier."""
+    from roberta.downstream.finetune import finetune
+
+    d = tmp_path_factory.mktemp("quick_ft")
+    train = write(d / "t.tsv", "text\tlabel\n" + "".join(f"{r['review']}\t{r['sentiment']}\n" for r in _separable(40, 0)))
+    finetune(file_task(train, train), tiny_checkpoint, d / "out",
+             FinetuneConfig(lrs=(1e-3,), epochs=1, device="cpu", progress=False), log=lambda _: None)
+    return d / "out"
+
+
+def test_a_model_of_the_other_kind_says_what_to_use_instead(quick_finetuned, tiny_checkpoint):
+    from roberta.errors import UserError
+
+    ft, pretrained = roberta.load(quick_finetuned), roberta.load(tiny_checkpoint)
+    for method in ("fill_mask", "embed"):
+        with pytest.raises(UserError, match=rf"is a fine-tuned classifier, which has no \.{method}\(\): use "
+                                            rf"\.predict\(texts\).*{tiny_checkpoint}"):
+            getattr(ft, method)("a <mask> b")
+        assert not hasattr(ft, method)  # an AttributeError as well: duck typing still works
+    with pytest.raises(AttributeError, match=r"is a pretrained \(masked-LM\) checkpoint, which has no \.predict\(\)"):
+        pretrained.predict(["a text"])
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):  # other names: the usual error
+        ft.nothing
+    r = run_cli("fill-mask", "--checkpoint", quick_finetuned, "a <mask> b")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: --checkpoint") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "roberta predict" in r.stderr and str(tiny_checkpoint) in r.stderr
+
+
+@pytest.mark.slow
+def test_exported_classifier_takes_long_inputs_with_truncation(tmp_path, quick_finetuned):
+    """transformers' pipelines do not truncate unless asked (nothing in a model directory can make
+    them): the export says how, at the model's real length, and then agrees with `predict`."""
+    transformers = pytest.importorskip("transformers")
+    r = run_cli("export-hf", "--checkpoint", quick_finetuned, "--out", tmp_path / "hf")
+    assert r.returncode == 0, r.stderr
+    max_len = json.loads((quick_finetuned / "model" / "finetune.json").read_text())["max_len"]
+    assert f"for texts over {max_len} tokens, use pipeline('text-classification', model='{tmp_path / 'hf'}', " \
+           "truncation=True)" in r.stdout
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    long = " ".join(["the value of a list is good"] * 60)
+    assert tok.model_max_length == max_len < len(tok(long)["input_ids"])
+    pipe = transformers.pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu", truncation=True,
+                                 top_k=None)
+    theirs = {p["label"]: p["score"] for p in pipe([long])[0]}
+    ours = roberta.load(quick_finetuned).predict([long])[0]["probabilities"]
+    assert theirs == pytest.approx(ours, abs=1e-4)

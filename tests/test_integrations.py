@@ -371,7 +371,7 @@ def test_cli_train_tokenizer_and_prepare_take_hf_datasets(datasets, tmp_path, co
     repo = _hub_layout(tmp_path / "hub", "datasets--org--docs",
                        {"c" * 40: {"data/train-00000-of-00001.parquet": _parquet(tmp_path, docs)}}, main="c" * 40)
     assert main(["prepare", str(repo), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "data"),
-                 "--seq-len", "64", "--workers", "1", "--quiet"]) == 0
+                 "--seq-len", "64", "--threads", "1", "--quiet"]) == 0
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["read"]["documents"] == len(docs) and meta["read"]["files"] == 1
 

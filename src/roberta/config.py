@@ -82,7 +82,7 @@ class TrainConfig:
     warmup_fraction: float = 0.06  # used when warmup_steps == 0
     max_steps: int = 1000  # optimizer steps; 0 = unset (max_tokens or max_time then ends the run)
     max_tokens: int = 0  # 0 = unset; otherwise overrides max_steps
-    max_time: str = ""  # e.g. "2h", "90m", "30s"; empty = unset
+    max_time: str = ""  # a duration with its unit: "30s", "90m", "2h", "1d"; empty = unset
     seed: int = 0  # seeds the init, the batch order, the masks and dropout
     eval_interval: int = 200  # steps between held-out evaluations
     eval_sequences: int = 512  # held-out sequences each evaluation scores (fixed masks)
@@ -93,7 +93,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the blocks and the LM head
     peak_flops: float = 0.0  # 0 = measure (CPU) or look up (GPU)
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    threads: int = 0  # torch CPU threads; 0 = automatic: the cores other processes leave idle at the start
     fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     dist_timeout: str = "10m"  # a collective waiting longer (a rank died) stops every rank with an error
     report_to: str = "none"  # "none" | comma-separated "tensorboard", "wandb" (metrics.jsonl is always written)
@@ -172,6 +172,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         sub = getattr(cfg, section)
         hints = typing.get_type_hints(type(sub))
         value = _parse_value(key, raw, hints[name])
+        if key in DURATIONS and value.strip():
+            parse_duration(value, key, need_unit=True)
         setattr(cfg, section, dataclasses.replace(sub, **{name: value}))
     validate(cfg)
     return cfg
@@ -231,8 +233,8 @@ def validate(cfg: Config) -> None:
         raise UserError(f"data.seq_len={cfg.data.seq_len}: must be at least 8")
     t = cfg.train
     if t.max_time:
-        parse_duration(t.max_time)
-    parse_duration(t.dist_timeout)
+        parse_duration(t.max_time, "train.max_time")
+    parse_duration(t.dist_timeout, "train.dist_timeout")
     if t.micro_batch_size < 0 or t.micro_batch_size > t.batch_size:
         raise UserError(f"train.micro_batch_size={t.micro_batch_size}: must be between 0 (= batch_size / ranks) "
                         f"and train.batch_size={t.batch_size}")
@@ -317,8 +319,10 @@ def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | 
     elif nsp and not m.nsp_head:
         raise UserError(f"data.format={d.format} trains next-sentence prediction; it needs model.nsp_head=true")
     if resumed is not None and m != resumed:
-        raise UserError("the checkpoint was trained with a different model config; resume with the same "
-                        "--preset/--set (and --checkpoint)")
+        key = next(f.name for f in dataclasses.fields(m) if getattr(m, f.name) != getattr(resumed, f.name))
+        raise UserError(f"--resume: model.{key} is {getattr(resumed, key)} in the checkpoint, not {getattr(m, key)}: "
+                        "its weights were trained with a different model config; drop the --preset/--set that "
+                        "changes it (--resume alone continues the run as saved), or start a new --out")
     micro = t.micro_batch_size or max(1, t.batch_size // world)
     if t.batch_size % (micro * world):
         raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.micro_batch_size={micro} "
@@ -341,10 +345,74 @@ def report_targets(report_to: str) -> tuple[str, ...]:
     return names
 
 
-def parse_duration(text: str) -> float:
-    """'2h' -> 7200.0, '90m' -> 5400.0, '45s' / '45' -> 45.0."""
+# the keys that hold a duration: from --set they need a unit (train.max_time=6 read as 6 seconds)
+DURATIONS = ("train.max_time", "train.dist_timeout")
+
+
+def parse_duration(text: str, key: str = "train.max_time", need_unit: bool = False) -> float:
+    """'2h' -> 7200.0, '90m' -> 5400.0, '45s' -> 45.0. A bare number is seconds where a saved
+    config.json holds one (runs written before units were required); from --set (need_unit) it
+    is refused."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", text)
     if not m:
-        raise UserError(f"train.max_time={text}: expected a duration like 90s, 30m or 2h")
+        raise UserError(f"{key}={text}: expected a duration like 90s, 30m or 2h")
+    if need_unit and not m.group(2):
+        raise UserError(f"--set {key}={text}: give the duration a unit, s, m, h or d (e.g. {key}={m.group(1)}m); "
+                        "a bare number would be read as seconds")
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     return float(m.group(1)) * scale
+
+
+# --- resume: what a resumed run may change (docs/guarantees.md, "A resumed run keeps its config") ---
+
+RESUME_BUDGETS = ("train.max_steps", "train.max_tokens", "train.max_time")  # may be raised, never lowered
+# how the same computation is laid out on the hardware, and what is recorded of it: free on resume.
+# Splitting the global batch (micro-batches, ranks, FSDP2), recomputing activations and the thread
+# count give the same steps up to float rounding (tests/test_train.py, test_performance.py; on a CPU
+# LayerNorm's weight gradients are summed per thread, so only an unchanged layout resumes bit for bit);
+# evaluation runs without dropout and saving only reads the RNG, so the intervals change what is
+# written, not what is trained
+RESUME_RUNTIME = ("train.micro_batch_size", "train.fsdp", "train.activation_checkpointing", "train.threads",
+                  "train.log_interval", "train.eval_interval", "train.checkpoint_interval",
+                  "train.keep_checkpoints", "train.report_to", "train.peak_flops", "train.dist_timeout",
+                  "train.max_bad_steps")
+
+
+def _flat(cfg: Config) -> dict[str, object]:
+    return {f"{section}.{k}": v for section, values in cfg.to_dict().items() for k, v in values.items()}
+
+
+def _budget_size(key: str, value) -> float:
+    """A budget as a number to compare; 0 = unset."""
+    return parse_duration(value, key) if key == "train.max_time" and value else float(value or 0)
+
+
+def _shown(key: str, value) -> str:
+    return "unset" if key in RESUME_BUDGETS and not value else str(value)
+
+
+def resume_changes(saved: Config, asked: Config, where: str) -> list[tuple[str, object, object]]:
+    """The budgets `asked` raises over the run saved in `where` (a config.json): [(key, saved,
+    asked)]. Runtime settings (RESUME_RUNTIME) may differ; any other difference, a lowered budget,
+    or a budget added or removed is refused in one line naming the key and both values."""
+    old, new = _flat(saved), _flat(asked)
+    raised = []
+    for key, was in old.items():
+        now = new[key]
+        if now == was or key in RESUME_RUNTIME:
+            continue
+        if key not in RESUME_BUDGETS:
+            raise UserError(f"--resume: {key} is {was} in {where}, not {now}; a resumed run keeps its config (only "
+                            f"{', '.join(RESUME_BUDGETS[:-1])} and {RESUME_BUDGETS[-1]} may be raised); start a "
+                            "new --out to change it")
+        before, after = _budget_size(key, was), _budget_size(key, now)
+        if before == after:  # the same duration written another way (90m, 1.5h)
+            continue
+        if not (0 < before < after):
+            why = ("a budget may be raised on resume, not lowered" if after < before and after else
+                   "a resume may raise a budget the run has, not add or remove one (that changes which budget "
+                   "the lr schedule follows)")
+            raise UserError(f"--resume: {key} is {_shown(key, was)} in {where}, not {_shown(key, now)}; {why}; "
+                            "start a new --out to change it")
+        raised.append((key, was, now))
+    return raised

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from roberta.api import load
 from roberta.data.corpus import stdlib_documents
 from roberta.data.prepare import load_split, prepare
 from roberta.errors import UserError
-from roberta.training.evaluate import eval_batches, mlm_loss, unigram_loss
+from roberta.training.evaluate import compare_with_baselines, eval_batches, format_comparison
 from roberta.model import build_model
 from roberta.outdir import claim_out
 from roberta.presets import tiny
@@ -29,20 +28,17 @@ QUICKSTART_STEPS = 1000
 SEQ_LEN = 128
 
 
-def quickstart_threads() -> int:
-    """torch's default (all cores) on an idle machine; one thread on a busy one, where two threads
-    on two vCPUs wait on each other and a step can get 10x slower (measured here)."""
-    busy = os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
-    return 1 if busy else 0
-
-
 OWN_ENTRIES = {"corpus.jsonl", "tokenizer", "data", "run"}
 
 
-def quickstart(out: str | Path, steps: int = 0, progress: bool = True) -> dict:
+def quickstart(out: str | Path, steps: int = 0, progress: bool = True, threads: int = 0) -> dict:
+    """threads: the pretraining's torch threads (0 = train.threads=0: the cores other processes
+    leave idle, measured as the pretraining starts; roberta.training.threads)."""
     out = Path(out)
     if steps < 0:
         raise UserError(f"--max-steps {steps}: must be >= 0 (0 = {QUICKSTART_STEPS})")
+    if threads < 0:
+        raise UserError(f"--threads {threads}: must be >= 0 (0 = chosen for this machine)")
     # a previous quickstart's directory is rewritten (it always starts afresh); anything else is not ours
     claim_out(out, False, "quickstart", own=lambda p: {c.name for c in p.iterdir()} <= OWN_ENTRIES)
     t0 = time.time()
@@ -69,7 +65,7 @@ def quickstart(out: str | Path, steps: int = 0, progress: bool = True) -> dict:
     cfg = tiny()
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, max_steps=steps or QUICKSTART_STEPS, eval_interval=250, checkpoint_interval=250,
-        threads=quickstart_threads()))
+        threads=threads))
     run = out / "run"
     print(f"[4/5] pretraining tiny ({cfg.model.layers} x {cfg.model.hidden}) for {cfg.train.max_steps} steps "
           f"of {cfg.train.batch_size} x {SEQ_LEN} tokens -> {run}")
@@ -78,25 +74,18 @@ def quickstart(out: str | Path, steps: int = 0, progress: bool = True) -> dict:
 
     # the three models, scored on the same held-out masked tokens
     valid = load_split(data, "valid")
-    vocab = tok.get_vocab_size()
-    batches = eval_batches(valid, SEQ_LEN, vocab, n_sequences=10_000)
+    batches = eval_batches(valid, SEQ_LEN, tok.get_vocab_size(), n_sequences=10_000)
     trained = load(run)
     untrained = build_model(trained.model.cfg, seed=cfg.train.seed)  # the same network at its initialisation
-    results = {
-        "untrained": mlm_loss(untrained, batches),
-        "unigram": unigram_loss(load_split(data, "train").tokens, vocab, batches),
-        "trained": mlm_loss(trained.model, batches),
-    }
-    print(f"[5/5] held-out masked-token loss on {results['trained']['tokens']:,} masked tokens:")
-    for name, res in results.items():
-        print(f"  {name:>9} model: loss {res['mlm_loss']:.3f} nats, perplexity {res['perplexity']:.1f}")
-    ratio = results["trained"]["perplexity"] / results["unigram"]["perplexity"]
-    verdict = "learned to use context" if ratio < 0.9 else "has NOT clearly left the unigram plateau"
-    print(f"  trained / unigram perplexity = {ratio:.2f}: the model {verdict}")
+    c = compare_with_baselines(trained.model, untrained, load_split(data, "train").tokens, tok.get_vocab_size(),
+                               batches)
+    lines = format_comparison(c)
+    print(f"[5/5] {lines[0]}", *lines[1:], sep="\n")
     example = "Return the <mask> of the list."
     print(f"fill-mask: {example}")
     for p in trained.fill_mask(example, top_k=5):
         print(f"  {p['score']:.3f}  {p['sequence']}")
     print(f"done in {time.time() - t0:.0f}s. checkpoint: {summary['checkpoint']}; metrics: {run / 'metrics.jsonl'}; "
           f"try: roberta fill-mask --checkpoint {run} \"Open the <mask> for reading.\"")
-    return {"results": results, "ratio": ratio, "summary": summary}
+    return {"results": {k: c[k] for k in ("untrained", "unigram", "trained")}, "ratio": c["ratio"],
+            "interval": c["interval"], "summary": summary}

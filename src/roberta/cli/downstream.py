@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from roberta.cli.common import add_device, add_overwrite, add_precision, add_quiet, add_renamed, add_threads, command, set_threads
 from roberta.errors import UserError
@@ -13,19 +15,25 @@ from roberta.outdir import claim_out
 GLUE_TASKS = ["sst2", "cola", "mrpc", "rte", "stsb", "mnli", "qnli", "qqp"]
 
 
-def add_task_options(s: argparse.ArgumentParser) -> None:
-    """Which labelled data: a GLUE task by name, or any file with named columns."""
+def add_task_options(s: argparse.ArgumentParser, probe: bool = False) -> None:
+    """Which labelled data: a GLUE task by name, or any file with named columns. (A probe has no
+    epochs or lr: its penalty is cross-validated on --train, and --dev only scores it.)"""
     s.add_argument("--glue", choices=GLUE_TASKS, help="a GLUE task by name (needs --glue-dir)")
     s.add_argument("--glue-dir", help="the GLUE data directory (one subdirectory per task, as distributed)")
     s.add_argument("--train", help="training examples: .tsv / .csv / .jsonl / .jsonl.gz with a header or fields")
-    s.add_argument("--dev", help="dev examples, same format: selects the epoch and lr, and is reported")
+    s.add_argument("--dev", help="dev examples, same format: " + ("the probe is scored on them" if probe else
+                                                                  "selects the epoch and lr, and is reported")
+                   + " (default: a fixed 10%% of --train, held out)")
+    s.add_argument("--test", help="labelled examples, same format, scored once " + ("by the fitted probe" if probe else
+                   "at the lr and epoch dev selected") + ": a score that selected nothing")
     s.add_argument("--text-column", default="text", help="the column (field) holding the text")
     s.add_argument("--text-pair-column", default=None, help="the second text of a sentence-pair task")
     s.add_argument("--label-column", default="label", help="the column holding the label")
     s.add_argument("--task", choices=["classification", "regression"], default="classification",
                    help="what the labels are (with --train/--dev)")
     s.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
-                   help="the dev metric that selects epoch and lr (default: the task's)")
+                   help=("the metric that picks the penalty (cross-validated on --train) and is reported on --dev"
+                         if probe else "the dev metric that selects epoch and lr") + " (default: the task's)")
 
 
 def add_finetune_options(s: argparse.ArgumentParser) -> None:
@@ -94,37 +102,55 @@ def lr_list(text: str | None, flag: str) -> tuple[float, ...]:
         raise UserError(f"{flag} {text}: expected comma-separated numbers, e.g. 1e-3,3e-4,1e-4") from None
 
 
-def task_from_args(a, command: str):
-    """--glue TASK --glue-dir D, or --train F --dev F with column flags (finetune's and probe's)."""
-    from roberta.downstream.tasks import file_task, glue_task
+def task_from_args(a, command: str, dev_use: str):
+    """--glue TASK --glue-dir D, or --train F [--dev F] with column flags (finetune's and probe's);
+    --test F with either. Without --dev a fixed tenth of train is held out, and the console says so
+    (`dev_use`: what the held-out examples do)."""
+    from roberta.downstream.tasks import HOLD_OUT_EVERY, file_task, glue_task
 
     if a.glue:
         if a.train or a.dev or not a.glue_dir:
             raise UserError("--glue TASK needs --glue-dir DIR (and no --train/--dev)")
-        return glue_task(a.glue, a.glue_dir)
-    if a.train and a.dev:
-        return file_task(a.train, a.dev, a.text_column, a.text_pair_column, a.label_column,
-                         regression=a.task == "regression", metric=None)
-    raise UserError(f"{command}: pass --glue TASK --glue-dir DIR, or --train FILE --dev FILE")
+        return glue_task(a.glue, a.glue_dir, test=a.test)
+    if not a.train:
+        raise UserError(f"{command}: pass --glue TASK --glue-dir DIR, or --train FILE [--dev FILE]")
+    task = file_task(a.train, a.dev, a.text_column, a.text_pair_column, a.label_column,
+                     regression=a.task == "regression", metric=None, test=a.test)
+    if task.held_out:
+        print(f"no --dev: holding out {100 // HOLD_OUT_EVERY}% of {Path(a.train).name} ({task.held_out:,} examples) "
+              f"for {dev_use}")
+    return task
 
 
 def cmd_finetune(a) -> None:
-    from roberta.downstream.finetune import finetune
+    from roberta.downstream.finetune import JOB_FILE, finetune
 
-    task = task_from_args(a, "finetune")
+    task = task_from_args(a, "finetune", "selecting epoch and lr")
     if a.metric:
         task.metric = a.metric
     cfg = finetune_config(a)
-    claim_out(a.out, a.overwrite, "finetune")
-    if a.baseline == "scratch":
-        from roberta.downstream.compare import finetune_with_baseline
+    # an --out holding a finetune job is this command's own: finetune continues it, or names what differs
+    claim_out(a.out, a.overwrite, "finetune", own=lambda p: (p / JOB_FILE).is_file())
+    try:
+        if a.baseline == "scratch":
+            from roberta.downstream.compare import finetune_with_baseline
 
-        r = finetune_with_baseline(task, a.checkpoint, a.out, cfg, lr_list(a.baseline_lr_grid, "--baseline-lr-grid"))
-    else:
-        r = finetune(task, a.checkpoint, a.out, cfg)
+            r = finetune_with_baseline(task, a.checkpoint, a.out, cfg, lr_list(a.baseline_lr_grid, "--baseline-lr-grid"),
+                                       overwrite=a.overwrite)
+        else:
+            r = finetune(task, a.checkpoint, a.out, cfg, overwrite=a.overwrite)
+    except KeyboardInterrupt:
+        print(f"finetune: interrupted; its finished runs are kept in {a.out}: run the same command again to continue",
+              file=sys.stderr)
+        raise
+    test = "" if "test_value" not in r else (
+        f"; test {r['metric']} {100 * r['test_value']:.2f} (median; per seed "
+        f"{', '.join(f'{100 * v:.2f}' for v in r['test_per_seed'])}; at the lr and epochs dev selected)")
     print(f"{r['task']}: {r['metric']} {100 * r['value']:.2f} (median of {cfg.seeds} seed(s) at lr {r['lr']:g}; "
-          f"per seed {', '.join(f'{100 * v:.2f}' for v in r['per_seed'])}; best epochs {r['best_epoch']}) -> {a.out}/metrics.json")
-    keys = ("task", "metric", "value", "per_seed", "best_epoch") + (("baseline_value", "delta", "interval") if a.baseline else ())
+          f"per seed {', '.join(f'{100 * v:.2f}' for v in r['per_seed'])}; best epochs {r['best_epoch']}){test} "
+          f"-> {a.out}/metrics.json")
+    keys = (("task", "metric", "value", "per_seed", "best_epoch") + (("test_value", "test_per_seed") if test else ())
+            + (("baseline_value", "delta", "interval") if a.baseline else ()))
     print(json.dumps({k: r[k] for k in keys}))
 
 
@@ -134,7 +160,7 @@ def cmd_glue(a) -> None:
     from roberta.downstream.finetune import evaluate_glue, glue_table
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = evaluate_glue(a.checkpoint, a.glue_dir, a.out or tmp, finetune_config(a))
+        results = evaluate_glue(a.checkpoint, a.glue_dir, a.out or tmp, finetune_config(a), overwrite=a.overwrite)
     table, average = glue_table(results)
     print(table)
     print(json.dumps({**{name: r["value"] for name, r in results.items()}, "average": average / 100}))
@@ -142,7 +168,7 @@ def cmd_glue(a) -> None:
 
 def cmd_predict(a) -> None:
     from roberta.downstream.predict import Finetuned, predict_files
-    from roberta.downstream.tasks import Columns, first_row_columns, read_examples
+    from roberta.downstream.tasks import Columns, first_row_columns, quote_columns, read_examples
 
     set_threads(a.threads)
     model = Finetuned(a.checkpoint, device=a.device, precision=a.precision)
@@ -151,7 +177,7 @@ def cmd_predict(a) -> None:
         names = first_row_columns(path)
         label = a.label_column or ("label" if "label" in names else None)
         if a.label_column and a.label_column not in names:
-            raise UserError(f"{path}: no column {a.label_column!r} (has: {', '.join(map(str, names))}); "
+            raise UserError(f"{path}:1: no column {a.label_column!r} (has: {quote_columns(names)}); "
                             "choose it with --label-column, or leave it out to predict unlabelled rows")
         has_labels = has_labels and label is not None
         examples += read_examples(path, Columns(a.text_column, a.text_pair_column, label))
@@ -167,13 +193,14 @@ def cmd_predict(a) -> None:
 def cmd_probe(a) -> None:
     from roberta.downstream.probe import ProbeConfig, probe
 
-    task = task_from_args(a, "probe")
+    task = task_from_args(a, "probe", "scoring the probe")
     if a.metric:
         task.metric = a.metric
     cfg = ProbeConfig(max_len=a.seq_len, max_train=a.max_train, max_dev=a.max_dev, threads=a.threads,
                       progress=not a.quiet)
     r = probe(task, a.checkpoint, a.out, cfg, baseline=a.baseline)
-    keys = ("task", "metric", "value") + (("baseline_value", "delta", "interval") if a.baseline else ())
+    keys = ("task", "metric", "value") + (("test_value",) if "test_value" in r else ()) + \
+        (("baseline_value", "delta", "interval") if a.baseline else ())
     print(json.dumps({k: r[k] for k in keys}))
 
 
@@ -182,7 +209,8 @@ def register(sub) -> None:
                 "roberta finetune --checkpoint runs/r --glue sst2 --glue-dir glue --out ft/sst2 --seeds 3\n"
                 "roberta finetune --checkpoint runs/r --train train.jsonl --dev dev.jsonl --out ft/mine")
     s.add_argument("--checkpoint", required=True, help="the pretrained checkpoint (or run) to start from")
-    s.add_argument("--out", required=True, help="where metrics.json, labels.json and runs.jsonl go")
+    s.add_argument("--out", required=True, help="where metrics.json, labels.json, runs.jsonl and model/ go; the same "
+                   "command again continues an interrupted job here")
     add_task_options(s)
     add_finetune_options(s)
     s.add_argument("--baseline", choices=["scratch"], default=None,
@@ -197,8 +225,10 @@ def register(sub) -> None:
                 "roberta glue --checkpoint runs/r --glue-dir glue --out ft/glue --lr-grid")
     s.add_argument("--checkpoint", required=True, help="the pretrained checkpoint (or run) to start from")
     s.add_argument("--glue-dir", required=True, help="the GLUE data directory (one subdirectory per task)")
-    s.add_argument("--out", default=None, help="keep each task's metrics.json here (default: not kept)")
+    s.add_argument("--out", default=None, help="keep each task's metrics.json here (default: not kept); the same "
+                   "command again continues an interrupted task here")
     add_finetune_options(s)
+    add_overwrite(s)
     s.set_defaults(fn=cmd_glue)
 
     s = command(sub, "predict", "label new text with a fine-tuned model (a `finetune` output)",
@@ -223,7 +253,7 @@ def register(sub) -> None:
                 "roberta probe --checkpoint runs/r --glue sst2 --glue-dir glue --out probe/sst2 --baseline random")
     s.add_argument("--checkpoint", required=True, help="the pretrained checkpoint (or run) to probe")
     s.add_argument("--out", required=True, help="where metrics.json goes")
-    add_task_options(s)
+    add_task_options(s, probe=True)
     s.add_argument("--baseline", choices=["random"], default=None,
                    help="also probe the same network at random init; report the difference and a 95%% interval")
     s.add_argument("--seq-len", type=int, default=0, help="tokens per input, <s> </s> included (0 = the model's maximum)")

@@ -14,14 +14,12 @@ from roberta.cli.common import add_device, add_precision, add_preset, add_quiet,
 from roberta.errors import UserError
 
 
-def run_config(preset: str, sets: list[str], saved: str | None = None):
-    from roberta.config import Config, apply_overrides
-    from roberta.presets import get_preset
+def load_run_config(path: Path, flag: str):
+    """A run's config.json (or a run directory's: its own, else its latest checkpoint's) as the run
+    trained with it: nothing left to derive, the lr already scaled."""
+    from roberta.config import Config
 
-    if saved is None:
-        return apply_overrides(get_preset(preset), sets or [])
-    path = Path(saved)
-    if path.is_dir():  # a run directory (or a checkpoint): its config.json, else its latest checkpoint's
+    if path.is_dir():
         from roberta.training.checkpoint import latest_checkpoint
 
         latest = latest_checkpoint(path) if not (path / "config.json").is_file() else None
@@ -33,34 +31,66 @@ def run_config(preset: str, sets: list[str], saved: str | None = None):
             raise ValueError(f"its keys are not the config's sections {', '.join(sorted(sections))}")
         base = Config.from_dict(saved_dict)
     except (OSError, ValueError, AttributeError, TypeError) as e:
-        raise UserError(f"--config {saved}: not a run's config.json ({e}); pass RUN/config.json of a pretraining "
+        raise UserError(f"{flag}: {path} is not a run's config.json ({e}); pass RUN/config.json of a pretraining "
                         "run") from None
-    # config.json holds the run as it ran: nothing left to derive, the lr already scaled (runs written
-    # before lr_scaling was reset to none on resolution still say sqrt/linear: do not scale twice)
+    # runs written before lr_scaling was reset to none on resolution still say sqrt/linear: do not scale twice
     base.train = dataclasses.replace(base.train, lr_scaling="none")
-    return apply_overrides(base, sets or [])
+    return base
+
+
+def saved_run(out: str) -> Path | None:
+    """The run directory --resume continues, when --out holds one (its config.json or a checkpoint)."""
+    from roberta.training.checkpoint import latest_checkpoint
+
+    path = Path(out)
+    return path if (path / "config.json").is_file() or latest_checkpoint(path) else None
+
+
+def run_config(a):
+    """The Config to train. --resume of a run in --out: its saved config, each --set on top (the
+    trainer then refuses anything but a raised budget or a runtime setting). A --preset or --config
+    given with --resume must describe the saved run; the budget still changes only where a --set
+    names it. Otherwise: the --preset (default tiny) or the --config, each --set on top."""
+    from roberta.config import RESUME_BUDGETS, apply_overrides
+    from roberta.presets import get_preset
+
+    run = saved_run(a.out) if a.resume else None
+    if run is not None and not (a.preset or a.config):
+        return fit_micro_batch(apply_overrides(load_run_config(run, "--resume"), a.set))
+    base = load_run_config(Path(a.config), "--config") if a.config else get_preset(a.preset or "tiny")
+    cfg = apply_overrides(base, a.set)
+    if run is not None:
+        saved, named = load_run_config(run, "--resume"), {item.split("=", 1)[0].strip() for item in a.set}
+        budget = {k.split(".")[1]: getattr(saved.train, k.split(".")[1]) for k in RESUME_BUDGETS if k not in named}
+        cfg.train = dataclasses.replace(cfg.train, **budget)
+    return cfg
+
+
+def fit_micro_batch(cfg):
+    """A saved micro_batch_size that does not divide the global batch over the ranks this resume
+    runs on (a run resumed on more ranks) is derived again: batch_size / ranks."""
+    t, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1"))
+    if t.micro_batch_size and t.batch_size % (t.micro_batch_size * world):
+        cfg.train = dataclasses.replace(t, micro_batch_size=0)
+    return cfg
 
 
 def resume_command(a) -> str:
-    """The command line that continues this run: the same data, directory, preset and settings."""
-    args = ["roberta", "pretrain", "--data", a.data, "--out", a.out]
-    args += ["--config", a.config] if a.config else ["--preset", a.preset] if a.preset != "tiny" else []
-    for item in a.set:
-        args += ["--set", item]
-    return shlex.join(args + ["--resume"])
+    """The command line that continues this run: --resume reads everything else from its config.json."""
+    return shlex.join(["roberta", "pretrain", "--data", a.data, "--out", a.out, "--resume"])
 
 
 def cmd_pretrain(a) -> int:
     from roberta.training.interrupt import TrainingInterrupted
     from roberta.training.loop import pretrain
 
-    if a.config and a.preset != "tiny":
+    if a.config and a.preset:
         raise UserError("pass --config (a saved run) or --preset, not both; --set works on top of either")
     for flag, key in (("threads", "train.threads"), ("device", "train.device"), ("precision", "train.precision")):
         if getattr(a, flag) is not None:
             a.set = [*a.set, f"{key}={getattr(a, flag)}"]
-    cfg = run_config(a.preset, a.set, a.config)
-    note = seq_len_warning(a.preset, cfg, a.data)
+    cfg = run_config(a)
+    note = seq_len_warning(a.preset or "tiny", cfg, a.data)
     if note and int(os.environ.get("RANK", "0")) == 0:
         print(f"warning: {note}", file=sys.stderr)
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -75,12 +105,16 @@ def cmd_pretrain(a) -> int:
         return 0
     if summary.get("already_complete"):
         print(f"already complete: {a.out} finished at step {summary['step']}; nothing to do (to train further, "
-              f"raise train.max_steps, train.max_tokens or train.max_time and --resume); checkpoint {summary['checkpoint']}")
+              f"--resume with --set raising train.max_steps, train.max_tokens or train.max_time); "
+              f"checkpoint {summary['checkpoint']}")
     held_out = summary.get("eval_split", "valid") == "valid"
     loss = f", loss {summary['loss']:.4f}" if "loss" in summary else ""
+    # runs finished before the unigram baseline was recorded have no ratio in summary.json
+    unigram = (f" (unigram model: {summary['unigram_perplexity']:.2f}; ratio {summary['ratio_to_unigram']:.2f})"
+               if "ratio_to_unigram" in summary else "")
     print(f"done: step {summary['step']}, {summary['tokens']:,} tokens{loss}, "
           f"{'held-out' if held_out else 'train-split (no held-out split)'} perplexity "
-          f"{summary['eval_perplexity']:.2f}; checkpoint {summary['checkpoint']}")
+          f"{summary['eval_perplexity']:.2f}{unigram}; checkpoint {summary['checkpoint']}")
     ck = shlex.quote(str(summary["checkpoint"]))
     print(f"next: roberta evaluate --checkpoint {ck} --data {shlex.quote(a.data)}   (held-out perplexity)\n"
           f"      roberta finetune --checkpoint {ck} --train TRAIN.tsv --dev DEV.tsv --out FT   (a task)")
@@ -107,23 +141,28 @@ def seq_len_warning(preset: str, cfg, data: str) -> str | None:
 def register(sub) -> None:
     s = command(sub, "pretrain", "pretrain a masked language model on prepared data",
                 "roberta pretrain --data data --out runs/r --preset tiny --set train.max_time=2h\n"
-                "roberta pretrain --data data --out runs/r --resume                # continue where it stopped\n"
+                "roberta pretrain --data data --out runs/r --resume                # continue as it was saved\n"
+                "roberta pretrain --data data --out runs/r --resume --set train.max_steps=20000   # train longer\n"
                 "roberta pretrain --data data --out runs/r2 --config runs/r/config.json   # the same run again\n"
                 "torchrun --nproc-per-node 8 -m roberta pretrain --data data --out runs/base --preset base",
                 "Pretrain a masked language model. The run is one typed Config: a --preset (or a saved\n"
                 "--config), then each --set on top; docs/config.md lists every key.")
     s.add_argument("--data", required=True, help="a prepare --out directory")
     s.add_argument("--out", required=True, help="the run directory: checkpoints, metrics.jsonl, summary.json")
-    add_preset(s, "tiny")
+    add_preset(s, None, "the starting Config (docs/config.md: each preset's values); not needed with --resume, "
+               "which starts from the run's saved config.json (default: tiny)")
     s.add_argument("--config", default=None, metavar="CONFIG_JSON",
                    help="re-run a saved run exactly: its RUN/config.json (or the RUN directory); instead of --preset")
     add_sets(s)
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint, with its saved config.json; a --set "
+                        "may raise train.max_steps/max_tokens/max_time or change a runtime setting, nothing else")
     s.add_argument("--checkpoint", default=None,
                    help="start from this checkpoint's weights (continued pretraining; import-hf makes one)")
     add_renamed(s, "--init-from", "--checkpoint")
     s.add_argument("--threads", type=int, default=None,
-                   help="CPU threads: shorthand for --set train.threads=N (default: the preset's, 0 = torch's)")
+                   help="CPU threads: shorthand for --set train.threads=N (default: the preset's, 0 = automatic: "
+                        "the cores other processes leave idle)")
     add_device(s, default=None, help="shorthand for --set train.device=DEVICE (default: auto, a GPU when there is one)")
     add_precision(s, default=None, help="shorthand for --set train.precision=P "
                    "(default: auto, bf16 on a GPU and on a CPU with native bf16)")

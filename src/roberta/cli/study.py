@@ -13,7 +13,7 @@ from roberta.errors import UserError
 def cmd_plan(a) -> None:
     from dataclasses import asdict
 
-    from roberta.study.plan import GPU_MEMORY, GPU_PEAK, make_plan, render
+    from roberta.study.plan import GPU_MEMORY, GPU_PEAK, cpu_peak, make_plan, render
 
     for name, lo in (("gpus", 1), ("vocab_size", 8), ("peak_tflops", 0), ("memory_gb", 0),
                      ("compare_batch", 0), ("compare_steps", 0)):
@@ -23,6 +23,11 @@ def cmd_plan(a) -> None:
     if gpu and gpu not in GPU_PEAK:
         raise UserError(f"--gpu {a.gpu}: unknown; choose one of {', '.join(GPU_PEAK)} or give --peak-tflops")
     peak = a.peak_tflops * 1e12 if a.peak_tflops else GPU_PEAK.get(gpu, 0.0)
+    device = f"{gpu or 'device'} (peak {peak / 1e12:.3g} TFLOP/s)"
+    if not peak:  # no GPU named: this machine's CPU, measured as the trainer measures it
+        peak, precision = cpu_peak()
+        device = (f"this CPU (peak {peak / 1e9:.0f} GFLOP/s by a {precision} matmul probe just now; --gpu or "
+                  "--peak-tflops for another device)")
     memory = a.memory_gb * 1e9 if a.memory_gb else GPU_MEMORY.get(gpu, 80e9)
     common = dict(vocab_size=a.vocab_size, gpus=a.gpus, peak_flops=peak, mfu=a.mfu, memory=memory, fsdp=a.fsdp,
                   activation_checkpointing=a.activation_checkpointing)
@@ -32,9 +37,8 @@ def cmd_plan(a) -> None:
         b, s = a.compare_batch or a.batch_size, a.compare_steps or a.max_steps
         plans.append(make_plan(a.preset, b, a.seq_len, s, **common))
         names.append(f"{b} x {s:,} steps")
-    print(f"plan: preset {a.preset}, {a.gpus} x {gpu or 'device'} "
-          f"({'peak ' + format(peak / 1e12, '.3g') + ' TFLOP/s' if peak else 'no peak given'}), MFU {a.mfu:.0%}")
-    print(render(plans, names))
+    print(f"plan: preset {a.preset}, {a.gpus} x {device}, MFU {a.mfu:.0%}")
+    print(render(plans, names, a.preset))
     print(json.dumps([asdict(p) for p in plans]))
 
 
@@ -49,14 +53,45 @@ def cmd_ablate(a) -> None:
     probes = [t for t in (a.probe or "").split(",") if t]
     if probes and not a.glue_dir:
         raise UserError("--probe TASK needs --glue-dir DIR")
+    if tasks and not a.glue_dir:
+        raise UserError("--glue-tasks TASK needs --glue-dir DIR")
     result = run_ablation(a.kind, a.data, budget, a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
                           lr_rule=a.lr_rule, progress=not a.quiet, overwrite=a.overwrite,
                           finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
                                          "threads": 1},
-                          probe_tasks=probes)
+                          probe_tasks=probes, tasks=own_task(a, tasks + probes))
     print(Path(a.out, "report.md").read_text())
     print(json.dumps(result))
+
+
+def own_task(a, glue_names: list[str]) -> list[tuple[str, object]]:
+    """--task-train F [--task-dev F] with finetune's column flags: the user's labelled task, as
+    (how, TaskData) per --task-eval; read now, so a bad file is refused before any arm trains."""
+    from roberta.downstream.tasks import FILE_SUFFIXES, HOLD_OUT_EVERY, file_task
+    from roberta.study.ablate import EVALS
+
+    if not a.task_train:
+        for flag, value in (("--task-dev", a.task_dev), ("--task-name", a.task_name), ("--task-eval", a.task_eval)):
+            if value:
+                raise UserError(f"{flag} needs --task-train FILE (the labelled examples of your task)")
+        return []
+    evals = [e for e in (a.task_eval or "finetune").split(",") if e]
+    if not evals or any(e not in EVALS for e in evals):
+        raise UserError(f"--task-eval {a.task_eval}: choose finetune, probe or finetune,probe")
+    train = Path(a.task_train).name
+    name = a.task_name or next((train.removesuffix(x) for x in sorted(FILE_SUFFIXES, key=len, reverse=True)
+                                if train.endswith(x)), train)
+    if name in (".", "..") or name != Path(name).name or name in glue_names:
+        raise UserError(f"--task-name {name}: the report's column and RUN/glue/{name}: give a plain name "
+                        "that no --glue-tasks/--probe task has")
+    task = file_task(a.task_train, a.task_dev, a.text_column, a.text_pair_column, a.label_column,
+                     regression=a.task == "regression", metric=a.metric, dev_flag="--task-dev")
+    task.name = name
+    if task.held_out:
+        print(f"no --task-dev: holding out {100 // HOLD_OUT_EVERY}% of {train} ({task.held_out:,} examples) for "
+              + ("selecting epoch and lr" if "finetune" in evals else "scoring the probe"))
+    return [(e, task) for e in evals]
 
 
 def cmd_report(a) -> None:
@@ -106,10 +141,13 @@ def register(sub) -> None:
 
     s = command(sub, "ablate", "compare recipes at a matched token budget (the paper's tables)",
                 "roberta ablate masking --data data --max-tokens 2e6 --out abl/masking --seeds 3\n"
-                "roberta ablate custom --data data --max-tokens 2e6 --out abl/mine --arms arms.toml")
+                "roberta ablate custom --data data --max-tokens 2e6 --out abl/mine --arms arms.toml\n"
+                "roberta ablate formats --data data --max-tokens 2e6 --out abl/fmt --task-train reviews.jsonl "
+                "--text-column review")
     s.add_argument("kind", choices=["masking", "formats", "batch-size", "custom"],
-                   help="masking: static vs dynamic; formats: the four input formats; batch-size: 256/2K/8K-style "
-                        "batches with --lr-rule; custom: the arms in --arms")
+                   help="masking: static vs dynamic (the budget must cover more than masking.dupe_factor epochs); "
+                        "formats: the four input formats; batch-size: 256/2K/8K-style batches with --lr-rule; "
+                        "custom: the arms in --arms")
     s.add_argument("--data", required=True, help="a prepare --out directory")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--max-tokens", help="real tokens per arm (train.max_tokens), e.g. 2e6")
@@ -127,6 +165,20 @@ def register(sub) -> None:
     s.add_argument("--ft-seeds", type=int, default=3, help="fine-tuning seeds per task (median reported)")
     s.add_argument("--probe", default="", metavar="TASK[,TASK]",
                    help="add a frozen-feature probe column per arm (e.g. sst2; needs --glue-dir)")
+    s.add_argument("--task-train", default=None, metavar="FILE",
+                   help="your own labelled task, scored on every arm (.tsv / .csv / .jsonl / .jsonl.gz, as finetune's --train)")
+    s.add_argument("--task-dev", default=None, metavar="FILE",
+                   help="its dev examples (default: a fixed 10%% of --task-train, held out)")
+    s.add_argument("--task-name", default=None, help="its column in the report (default: --task-train's file name)")
+    s.add_argument("--task-eval", default=None, metavar="HOW[,HOW]",
+                   help="how each arm is scored on it: finetune, probe, or finetune,probe (default: finetune)")
+    s.add_argument("--text-column", default="text", help="--task-train's text column (field)")
+    s.add_argument("--text-pair-column", default=None, help="its second text, for a sentence-pair task")
+    s.add_argument("--label-column", default="label", help="its label column")
+    s.add_argument("--task", choices=["classification", "regression"], default="classification",
+                   help="what its labels are")
+    s.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
+                   help="its metric (default: accuracy, or pearson for regression)")
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
     add_quiet(s)

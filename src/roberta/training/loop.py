@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from roberta.training import checkpoint as ckpt
-from roberta.config import Config, ModelConfig, parse_duration, resolve_run
+from roberta.config import Config, ModelConfig, TrainConfig, parse_duration, resolve_run, resume_changes
 from roberta.data.formats import batch_token_budget, build_sequences
 from roberta.data.loader import Batch, BatchStream, collate, shard
 from roberta.data.prepare import load_split, read_meta
@@ -31,7 +31,7 @@ from roberta.training.distributed import (Dist, all_gather_object, all_reduce_su
                                  init_distributed, is_collective_failure, load_full_state, max_over_ranks, no_sync,
                                  shutdown, to_device)
 from roberta.errors import UserError
-from roberta.training.evaluate import eval_batches, masked_token_count, mlm_loss
+from roberta.training.evaluate import eval_batches, loss_to_ppl, masked_token_count, mlm_loss, unigram_loss
 from roberta.training.interrupt import GracefulStop, TrainingInterrupted
 from roberta.masking import IGNORE, Masker, mask_counts, masking_stats
 from roberta.model import build_model, count_parameters, training_flops
@@ -40,6 +40,7 @@ from roberta.training.parallelize import autocast, parallelize
 from roberta.training.perf import PeakFlops
 from roberta.training.precision import resolve_precision
 from roberta.training.runlog import RunLog, last_record, truncate_metrics
+from roberta.training.threads import Threads
 from roberta.tokenizer import MASK_ID, SPECIAL_IDS, data_tokenizer_fingerprint, load_tokenizer, same_tokenizer
 
 
@@ -53,6 +54,7 @@ class TrainState:
     flops: float = 0.0  # model training FLOPs (roberta.model.training_flops), summed over ranks
     elapsed: float = 0.0  # wall seconds in the loop (training, evaluation, checkpoints), summed over resumes
     skipped_steps: int = 0  # non-finite losses
+    threads: int = 0  # torch CPU threads in use: a resumed train.threads=0 run keeps them (roberta.training.threads)
     data: dict = field(default_factory=dict)  # BatchStream position
 
     def add(self, r: dict) -> None:
@@ -283,15 +285,73 @@ def _find_resume_point(out: Path, resume: bool, dist: Dist) -> Path | None:
     return Path(latest) if latest else None
 
 
-def _start_run_dir(out: Path, cfg: Config, latest: Path | None, dist: Dist) -> None:
+def _check_resume(out: Path, latest: Path | None, cfg: Config) -> tuple[Config | None, list[tuple]]:
+    """A resumed run keeps the config it was saved with (its config.json, else its checkpoint's):
+    `cfg` (resolved) may raise its budgets and change runtime settings, nothing else
+    (roberta.config.resume_changes says what, and refuses the rest before anything is written).
+    Returns the saved config (None for a fresh run) and the budgets raised: [(key, saved, asked)]."""
+    if latest is None:
+        return None, []
+    where = out if (out / "config.json").is_file() else latest
+    saved = ckpt.load_config(where)
+    # older runs say the lr_scaling their lr was already scaled by: the lr is what they ran at
+    saved.train = dataclasses.replace(saved.train, lr_scaling="none")
+    return saved, resume_changes(saved, cfg, str(where / "config.json"))
+
+
+def _with_raises(saved: Config, raised: list[tuple]) -> Config:
+    return dataclasses.replace(saved, train=dataclasses.replace(
+        saved.train, **{key.split(".")[1]: now for key, _, now in raised}))
+
+
+def _start_run_dir(out: Path, cfg: Config, latest: Path | None, dist: Dist, extended: Config | None) -> None:
     """A fresh run starts with an empty metrics.jsonl and its resolved config.json; a resumed
-    one loses only a half-written checkpoint."""
+    one loses only a half-written checkpoint, and its config.json records a raised budget
+    (`extended`: the saved config with the raise in it)."""
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_partial(out)
         if latest is None:
             (out / "metrics.jsonl").unlink(missing_ok=True)
             (out / "config.json").write_text(cfg.to_json())
+        elif extended is not None:
+            (out / "config.json").write_text(extended.to_json())
+
+
+def _record_raises(out: Path, raised: list[tuple], state: TrainState, before: Budget, after: Budget,
+                   peak_lr: float) -> None:
+    """Rank 0, once the metrics of replayed steps are dropped: each raised budget is an event in
+    metrics.jsonl (written directly: it is not a metric for the integrations) and a console line
+    with what it does to the lr, whose schedule runs on the used fraction of the budget."""
+    if not raised:
+        return
+    with open(out / "metrics.jsonl", "a") as f:
+        for key, was, now in raised:
+            f.write(json.dumps({"step": state.step, "tokens": state.tokens, "event": "budget_raised", "key": key,
+                                "from": was, "to": now}) + "\n")
+    for key, was, now in raised:
+        print(f"extending the budget: {key} {was} -> {now}")
+    print(f"lr at step {state.step:,}: {before.lr(state, peak_lr):.3g} -> {after.lr(state, peak_lr):.3g} "
+          f"(the decay is stretched over the larger budget)")
+
+
+def _duration_words(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def budget_words(t: TrainConfig) -> str:
+    """What ends the run, in words (train.*: Budget's rule): "1,000 steps"; "2,000,000 tokens";
+    "10 min of training (train.max_time=10m)". A token or time budget replaces the step budget."""
+    parts = [f"{t.max_tokens:,} tokens"] if t.max_tokens else []
+    if t.max_time:
+        parts.append(f"{_duration_words(parse_duration(t.max_time))} of training (train.max_time={t.max_time})")
+    if not parts:
+        return f"{t.max_steps:,} steps"
+    words = " or ".join(parts) + (", whichever ends first" if len(parts) > 1 else "")
+    return words + ("; train.max_steps does not apply under a token or time budget" if t.max_steps else "")
 
 
 def init_from_model(init_from: str, data_dir: str, meta: dict) -> ModelConfig:
@@ -331,6 +391,7 @@ class Run:
     tok_dir: Path
     n_params: int
     done_before: dict | None = None  # a resumed run that had already finished: its summary
+    threads: Threads | None = None  # checks, while training, whether the thread count still suits the machine
 
     def evaluate(self) -> dict:
         with autocast(self.dist.device, self.cfg.train.precision):
@@ -343,8 +404,9 @@ class Run:
                        f"perplexity {r['perplexity']:.2f}")
         return r
 
-    def finish(self, record: dict, last_eval: dict, already_complete: bool) -> dict:
-        """The run's summary (the last record, completed), written to summary.json on rank 0."""
+    def finish(self, record: dict, last_eval: dict, already_complete: bool, data_dir: str) -> dict:
+        """The run's summary (the last record, completed), written to summary.json on rank 0, with
+        the ratio of its perplexity to the unigram baseline's (rank 0 only: no collective)."""
         s, main = self.state, self.dist.is_main
         summary = {**record, **{k: v for k, v in dataclasses.asdict(s).items() if k != "data"},
                    "final_lr": self.budget.lr(s, self.cfg.train.lr), "parameters": self.n_params,
@@ -353,8 +415,16 @@ class Run:
                    "eval_perplexity": last_eval["perplexity"], "eval_split": self.eval_split,
                    "checkpoint": str(ckpt.latest_checkpoint(self.out)) if main else None}
         if main:
+            summary.update(self.unigram_baseline(data_dir, last_eval))
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def unigram_baseline(self, data_dir: str, last_eval: dict) -> dict:
+        """The unigram model of the training split on the run's evaluation tokens (what `roberta
+        evaluate` prints beside the model): a bincount over the split, once, at the end."""
+        u = unigram_loss(load_split(data_dir, "train").tokens, read_meta(data_dir)["vocab_size"], self.evals)
+        return {"unigram_perplexity": u["perplexity"],
+                "ratio_to_unigram": loss_to_ppl(last_eval["mlm_loss"] - u["mlm_loss"])}
 
     def save(self) -> None:
         weights, opt_state = full_state(self.parallel_model, self.optimizer, self.dist)  # collectives: every rank
@@ -373,9 +443,9 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
     latest = _find_resume_point(out, resume, dist)
     cfg = resolve_run(cfg, meta, dist.world, resumed=ckpt.load_config(latest).model if latest else None,
                       init_from=init_from_model(init_from, data_dir, meta) if init_from else None)
+    saved, raised = _check_resume(out, latest, cfg)
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    threads = Threads(t.threads, dist.device, dist.is_main)  # measures what others use during the setup
     if dist.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # only the few fp32 matmuls outside autocast
     tok_dir = Path(data_dir) / "tokenizer"
@@ -388,7 +458,7 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
     stream = BatchStream(order, t.batch_size, t.seed, token_budget=token_budget, min_draws=accum * dist.world,
                          multiple_of=dist.world)
     evals, eval_split = evaluation_set(data_dir, valid_split, train_split, cfg, meta["vocab_size"], dist.is_main)
-    _start_run_dir(out, cfg, latest, dist)
+    _start_run_dir(out, cfg, latest, dist, _with_raises(saved, raised) if raised else None)
 
     model = build_model(cfg.model, dist.device, seed=t.seed)
     if latest is None and init_from:
@@ -408,6 +478,7 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
         stream.load_state_dict(state.data)
         if dist.is_main:
             truncate_metrics(out / "metrics.jsonl", state.step)
+    state.threads = threads.start(saved=state.threads)
     masker = Masker.for_run(cfg, load_tokenizer(tok_dir).get_vocab())
     budget = Budget(cfg)
     done_before = completed_summary(out, state.step) if latest is not None and budget.done(state) else None
@@ -419,6 +490,8 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
               f"batch {t.batch_size} = {t.micro_batch_size} x {accum} accumulation x {dist.world} rank(s); "
               f"peak lr {t.lr:g}; device {dist.device}" + (f"; resuming from {latest}" if latest else ""))
         print(f"precision: {precision} ({why})")
+        print(f"budget: {budget_words(t)}")
+        _record_raises(out, raised, state, Budget(saved) if saved else budget, budget, t.lr)
     log = RunLog(out, dist.is_main, progress, *budget.bar(), initial=budget.bar_position(state),
                  step=state.step, report_to=t.report_to, config=cfg.to_dict()) if not done_before else None
 
@@ -434,7 +507,7 @@ def setup_run(data_dir: str, out: Path, cfg: Config, resume: bool, progress: boo
     meter = Throughput(PeakFlops(dist.device, t.peak_flops, bf16=precision == "bf16"), dist.world,
                        dist.is_main) if not done_before else None
     return Run(cfg, dist, out, model, parallel_model, optimizer, state, budget, stream, next_batch, evals, eval_split,
-               log, meter, latest, rng, tok_dir, n_params, done_before)
+               log, meter, latest, rng, tok_dir, n_params, done_before, threads)
 
 
 def train_record(state: TrainState, r: dict, lr: float, rates: dict) -> dict:
@@ -493,6 +566,7 @@ def _pretrain(data_dir, out: Path, cfg: Config, resume, progress, dist: Dist, in
             record = train_record(state, r, lr, run.meter.read())
             run.log.write(record)
         run.log.progress(budget.bar_position(state), loss=f"{r['loss']:.3f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}")
+        run.threads.check(state.step, run.log)
         if state.step % t.eval_interval == 0 or done:
             last_eval = run.evaluate()
         if state.step % t.checkpoint_interval == 0 or done:
@@ -509,4 +583,5 @@ def _pretrain(data_dir, out: Path, cfg: Config, resume, progress, dist: Dist, in
     if last_saved != state.step:
         run.save()
     run.log.close()
-    return run.finish(record, last_eval, already_complete=run.latest is not None and state.step == first_step)
+    return run.finish(record, last_eval, already_complete=run.latest is not None and state.step == first_step,
+                      data_dir=data_dir)
