@@ -214,6 +214,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("fill-mask --checkpoint {ck} --top-k -1 'a <mask> b'", "--top-k -1"),
     ("fill-mask --checkpoint {ck} --top-k many 'a <mask> b'", "--top-k"),
     ("fill-mask --checkpoint {ck} 'no mask here'", "<mask>"),
+    ("fill-mask --checkpoint {ck} --threads -1 'a <mask> b'", "--threads -1"),
     ("fill-mask --checkpoint {missing} 'a <mask> b'", "no such checkpoint"),
     ("fill-mask --checkpoint {data} 'a <mask> b'", "prepared data, not a checkpoint"),
     ("fill-mask --checkpoint {hf} 'a <mask> b'", "import-hf"),
@@ -254,6 +255,7 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("plan --batch-size eight --max-steps 10", "--batch-size"),
     # ablate
     ("ablate masking --data {data} --max-tokens abc --out {new}", "--max-tokens abc"),
+    ("ablate custom --data {data} --max-tokens 2e6 --out {new} --arms {arms} --threads -1", "--threads -1"),
     ("ablate masking --data {data} --max-tokens 0 --out {new}", "--max-tokens"),
     ("ablate masking --data {data} --max-tokens -5 --out {new}", "--max-tokens"),
     ("ablate masking --data {data} --max-tokens inf --out {new}", "--max-tokens inf"),

@@ -483,3 +483,17 @@ def test_help_texts_say_what_the_command_does():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     promised = re.search(r"runs `roberta quickstart` \(~(\d+) min", readme).group(1)
     assert re.search(r"~(\d+) min", commands["quickstart"].description).group(1) == promised
+
+
+# the commands that run torch or the tokenizer: each takes --threads (the README says so)
+COMPUTING = ("quickstart", "train-tokenizer", "prepare", "pretrain", "evaluate", "finetune", "glue", "predict",
+             "probe", "fill-mask", "ablate")
+
+
+def test_every_command_that_computes_takes_threads():
+    from roberta.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    missing = [name for name in COMPUTING if "--threads" not in commands[name]._option_string_actions]
+    assert not missing, f"no --threads on {missing}"
+    assert set(COMPUTING) | {"export-hf", "import-hf", "plan", "report"} == set(commands)  # a new command is classified

@@ -55,11 +55,15 @@ def cmd_ablate(a) -> None:
         raise UserError("--probe TASK needs --glue-dir DIR")
     if tasks and not a.glue_dir:
         raise UserError("--glue-tasks TASK needs --glue-dir DIR")
+    if a.threads is not None:
+        if a.threads < 0:
+            raise UserError(f"--threads {a.threads}: must be >= 0 (0 = automatic)")
+        a.set = [*a.set, f"train.threads={a.threads}"]
     result = run_ablation(a.kind, a.data, budget, a.out, preset=a.preset, sets=a.set,
                           seeds=a.seeds, glue_dir=a.glue_dir, glue_tasks=tasks, custom=a.arms,
                           lr_rule=a.lr_rule, progress=not a.quiet, overwrite=a.overwrite,
                           finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
-                                         "threads": 1},
+                                         "threads": a.threads or 1},  # one thread: measured fastest here
                           probe_tasks=probes, tasks=own_task(a, tasks + probes))
     print(Path(a.out, "report.md").read_text())
     print(json.dumps(result))
@@ -181,6 +185,9 @@ def register(sub) -> None:
                    help="its metric (default: accuracy, or pearson for regression)")
     s.add_argument("--lr-rule", default="sqrt", choices=["sqrt", "linear", "paper", "none"],
                    help="batch-size: how the lr follows the batch")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of every arm: shorthand for --set train.threads=N, and fine-tuning's threads "
+                        "(default: pretraining automatic, fine-tuning 1)")
     add_quiet(s)
     s.add_argument("--overwrite", action="store_true",
                    help="re-run an arm whose directory holds a run of another config or budget")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from roberta.cli.common import Renamed, add_overwrite, command
+from roberta.cli.common import Renamed, add_overwrite, add_threads, command, set_threads
 from roberta.errors import UserError
 from roberta.outdir import claim_out
 
@@ -23,6 +23,7 @@ def cmd_fill_mask(a) -> None:
 
     if a.top_k < 1:
         raise UserError(f"--top-k {a.top_k}: must be >= 1")
+    set_threads(a.threads)
     if (d := finetuned_dir(a.checkpoint)) is not None:
         source = json.loads((d / RECORD).read_text()).get("checkpoint", "the pretrained checkpoint it came from")
         raise UserError(f"--checkpoint {a.checkpoint}: is a fine-tuned classifier (a `roberta finetune` output), "
@@ -80,6 +81,7 @@ def register(sub) -> None:
     s.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run (its latest checkpoint)")
     s.add_argument("text", metavar="TEXT", help="text with one or more <mask>")
     s.add_argument("--top-k", type=int, default=5, help="candidates per <mask> (at most the vocabulary)")
+    add_threads(s)
     s.set_defaults(fn=cmd_fill_mask)
 
     s = command(sub, "export-hf", "write a checkpoint or a fine-tuned model as a Hugging Face model directory",

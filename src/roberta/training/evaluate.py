@@ -210,6 +210,6 @@ def format_comparison(c: dict, more_tokens: str = "", held_out: bool = True) -> 
     lines.append(f"  trained / unigram perplexity = {c['ratio']:.2f} (95% interval {low:.2f}-{high:.2f}, "
                  f"bootstrap over sequences): {verdict(low, high)}")
     if c["trained"]["tokens"] < SMALL_SET:
-        lines.append(f"  small {what} set: {c['trained']['tokens']:,} masked tokens, the interval is wide"
+        lines.append(f"  small {what} set: {c['trained']['tokens']:,} masked tokens, too few to tell runs a few percent apart"
                      + (f" ({more_tokens})" if more_tokens else ""))
     return lines
