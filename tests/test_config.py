@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roberta.config import Config, ModelConfig, all_keys, apply_overrides, parse_duration, resolve_run
+from roberta.config import Config, ModelConfig, all_keys, apply_overrides, parse_duration, resolve_run, validate
 from roberta.errors import UserError
 from roberta.presets import PRESETS, get_preset, tiny
 
@@ -35,6 +35,9 @@ def test_overrides_are_typed():
     ("model.heads=5", "divisible"),
     ("train.max_time=soon", "duration"),
     ("noequals", "KEY=VALUE"),
+    ("model.family=bert", "roberta or modern"),
+    ("model.local_window=64", "local attention is the modern family's"),
+    ("model.family=modern", "model.norm=post: the modern family is pre-norm"),
 ])
 def test_bad_overrides(item, needle):
     with pytest.raises(UserError, match=needle):
@@ -51,7 +54,8 @@ def test_durations():
 
 
 def test_presets():
-    assert set(PRESETS) == {"tiny", "small", "base", "large"}
+    assert set(PRESETS) == {"tiny", "small", "base", "large", "modern-tiny", "modern-small", "modern-base",
+                            "modern-large"}
     base = get_preset("base")
     assert (base.model.layers, base.model.hidden, base.model.heads, base.model.ffn) == (12, 768, 12, 3072)
     assert resolve_run(base, {"vocab_size": 50265, "seq_len": 512}).model.max_positions == 514
@@ -59,6 +63,31 @@ def test_presets():
     assert (large.model.layers, large.model.hidden, large.model.heads, large.model.ffn) == (24, 1024, 16, 4096)
     with pytest.raises(UserError, match="unknown preset"):
         get_preset("huge")
+
+
+def test_modern_presets_are_modernberts():
+    """modern-base / modern-large are ModernBERT-base / -large (their config.json), 30% masking."""
+    m = get_preset("modern-base").model
+    assert (m.family, m.layers, m.hidden, m.heads, m.ffn, m.local_window, m.global_every) == \
+        ("modern", 22, 768, 12, 1152, 128, 3)
+    assert (m.norm, m.bias, m.glu, m.rope_theta, m.local_rope_theta) == ("pre", False, True, 160000.0, 10000.0)
+    m = get_preset("modern-large").model
+    assert (m.layers, m.hidden, m.heads, m.ffn) == (28, 1024, 16, 2624)
+    for name in ("modern-tiny", "modern-small", "modern-base", "modern-large"):
+        cfg = get_preset(name)
+        validate(cfg)
+        assert cfg.model.family == "modern" and cfg.masking.mask_prob == 0.3 and cfg.model.dropout == 0.0
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["model.local_window=63"], "even number"),
+    (["model.global_every=0"], "global_every=0: must be >= 1"),
+    (["model.glu=false"], "model.glu=false: the modern family"),
+    (["model.rope_theta=0"], "must be > 0"),
+])
+def test_modern_family_refuses_impossible_switches(sets, needle):
+    with pytest.raises(UserError, match=needle):
+        apply_overrides(get_preset("modern-tiny"), sets)
 
 
 # resolve_run's rules, one row each: (--set items on the tiny preset, data meta, world size,
@@ -80,6 +109,8 @@ RESOLVE_CASES = [
     (["model.max_positions=20"], META, 1, None, None, "needs model.max_positions >= 66"),
     (["data.format=segment-pair+nsp", "model.nsp_head=false"], META, 1, None, None, "needs model.nsp_head=true"),
     (["model.nsp_head=true"], META, 1, None, None, {"model.nsp_head": True}),  # an unused head is allowed
+    (["model.family=modern", "model.norm=pre", "model.glu=true", "data.format=segment-pair+nsp"], META, 1, None,
+     None, "the modern family has no next-sentence-prediction head"),
     ([], {"vocab_size": 1000}, 1, None, None, "does not record its length"),
     # hardware: micro-batches and lr scaling are resolved, so config.json re-runs as it ran
     ([], META, 4, None, None, {"train.micro_batch_size": 4}),

@@ -24,24 +24,32 @@ Precision = Literal["auto", "fp32", "bf16"]  # train.precision; roberta.training
 REPORTERS = ("tensorboard", "wandb")  # train.report_to: where metrics.jsonl's records also go
 
 
+Family = Literal["roberta", "modern"]  # model.family: roberta.model and roberta.modern, one file each
+
+
 @dataclass
 class ModelConfig:
+    family: Family = "roberta"  # roberta (the paper's encoder; norm/bias/glu switch parts) or modern (ModernBERT's)
     vocab_size: int | None = None  # embedding rows; None = the tokenizer's size rounded up to vocab_multiple
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (tensor-core GEMM shapes); 1 = exact
     layers: int = 4  # transformer blocks
     hidden: int = 256  # width of the residual stream
     heads: int = 4  # attention heads; hidden must divide by it
-    ffn: int = 1024  # inner width of each block's feed-forward network
-    max_positions: int | None = None  # position-table rows; None = seq_len + padding_idx + 1 (RoBERTa's offset)
+    ffn: int = 1024  # inner width of each block's feed-forward network (gated: the width of the product)
+    max_positions: int | None = None  # position rows (modern: no table, same bound); None = seq_len + padding_idx + 1
     dropout: float = 0.1  # dropout on embeddings, attention output and FFN output
     attention_dropout: float = 0.1  # dropout on the attention probabilities
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon
     pad_token_id: int = 1  # the tokenizer's <pad> id; also RoBERTa's padding_idx for positions
     norm: Literal["post", "pre"] = "post"  # LayerNorm after each residual add (the paper) or before each sublayer
-    bias: bool = True  # biases in the linear layers
+    bias: bool = True  # biases in the linear layers (modern family: also its norms' and heads'; the decoder keeps one)
     glu: bool = False  # gated FFN (GEGLU) instead of dense-GELU-dense
     nsp_head: bool | None = None  # next-sentence-prediction head; None = when data.format is a +nsp format
     sparse_head: bool = True  # project onto the vocabulary only at masked positions
+    rope_theta: float = 160000.0  # modern family: rotary base of the global-attention layers (ModernBERT's)
+    local_rope_theta: float = 10000.0  # modern family: rotary base of the local (sliding-window) layers
+    local_window: int = 0  # modern family: a local layer's token sees +-local_window/2 tokens; 0 = all layers global
+    global_every: int = 1  # modern family: every n-th layer is global (layer 0 included); the others local
 
 
 @dataclass
@@ -227,6 +235,7 @@ def validate(cfg: Config) -> None:
         raise UserError("masking.dupe_factor must be >= 1")
     if cfg.model.hidden % cfg.model.heads:
         raise UserError(f"model.hidden={cfg.model.hidden} is not divisible by model.heads={cfg.model.heads}")
+    check_family(cfg.model)
     if cfg.model.vocab_multiple < 1:
         raise UserError(f"model.vocab_multiple={cfg.model.vocab_multiple}: must be >= 1 (1 = no padding)")
     if cfg.data.seq_len is not None and cfg.data.seq_len < 8:
@@ -247,6 +256,26 @@ def validate(cfg: Config) -> None:
     report_targets(t.report_to)
 
 
+def check_family(m: ModelConfig) -> None:
+    """The switches a family has: ModernBERT is pre-norm with a gated FFN; windows and rotary bases
+    are the modern family's alone (the roberta family has learned absolute positions)."""
+    if m.family == "modern":
+        if m.norm != "pre" or not m.glu:
+            bad = "model.norm=post" if m.norm != "pre" else "model.glu=false"
+            raise UserError(f"{bad}: the modern family is pre-norm with a gated FFN; set model.norm=pre and "
+                            "model.glu=true, or start from --preset modern-tiny")
+        if m.local_window < 0 or m.local_window % 2:
+            raise UserError(f"model.local_window={m.local_window}: must be an even number >= 0 "
+                            "(a token sees local_window/2 tokens on each side; 0 = all layers global)")
+        if m.global_every < 1:
+            raise UserError(f"model.global_every={m.global_every}: must be >= 1 (1 = every layer global)")
+        if not (m.rope_theta > 0 and m.local_rope_theta > 0):
+            raise UserError("model.rope_theta and model.local_rope_theta must be > 0")
+    elif m.local_window:
+        raise UserError(f"model.local_window={m.local_window}: local attention is the modern family's "
+                        "(set model.family=modern, or model.local_window=0)")
+
+
 def max_seq_len(cfg: ModelConfig) -> int:
     """The longest input the position table holds (positions start at padding_idx + 1)."""
     return cfg.max_positions - cfg.pad_token_id - 1
@@ -265,8 +294,9 @@ def positions_for(seq_len: int, pad_token_id: int = 1) -> int:
 
 
 # what a checkpoint fixes about the network; dropout, the sparse head and NSP stay the recipe's
-ARCHITECTURE = ("vocab_size", "layers", "hidden", "heads", "ffn", "max_positions", "layer_norm_eps",
-                "pad_token_id", "norm", "bias", "glu")
+ARCHITECTURE = ("family", "vocab_size", "layers", "hidden", "heads", "ffn", "max_positions", "layer_norm_eps",
+                "pad_token_id", "norm", "bias", "glu", "rope_theta", "local_rope_theta", "local_window",
+                "global_every")
 
 
 def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
@@ -318,6 +348,9 @@ def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | 
         m = dataclasses.replace(m, nsp_head=nsp)
     elif nsp and not m.nsp_head:
         raise UserError(f"data.format={d.format} trains next-sentence prediction; it needs model.nsp_head=true")
+    if m.family == "modern" and m.nsp_head:
+        raise UserError(f"data.format={d.format}: the modern family has no next-sentence-prediction head; "
+                        "choose data.format=full-sentences or doc-sentences")
     if resumed is not None and m != resumed:
         key = next(f.name for f in dataclasses.fields(m) if getattr(m, f.name) != getattr(resumed, f.name))
         raise UserError(f"--resume: model.{key} is {getattr(resumed, key)} in the checkpoint, not {getattr(m, key)}: "

@@ -1,4 +1,5 @@
-"""Hugging Face interop: our checkpoint <-> a `transformers` RobertaForMaskedLM directory.
+"""Hugging Face interop: our checkpoint <-> a `transformers` RobertaForMaskedLM directory, or a
+ModernBertForMaskedLM one for the modern family (its names and config: roberta.hf_modern).
 
     export_hf(CKPT, OUT)   OUT loads with AutoModelForMaskedLM / AutoTokenizer.from_pretrained
     import_hf(HF_DIR, OUT) OUT is our checkpoint dir: roberta.load, `pretrain --checkpoint`
@@ -28,8 +29,9 @@ from roberta.training import checkpoint as ckpt
 from roberta.config import ModelConfig
 from roberta.errors import UserError
 from roberta.data.hubcache import hub_snapshot, is_hub_repo
+from roberta.hf_modern import from_hf_modern_state, hf_modern_config, model_config_from_modern, to_hf_modern_state
 from roberta.model import build_model, max_seq_len
-from roberta.presets import base
+from roberta.presets import base, modern_base
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer, save_tokenizer
 
 # ours (under roberta.layers.{i}.) -> HF's (under roberta.encoder.layer.{i}.); q/k/v handled apart
@@ -188,18 +190,22 @@ def _check_out(src: Path, out: Path) -> None:
 
 
 def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
-    """Write OUT as a transformers RobertaForMaskedLM dir (config, safetensors, tokenizer). -> notes."""
+    """Write OUT as a transformers RobertaForMaskedLM dir (config, safetensors, tokenizer), or a
+    ModernBertForMaskedLM one for a modern-family checkpoint. -> notes."""
     from roberta.training.checkpoint import load_model  # validates weights against config.json
 
     model, ck = load_model(checkpoint)
-    config = hf_config(model.cfg)
+    modern = model.cfg.family == "modern"
+    config = hf_modern_config(model.cfg) if modern else hf_config(model.cfg)
     out = Path(out)
     _check_out(ck, out)
     notes = []
     if model.nsp_head is not None:
         notes.append("the NSP head is not exported (RobertaForMaskedLM has none); masked-LM logits are unaffected")
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(to_hf_state(ckpt.model_state(model)), str(out / "model.safetensors"), metadata={"format": "pt"})
+    state = ckpt.model_state(model)
+    state = to_hf_modern_state(state) if modern else to_hf_state(state)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     if (ck / "tokenizer.json").is_file():
         save_tokenizer(load_tokenizer(ck), out, model_max_length=max_seq_len(model.cfg))
     else:
@@ -218,7 +224,7 @@ def _import_tokenizer(src: Path, state: dict[str, torch.Tensor], vocab_size: int
     if order is None:
         return tok
     rows = torch.tensor(order)
-    for key in ("roberta.embeddings.word_embeddings.weight", "lm_head.bias"):  # the decoder is tied
+    for key in ("roberta.embeddings.word_embeddings.weight", "lm_head.bias"):  # the decoder is tied (both families)
         state[key] = state[key][rows]
     notes.append("special tokens moved to ids 0-4 (tokenizer and embedding rows renumbered together)")
     return renumber_tokenizer(tok, order)
@@ -233,8 +239,8 @@ def _model_dir(path: Path) -> tuple[Path, list[str]]:
 
 
 def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
-    """Write OUT as our checkpoint dir from a local HF RobertaForMaskedLM dir (or a hub cache
-    directory models--org--name: its snapshot). -> notes."""
+    """Write OUT as our checkpoint dir from a local HF RobertaForMaskedLM or ModernBertForMaskedLM
+    dir (or a hub cache directory models--org--name: its snapshot). -> notes."""
     src, notes = _model_dir(Path(model_dir))
     if not (src / "config.json").is_file():
         raise UserError(f"{src}: not a Hugging Face model directory (no config.json)")
@@ -242,13 +248,35 @@ def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
         hf_cfg = json.loads((src / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{src / 'config.json'}: unreadable ({e})") from None
-    model_cfg = model_config_from_hf(hf_cfg, src)
-    transformers = _transformers()
+    read = _read_modernbert if hf_cfg.get("model_type") == "modernbert" else _read_roberta
+    model_cfg, state, tok = read(src, hf_cfg, notes)
+    model = build_model(model_cfg)
+    ckpt.load_state(model, state, src)
+    out = Path(out)
+    _check_out(src, out)
+    max_len = max_seq_len(model_cfg)
+    recipe = modern_base() if model_cfg.family == "modern" else base()  # the preset of its size and family
+    cfg = dataclasses.replace(recipe, model=model_cfg)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=max_len))
+    (out / "config.json").write_text(cfg.to_json())
+    if tok is not None:
+        save_tokenizer(tok, out, model_max_length=max_len)
+    save_file(ckpt.model_state(model), str(out / "model.safetensors"), metadata=ckpt.weights_metadata(out))
+    return notes
+
+
+def _load_hf(cls, src: Path):
+    """transformers' model class `cls` from src in fp32, and its loading info."""
     try:
-        hf_model, info = transformers.RobertaForMaskedLM.from_pretrained(
-            src, dtype=torch.float32, output_loading_info=True)
+        return cls.from_pretrained(src, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise UserError(f"{src}: transformers could not load it ({e})") from None
+
+
+def _read_roberta(src: Path, hf_cfg: dict, notes: list[str]) -> tuple[ModelConfig, dict, Tokenizer | None]:
+    """A RobertaForMaskedLM directory -> (our config, our state dict, tokenizer or None)."""
+    model_cfg = model_config_from_hf(hf_cfg, src)
+    hf_model, info = _load_hf(_transformers().RobertaForMaskedLM, src)
     if any(k.startswith("lm_head.") for k in info.get("missing_keys", ())):
         notes.append("the checkpoint has no masked-LM head; it starts freshly initialised (continue pretraining first)")
     hf_state = hf_model.state_dict()
@@ -259,20 +287,25 @@ def import_hf(model_dir: str | Path, out: str | Path) -> list[str]:
         notes.append(f"{types.shape[0] - 1} unused token-type row(s) dropped: RoBERTa only ever uses type 0")
         hf_state["roberta.embeddings.token_type_embeddings.weight"] = types[:1]
     state = from_hf_state(hf_state)
-    tok = _import_tokenizer(src, state, model_cfg.vocab_size, notes)
+    return model_cfg, state, _import_tokenizer(src, state, model_cfg.vocab_size, notes)
 
-    model = build_model(model_cfg)
-    ckpt.load_state(model, state, src)
-    out = Path(out)
-    _check_out(src, out)
-    max_len = max_seq_len(model_cfg)
-    cfg = dataclasses.replace(base(), model=model_cfg)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=max_len))
-    (out / "config.json").write_text(cfg.to_json())
-    if tok is not None:
-        save_tokenizer(tok, out, model_max_length=max_len)
-    save_file(ckpt.model_state(model), str(out / "model.safetensors"), metadata=ckpt.weights_metadata(out))
-    return notes
+
+def _read_modernbert(src: Path, hf_cfg: dict, notes: list[str]) -> tuple[ModelConfig, dict, Tokenizer | None]:
+    """A ModernBertForMaskedLM directory -> (our modern-family config, state dict, tokenizer or None).
+    Only a tokenizer with our ids (<pad> = 1: one `roberta export-hf` wrote) comes along."""
+    hf_model, info = _load_hf(_transformers().ModernBertForMaskedLM, src)
+    model_cfg = model_config_from_modern(hf_model.config, str(src / "config.json"))
+    if any(k.startswith(("head.", "decoder.")) for k in info.get("missing_keys", ())):
+        notes.append("the checkpoint has no masked-LM head; it starts freshly initialised (continue pretraining first)")
+    try:
+        state = from_hf_modern_state(hf_model.state_dict())
+    except UserError as e:
+        raise UserError(f"{src}: {e}") from None
+    if model_cfg.pad_token_id != PAD_ID:
+        notes.append(f"{src}: its tokenizer ([PAD] = {model_cfg.pad_token_id}) is not imported; ModernBERT's "
+                     "tokenizer is not converted yet (the weights are)")
+        return model_cfg, state, None
+    return model_cfg, state, _import_tokenizer(src, state, model_cfg.vocab_size, notes)
 
 
 __all__ = ["export_hf", "import_hf", "to_hf_state", "from_hf_state", "hf_config", "model_config_from_hf"]

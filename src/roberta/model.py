@@ -4,6 +4,9 @@ Faithful to fairseq/HF RoBERTa: learned absolute positions offset by padding_idx
 ids are `cumsum(non-pad) + pad`, so seq_len 512 needs 514 rows), a single token type, post-LN
 blocks, GELU, LM head dense -> GELU -> LayerNorm -> decoder tied to the word embeddings + bias.
 Parameter names follow Hugging Face's where a module exists there, which keeps interop a rename.
+
+The second family, ModernBERT's, lives in roberta.modern; build_model / build_classifier pick the
+family by model.family, and the parts both share (LayerNorm, the MLM head, init) are roberta.layers.
 """
 
 from __future__ import annotations
@@ -14,19 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for  # noqa: F401 (re-exported)
-from roberta.masking import IGNORE  # the label of a position the MLM loss skips
-
-
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm that returns its input's dtype. Under bf16 autocast LayerNorm computes in
-    fp32 and would return fp32, which makes the whole residual stream fp32 and doubles the bytes
-    every fused elementwise kernel moves; cast back, the stream stays bf16 (Megatron's default).
-    In fp32 both casts are no-ops. Same parameters and names as nn.LayerNorm."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 on every device by construction: CUDA autocast upcasts layer_norm, CPU autocast passes
-        # bf16 through (today's CPU kernel accumulates in fp32 anyway; this does not depend on it)
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+from roberta.layers import (LayerNorm, LMHead, count_parameters, init_weights, key_padding_mask,  # noqa: F401
+                            materialise, mlm_losses, require_resolved)
+from roberta.modern import ModernClassifier, ModernMLM
 
 
 class SelfAttention(nn.Module):
@@ -104,9 +97,7 @@ class Embeddings(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.vocab_size is None or cfg.max_positions is None:
-            raise ValueError("ModelConfig.vocab_size / max_positions are None (derive them): resolve the config "
-                             "first (roberta.config.resolve_run), or give them")
+        require_resolved(cfg)
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
@@ -114,39 +105,13 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token."""
-        # Without padding, SDPA runs mask-free (CPU flash kernel). The check is a host sync: free
-        # on a CPU, but on a GPU it would stall the queue (the trainer drops all-ones masks itself)
-        # and under torch.compile it is a graph break; there the mask is always passed.
-        attn_mask = None
-        if attention_mask is not None and (torch.compiler.is_compiling() or attention_mask.device.type != "cpu"
-                                           or not bool(attention_mask.all())):
-            attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): keys to attend to
+        attn_mask = key_padding_mask(attention_mask)  # (B, 1, 1, T) keys to attend to, or None
         x = self.embeddings(input_ids)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in autocast's dtype (see LayerNorm)
             x = x.to(torch.get_autocast_dtype(x.device.type))
         for layer in self.layers:
             x = layer(x, attn_mask)
         return self.final_norm(x) if self.final_norm is not None else x
-
-
-class LMHead(nn.Module):
-    """dense -> GELU -> LayerNorm -> decoder (weights tied to word embeddings) + bias."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden, cfg.hidden)
-        self.layer_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-
-    def forward(self, h: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.layer_norm(F.gelu(self.dense(h))), decoder_weight, self.bias)
-
-    def loss_sum(self, h: torch.Tensor, targets: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy of the logits at h (n, C) against targets (n,), IGNORE skipped.
-        The softmax is fp32 (.float() is a no-op in fp32, autocast's own choice under bf16).
-        A method of its own so that roberta.training.parallelize.compile_model compiles the whole head with its
-        loss: the fp32 cast, log-softmax and loss then run as fused kernels, not eager ones."""
-        return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
 
 
 class ClassificationHead(nn.Module):
@@ -168,7 +133,7 @@ class RobertaMLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.roberta = Encoder(cfg)
-        self.lm_head = LMHead(cfg)
+        self.lm_head = LMHead(cfg.hidden, cfg.vocab_size, cfg.layer_norm_eps)
         self.nsp_head = ClassificationHead(cfg.hidden, 2, cfg.dropout) if cfg.nsp_head else None
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,16 +153,8 @@ class RobertaMLM(nn.Module):
         they are found here, a host sync on a GPU (a data-dependent shape).
         """
         h = self.roberta(input_ids, attention_mask)  # (B, T, C)
-        decoder = self.roberta.embeddings.word_embeddings.weight
-        flat_labels = labels.reshape(-1)
-        if self.cfg.sparse_head:
-            if masked_positions is None:
-                masked_positions = flat_labels.ne(IGNORE).nonzero().squeeze(1)
-            loss = self.lm_head.loss_sum(h.flatten(0, 1).index_select(0, masked_positions),
-                                         flat_labels.index_select(0, masked_positions), decoder)  # (n_masked, V) logits
-        else:
-            loss = self.lm_head.loss_sum(h.flatten(0, 1), flat_labels, decoder)
-        out = {"mlm_loss_sum": loss, "mlm_count": labels.ne(IGNORE).sum()}
+        out = mlm_losses(self.lm_head, h, self.roberta.embeddings.word_embeddings.weight, labels,
+                         self.cfg.sparse_head, masked_positions)
         if self.nsp_head is not None and nsp_labels is not None:
             nsp_logits = self.nsp_head(h)
             out["nsp_loss_sum"] = F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum")
@@ -219,50 +176,25 @@ class RobertaClassifier(nn.Module):
         return self.classifier(self.roberta(input_ids, attention_mask))
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """RoBERTa's init: normal(0, 0.02) weights, zero biases, LayerNorm 1/0, zero padding rows."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=std)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, LMHead):
-            nn.init.zeros_(m.bias)
-
-
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> RobertaMLM:
-    """Build on the meta device (no memory, no init cost), then materialise on `device` and init."""
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu",
+                seed: int | None = None) -> RobertaMLM | ModernMLM:
+    """The MLM of cfg.family, built on the meta device (no memory, no init cost), then
+    materialised on `device` and initialised."""
     with torch.device("meta"):
-        model = RobertaMLM(cfg)
-    return _materialise(model, device, seed)
+        model = MLM[cfg.family](cfg)
+    return materialise(model, device, seed)
 
 
 def build_classifier(cfg: ModelConfig, n_out: int, device: str | torch.device = "cpu",
-                     seed: int | None = None) -> RobertaClassifier:
+                     seed: int | None = None) -> RobertaClassifier | ModernClassifier:
     """A randomly initialised classifier; fine-tuning then loads pretrained `roberta.*` weights."""
     with torch.device("meta"):
-        model = RobertaClassifier(cfg, n_out)
-    return _materialise(model, device, seed)
+        model = CLASSIFIER[cfg.family](cfg, n_out)
+    return materialise(model, device, seed)
 
 
-def _materialise(model: nn.Module, device: str | torch.device, seed: int | None) -> nn.Module:
-    model = model.to_empty(device=device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    init_weights(model)
-    return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+MLM = {"roberta": RobertaMLM, "modern": ModernMLM}  # model.family -> its masked-LM
+CLASSIFIER = {"roberta": RobertaClassifier, "modern": ModernClassifier}  # model.family -> its sentence classifier
 
 
 def matmul_params(cfg: ModelConfig) -> tuple[int, int]:
@@ -272,16 +204,25 @@ def matmul_params(cfg: ModelConfig) -> tuple[int, int]:
     return cfg.layers * per_layer, d * d + d * cfg.vocab_size
 
 
+def attended_keys(cfg: ModelConfig, seq_len: int) -> int:
+    """Keys a token attends to, summed over the layers: seq_len in a global layer, at most
+    local_window + 1 (itself and local_window/2 on each side) in a local one."""
+    local = cfg.family == "modern" and cfg.local_window > 0
+    n_global = -(-cfg.layers // cfg.global_every) if local else cfg.layers
+    return n_global * seq_len + (cfg.layers - n_global) * min(seq_len, cfg.local_window + 1)
+
+
 def training_flops(cfg: ModelConfig, tokens: int, predicted: int, seq_len: int) -> float:
     """Training FLOPs (forward + backward = 6 per multiply-add weight) for `tokens` real tokens of
     sequences of length seq_len, `predicted` of them through the LM head. Attention adds
-    12 * L * d * s per token (PaLM's accounting). The sparse head runs only at `predicted`
-    positions; a dense head at every token."""
+    12 * d * (keys attended) per token and layer (PaLM's accounting: 12 * L * d * s without local
+    layers). The sparse head runs only at `predicted` positions; a dense head at every token."""
     body, head = matmul_params(cfg)
     head_tokens = predicted if cfg.sparse_head else tokens
-    return 6.0 * (body * tokens + head * head_tokens) + 12.0 * cfg.layers * cfg.hidden * seq_len * tokens
+    return 6.0 * (body * tokens + head * head_tokens) + 12.0 * cfg.hidden * attended_keys(cfg, seq_len) * tokens
 
 
-__all__ = ["RobertaMLM", "RobertaClassifier", "Encoder", "ClassificationHead", "build_model", "build_classifier",
+__all__ = ["RobertaMLM", "RobertaClassifier", "ModernMLM", "ModernClassifier", "Encoder", "ClassificationHead",
+           "build_model", "build_classifier", "attended_keys",
            "init_weights", "max_seq_len", "padded_vocab_size", "positions_for",
            "count_parameters", "training_flops", "matmul_params"]

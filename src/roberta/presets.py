@@ -3,6 +3,8 @@
 At small compute the number of optimizer steps matters more than batch size (measured on CPU
 before these presets were fixed), so `tiny` uses a small batch and a high-enough lr to leave the
 unigram plateau within minutes. `base` and `large` are the paper's (Liu et al. 2019, Table 9).
+The `modern-*` presets are the same sizes with ModernBERT's architecture (model.family=modern);
+`modern-base` / `modern-large` are ModernBERT-base / -large.
 
 A preset leaves what the data decides as None: the vocabulary (the tokenizer's), the position
 table and data.seq_len (the length `roberta prepare --seq-len` packed), the NSP head (the
@@ -51,8 +53,43 @@ def large() -> Config:
                    train=replace(cfg.train, lr=4e-4, warmup_steps=30000))
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large}
-SEQ_LEN = {"tiny": 128, "small": 128, "base": 512, "large": 512}  # the sequence length each preset is sized for
+def modern(cfg: Config, **model) -> Config:
+    """cfg with ModernBERT's architecture (Warner et al. 2024): pre-norm, GeGLU, no biases, rotary
+    positions (global base 160K, local 10K), no dropout, and its 30% masking."""
+    arch = dict(family="modern", norm="pre", bias=False, glu=True, dropout=0.0, attention_dropout=0.0,
+                rope_theta=160000.0, local_rope_theta=10000.0, global_every=3)
+    return replace(cfg, model=replace(cfg.model, **{**arch, **model}),
+                   masking=replace(cfg.masking, mask_prob=0.3))
+
+
+def modern_tiny() -> Config:
+    """tiny's size and recipe with ModernBERT's architecture: 4 x 256, GeGLU 384 (ModernBERT's
+    1.5 x hidden), window 64 on 128 tokens, a global layer every 3rd."""
+    return modern(tiny(), ffn=384, local_window=64)
+
+
+def modern_small() -> Config:
+    """small's size and recipe with ModernBERT's architecture: 6 x 512, GeGLU 768, window 64."""
+    return modern(small(), ffn=768, local_window=64)
+
+
+def modern_base() -> Config:
+    """ModernBERT-base: 22 x 768, 12 heads, GeGLU 1152, window 128, a global layer every 3rd
+    (its config.json); base's batch and schedule, sized for 1024 tokens (ModernBERT's first phase)."""
+    return modern(base(), layers=22, hidden=768, heads=12, ffn=1152, local_window=128)
+
+
+def modern_large() -> Config:
+    """ModernBERT-large: 28 x 1024, 16 heads, GeGLU 2624, window 128, a global layer every 3rd;
+    large's batch and schedule."""
+    return modern(large(), layers=28, hidden=1024, heads=16, ffn=2624, local_window=128)
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large, "modern-tiny": modern_tiny,
+           "modern-small": modern_small, "modern-base": modern_base, "modern-large": modern_large}
+# the sequence length each preset is sized for
+SEQ_LEN = {"tiny": 128, "small": 128, "base": 512, "large": 512,
+           "modern-tiny": 128, "modern-small": 128, "modern-base": 1024, "modern-large": 1024}
 
 
 def get_preset(name: str) -> Config:

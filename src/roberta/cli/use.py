@@ -88,12 +88,13 @@ def register(sub) -> None:
                 "roberta export-hf --checkpoint runs/r --out hf-model        # RobertaForMaskedLM\n"
                 "roberta export-hf --checkpoint ft/mine --out hf-classifier  # RobertaForSequenceClassification")
     s.add_argument("--checkpoint", required=True,
-                   help="a checkpoint or run (-> RobertaForMaskedLM), or a finetune --out (-> a sequence classifier)")
+                   help="a checkpoint or run (-> RobertaForMaskedLM; a modern-family one -> ModernBertForMaskedLM), "
+                   "or a finetune --out (-> a sequence classifier)")
     s.add_argument("--out", required=True, help="the transformers model directory to write")
     add_overwrite(s)
     s.set_defaults(fn=cmd_export_hf)
 
-    s = command(sub, "import-hf", "turn a local Hugging Face RoBERTa directory into a checkpoint",
+    s = command(sub, "import-hf", "turn a local Hugging Face RoBERTa or ModernBERT directory into a checkpoint",
                 "roberta import-hf --checkpoint ~/.cache/huggingface/hub/models--FacebookAI--roberta-base --out imported")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a directory holding config.json + weights (+ tokenizer), or a hub "

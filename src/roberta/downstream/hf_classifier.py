@@ -28,6 +28,9 @@ def export_classifier(path: str | Path, out: str | Path) -> None:
     out = Path(out)
     if out.resolve() in (m.path.resolve(), m.path.parent.resolve()):
         raise UserError(f"--out {out}: is the input directory; choose another so the input stays intact")
+    if m.model.cfg.family != "roberta":
+        raise UserError(f"{path}: model.family={m.model.cfg.family}: exporting a fine-tuned modern-family classifier "
+                        "(ModernBertForSequenceClassification) is not supported yet; its masked LM exports")
     config = hf_config(m.model.cfg)
     config["architectures"] = ["RobertaForSequenceClassification"]
     config.pop("tie_word_embeddings")  # no LM head here

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from roberta.config import MaskingConfig, ModelConfig
 from roberta.errors import UserError
-from roberta.model import RobertaMLM, count_parameters, padded_vocab_size, positions_for, training_flops
+from roberta.model import MLM, count_parameters, padded_vocab_size, positions_for, training_flops
 from roberta.config import scaled_lr
 from roberta.training.optim import PAPER_LR_TABLE, paper_lr
 from roberta.training.perf import GPU_PEAK_BF16, matmul_peak
@@ -76,7 +76,7 @@ def parameters(cfg: ModelConfig) -> int:
     import torch
 
     with torch.device("meta"):
-        return count_parameters(RobertaMLM(cfg))
+        return count_parameters(MLM[cfg.family](cfg))  # the family's masked LM, on the meta device
 
 
 def activation_bytes_per_sequence(cfg: ModelConfig, seq_len: int, checkpointing: bool = False) -> float:

@@ -1,0 +1,115 @@
+"""Parts both model families share (roberta.model, roberta.modern): the LayerNorm that keeps the
+residual stream's dtype, the MLM head with its fused loss, and the init.
+
+A plain nn.Module library: no I/O, no distribution, no config parsing beyond ModelConfig's fields.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from roberta.masking import IGNORE  # the label of a position the MLM loss skips
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that returns its input's dtype. Under bf16 autocast LayerNorm computes in
+    fp32 and would return fp32, which makes the whole residual stream fp32 and doubles the bytes
+    every fused elementwise kernel moves; cast back, the stream stays bf16 (Megatron's default).
+    In fp32 both casts are no-ops. Same parameters and names as nn.LayerNorm (bias=False: none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 on every device by construction: CUDA autocast upcasts layer_norm, CPU autocast passes
+        # bf16 through (today's CPU kernel accumulates in fp32 anyway; this does not depend on it)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+class LMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> decoder (weights tied to word embeddings) + bias.
+    RoBERTa's head has biases in dense and LayerNorm; ModernBERT's (bias=False) only the decoder's."""
+
+    def __init__(self, hidden: int, vocab_size: int, eps: float, bias: bool = True):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden, bias=bias)
+        self.layer_norm = LayerNorm(hidden, eps=eps, bias=bias)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, h: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.layer_norm(F.gelu(self.dense(h))), decoder_weight, self.bias)
+
+    def loss_sum(self, h: torch.Tensor, targets: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of the logits at h (n, C) against targets (n,), IGNORE skipped.
+        The softmax is fp32 (.float() is a no-op in fp32, autocast's own choice under bf16).
+        A method of its own so that roberta.training.parallelize.compile_model compiles the whole head with its
+        loss: the fp32 cast, log-softmax and loss then run as fused kernels, not eager ones."""
+        return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
+
+
+def mlm_losses(lm_head: LMHead, h: torch.Tensor, decoder: torch.Tensor, labels: torch.Tensor,
+               sparse: bool, masked_positions: torch.Tensor | None) -> dict:
+    """{"mlm_loss_sum", "mlm_count"} for hidden states h (B, T, C) and labels (B, T). The sparse
+    head gathers the labelled positions first, so the vocabulary projection runs only there.
+    masked_positions: the flat indices (into B * T) of labels != IGNORE, in order, when the caller
+    knows them (the trainer computes them with the masks, on the host); without them they are
+    found here, a host sync on a GPU (a data-dependent shape)."""
+    flat_labels = labels.reshape(-1)
+    if sparse:
+        if masked_positions is None:
+            masked_positions = flat_labels.ne(IGNORE).nonzero().squeeze(1)
+        loss = lm_head.loss_sum(h.flatten(0, 1).index_select(0, masked_positions),
+                                flat_labels.index_select(0, masked_positions), decoder)  # (n_masked, V) logits
+    else:
+        loss = lm_head.loss_sum(h.flatten(0, 1), flat_labels, decoder)
+    return {"mlm_loss_sum": loss, "mlm_count": labels.ne(IGNORE).sum()}
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """RoBERTa's init: normal(0, 0.02) weights, zero biases, LayerNorm 1/0, zero padding rows."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, LMHead):
+            nn.init.zeros_(m.bias)
+
+
+def materialise(model: nn.Module, device: str | torch.device, seed: int | None) -> nn.Module:
+    """A model built on the meta device -> real memory on `device`, initialised (seeded if asked)."""
+    model = model.to_empty(device=device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    init_weights(model)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) attention mask (1 = real token) -> SDPA's boolean (B, 1, 1, T) keys to attend to, or
+    None when there is no padding. Without padding SDPA runs mask-free (CPU flash kernel). The
+    check is a host sync: free on a CPU, but on a GPU it would stall the queue (the trainer drops
+    all-ones masks itself) and under torch.compile it is a graph break; there the mask is always passed."""
+    if attention_mask is not None and (torch.compiler.is_compiling() or attention_mask.device.type != "cpu"
+                                       or not bool(attention_mask.all())):
+        return attention_mask.bool()[:, None, None, :]
+    return None
+
+
+def require_resolved(cfg) -> None:
+    """A model is built from a resolved ModelConfig: its derived sizes filled in."""
+    if cfg.vocab_size is None or cfg.max_positions is None:
+        raise ValueError("ModelConfig.vocab_size / max_positions are None (derive them): resolve the config "
+                         "first (roberta.config.resolve_run), or give them")
