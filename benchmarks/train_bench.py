@@ -4,6 +4,12 @@
           LM head; AdamW from roberta.training.optim; one host sync per step)
     HF:   transformers RobertaForMaskedLM + DataCollatorForLanguageModeling + torch.optim.AdamW
 
+The modern family (--family modern, or presets named modern-*: ModernBERT's architecture) runs
+against transformers' ModernBertForMaskedLM (attn_implementation "sdpa") on the same shape -- the
+config roberta.hf_modern exports for it: hidden, layers, heads, GeGLU width, sliding window,
+global-layer spacing, rotary bases, vocabulary -- with the same collator at the preset's 30%
+masking (ModernBERT's) and torch AdamW.
+
 Both see the same random token sequences (full length, no padding) with dropout 0.1 (--dropout),
 the paper's AdamW settings, at each precision of --precisions (default: fp32 and, on a CPU with
 native bf16 GEMMs, bf16 autocast too; bf16 autocast on a GPU). Each row is compared with HF at
@@ -19,6 +25,7 @@ On CPU the default is one thread (--threads): this machine's two vCPUs share one
 second thread makes every op wait for a descheduled peer.
 
     python benchmarks/train_bench.py                                   # tiny, small at 128 on CPU
+    python benchmarks/train_bench.py --family modern --dropout 0                 # modern-tiny, -small vs HF ModernBERT
     python benchmarks/train_bench.py --device cuda --presets base --seq-lens 128,512 --precisions bf16 \
         --batch 256,64 --impls ours,ours+compile,HF
 """
@@ -49,6 +56,7 @@ from roberta.training.loop import MaskedStep, launch_step, mask_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
 VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
+VOCAB.update({f"modern-{name}": size for name, size in VOCAB.items()})  # the same sizes, ModernBERT's architecture
 
 
 def make_config(preset: str, seq_len: int, batch: int, micro: int, compile_: bool, dropout: float,
@@ -113,22 +121,37 @@ class Ours:
         return pending.result()["masked"]
 
 
+def hf_model(m, vocab: int) -> torch.nn.Module:
+    """transformers' masked LM of our model config's family and shape, with exactly `vocab` rows:
+    RobertaForMaskedLM, or ModernBertForMaskedLM with SDPA attention (no compile, as HF runs it)."""
+    if m.family == "modern":
+        from transformers import ModernBertConfig, ModernBertForMaskedLM
+        from roberta.hf_modern import hf_modern_config
+
+        spec = {k: v for k, v in hf_modern_config(dataclasses.replace(m, vocab_size=vocab)).items()
+                if k not in ("architectures", "model_type")}
+        return ModernBertForMaskedLM(ModernBertConfig(**spec, attn_implementation="sdpa"))
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    hf_cfg = RobertaConfig(vocab_size=vocab, hidden_size=m.hidden, num_hidden_layers=m.layers,
+                           num_attention_heads=m.heads, intermediate_size=m.ffn,
+                           max_position_embeddings=m.max_positions, type_vocab_size=1,
+                           hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
+                           pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    return RobertaForMaskedLM(hf_cfg)
+
+
 class HF:
     def __init__(self, cfg: Config, device: torch.device, vocab: int):
         self.precision = cfg.train.precision
         self.name = f"HF {self.precision}"
-        from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
+        from transformers import DataCollatorForLanguageModeling
         from transformers import PreTrainedTokenizerFast
         from tokenizers import Tokenizer, models
 
         m, o = cfg.model, cfg.optim
-        hf_cfg = RobertaConfig(vocab_size=vocab, hidden_size=m.hidden, num_hidden_layers=m.layers,
-                               num_attention_heads=m.heads, intermediate_size=m.ffn,
-                               max_position_embeddings=m.max_positions, type_vocab_size=1,
-                               hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
-                               pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
         torch.manual_seed(0)
-        self.model = RobertaForMaskedLM(hf_cfg).to(device).train()
+        self.model = hf_model(m, vocab).to(device).train()
         # The collator needs a tokenizer for its special-token ids and vocabulary size only.
         words = {f"t{i}": i for i in range(vocab)}
         tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="t3")),
@@ -194,7 +217,7 @@ def bench(args) -> list[dict]:
     batches = [int(b) for b in args.batch.split(",")]
     if len(batches) not in (1, len(seq_lens)):
         raise SystemExit("--batch: one size, or one per --seq-lens entry")
-    for preset in args.presets.split(","):
+    for preset in presets_of(args):
         for seq_len, batch in zip(seq_lens, batches * len(seq_lens) if len(batches) == 1 else batches):
             micro = args.micro_batch or batch
             vocab = VOCAB[preset]  # the tokenizer's: HF's model has exactly these rows, ours pads past them
@@ -242,10 +265,23 @@ def bench(args) -> list[dict]:
     return rows
 
 
+def presets_of(args) -> list[str]:
+    """--presets, each as its --family twin (tiny -> modern-tiny under --family modern)."""
+    names = args.presets.split(",")
+    if args.family == "modern":
+        names = [n if n.startswith("modern-") else f"modern-{n}" for n in names]
+    unknown = [n for n in names if n not in VOCAB]
+    if unknown:
+        raise SystemExit(f"--presets {','.join(unknown)}: choose from {', '.join(VOCAB)}")
+    return names
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--presets", default="tiny,small")
+    p.add_argument("--presets", default="tiny,small", help=f"comma-separated, from {', '.join(VOCAB)}")
+    p.add_argument("--family", default="roberta", choices=["roberta", "modern"],
+                   help="modern: each preset's modern-* twin (ModernBERT's architecture) vs HF's ModernBertForMaskedLM")
     p.add_argument("--seq-lens", default="128")
     p.add_argument("--batch", default="32", help="sequences per optimizer step; or one per --seq-lens")
     p.add_argument("--micro-batch", type=int, default=0, help="sequences per forward (default: --batch)")
@@ -269,7 +305,8 @@ def main(argv=None) -> None:
         for r in rows:
             r["peak_tflops"] = max(x["measured_peak_tflops"] for x in rows if x["precision"] == r["precision"])
             r["mfu"] = r["tflops"] / r["peak_tflops"]
-    print(f"{'preset':<7}{'seq':>5}{'batch':>6}  {'impl':<20}{'prec':<6}{'step s':>8}{'tokens/s':>11}{'TFLOP/s':>9}"
+    w = max(7, *(len(r["preset"]) + 1 for r in rows))  # modern-* names are wider than the RoBERTa presets'
+    print(f"{'preset':<{w}}{'seq':>5}{'batch':>6}  {'impl':<20}{'prec':<6}{'step s':>8}{'tokens/s':>11}{'TFLOP/s':>9}"
           f"{'MFU':>7}{'@load':>7}{'vs HF fp32':>11}{'vs HF same':>11}")
     speedups = {}
 
@@ -285,7 +322,7 @@ def main(argv=None) -> None:
         if r["impl"] != "HF":
             speedups[f"{r['preset']}@{r['seq_len']} {r['impl']} {r['precision']}"] = {"vs_hf_fp32": vs32,
                                                                                      "vs_hf_same": vs_same}
-        print(f"{r['preset']:<7}{r['seq_len']:>5}{r['batch']:>6}  {r['impl']:<20}{r['precision']:<6}{r['step_s']:>8.3f}"
+        print(f"{r['preset']:<{w}}{r['seq_len']:>5}{r['batch']:>6}  {r['impl']:<20}{r['precision']:<6}{r['step_s']:>8.3f}"
               f"{r['tokens_per_s']:>11,.0f}{r['tflops']:>9.2f}{r['mfu']:>7.1%}{r['mfu_at_load']:>7.1%}"
               f"{vs32:>10.2f}x{vs_same:>10.2f}x")
     if args.device.startswith("cuda"):

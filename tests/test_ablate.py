@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from roberta.study.ablate import arms_for, finetune_run, load_custom_arms, run_ablation
+from roberta.study.ablate import Arm, arms_for, finetune_run, load_custom_arms, run_ablation
 from roberta.study.report import make_report, verdict
 from roberta.errors import UserError
 from roberta.presets import tiny
@@ -53,7 +53,7 @@ def test_paper_arms():
     base = tiny()
     assert [a.name for a in arms_for("masking", base)] == ["static", "dynamic"]
     assert [a.name for a in arms_for("formats", base)] == ["segment-pair+nsp", "sentence-pair+nsp",
-                                                           "full-sentences", "doc-sentences"]
+                                                           "full-sentences", "doc-sentences", "packed-documents"]
     arms = arms_for("batch-size", base, lr_rule="sqrt")
     assert [a.name for a in arms] == ["batch-16", "batch-64", "batch-256"]
     assert arms[1].overrides == ["train.batch_size=64", "train.lr=0.001"]  # 5e-4 * sqrt(4)
@@ -235,3 +235,85 @@ def test_static_and_dynamic_masks_are_the_same_until_the_first_repeat():
         epochs = torch.full((8,), epoch)
         same = torch.equal(static(ids, epochs, indices)[0], dynamic(ids, epochs, indices)[0])
         assert same == (epoch < 3), epoch
+
+
+# ---- issue 21, part 5: RoBERTa's architecture vs ModernBERT's, at matched tokens and matched time
+
+def _flat(cfg: dict) -> dict:
+    return {f"{section}.{k}": v for section, values in cfg.items() for k, v in values.items()}
+
+
+def test_architecture_arms_differ_only_in_the_architecture():
+    from roberta.study.ablate import arm_config
+    from roberta.presets import modern_tiny
+
+    arms = arms_for("architecture", tiny(), preset="tiny")
+    assert [a.name for a in arms] == ["roberta", "modern"]
+    cfgs = {a.name: arm_config("tiny", [], a, 10_000, 0, 128) for a in arms}
+    assert cfgs["roberta"] == arm_config("tiny", [], Arm("plain"), 10_000, 0, 128)  # the preset itself
+    assert cfgs["modern"].model == modern_tiny().model  # tiny's twin, sizes included
+    a, b = (_flat(cfgs[n].to_dict()) for n in ("roberta", "modern"))
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ == {"model.family", "model.norm", "model.bias", "model.glu", "model.ffn", "model.dropout",
+                      "model.attention_dropout", "model.local_window", "model.global_every"}
+    assert cfgs["modern"].masking == cfgs["roberta"].masking  # modern-tiny's 30% masking is not architecture
+    # a model key given with --set is every arm's, the sizes are always the preset's (or --set's)
+    sized = {a.name: arm_config("base", SMALL, a, 10_000, 0, 128) for a in arms_for("architecture", tiny(), preset="base",
+                                                                                       sets=SMALL)}
+    assert sized["modern"].model.ffn == sized["roberta"].model.ffn == 64
+    assert (sized["modern"].model.layers, sized["modern"].model.hidden) == (1, 32)
+    assert sized["modern"].model.local_window == 128 and sized["modern"].model.family == "modern"  # modern-base's
+    with pytest.raises(UserError, match="no modern-family twin"):
+        arms_for("architecture", tiny(), preset="modern-tiny")
+
+
+def test_report_plots_loss_vs_seconds_from_the_training_clock(tmp_path):
+    runs = []
+    for arm, loss in (("roberta", 4.0), ("modern", 4.0)):
+        d = _fake_run(tmp_path, arm, 0, loss)
+        clock = [{"step": s, "tokens": s * 100, "loss": 5.0, "elapsed": s * 0.5} for s in (1, 4, 8, 10)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in clock)
+                                         + (d / "metrics.jsonl").read_text())
+        runs.append(d)
+    from roberta.study.report import read_run
+
+    assert read_run(runs[0]).curve_s == [(0.5, 5.0), (2.5, 4.2), (5.0, 4.1)]  # step 5: between steps 4 and 8
+    result = make_report(runs, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert result["best"] is None and "No winner" in md  # a tie
+    for plot in ("loss_vs_tokens.png", "loss_vs_seconds.png"):
+        assert f"({plot})" in md and (tmp_path / "report" / plot).stat().st_size > 1000
+
+
+def test_architecture_ablation_at_matched_tokens_and_matched_time(tmp_path, data_dir, capsys):
+    from roberta.cli import main
+
+    small = SMALL + ["train.eval_interval=20"]
+    tokens = run_ablation("architecture", str(data_dir), 1200, str(tmp_path / "tok"), sets=small, progress=False)
+    seen = [tokens["arms"][a]["tokens"][0] for a in ("roberta", "modern")]
+    assert seen[0] == seen[1] >= 1200  # the same real tokens for both architectures
+    cfgs = {a: json.loads((tmp_path / "tok" / a / "seed0" / "config.json").read_text()) for a in ("roberta", "modern")}
+    assert (cfgs["roberta"]["model"]["family"], cfgs["modern"]["model"]["family"]) == ("roberta", "modern")
+    a, b = _flat(cfgs["roberta"]), _flat(cfgs["modern"])
+    assert {k for k in a if a[k] != b[k]} <= {f"model.{k}" for k in (
+        "family", "norm", "bias", "glu", "ffn", "dropout", "attention_dropout", "local_window", "global_every",
+        "rope_theta", "local_rope_theta")}
+
+    out = tmp_path / "time"
+    argv = ["ablate", "architecture", "--data", str(data_dir), "--max-time", "2s", "--out", str(out), "--quiet",
+            *[x for s in small for x in ("--set", s)]]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    for arm in ("roberta", "modern"):
+        run = out / arm / "seed0"
+        train = json.loads((run / "config.json").read_text())["train"]
+        assert (train["max_time"], train["max_tokens"]) == ("2s", 0)
+        assert 2.0 <= json.loads((run / "summary.json").read_text())["elapsed"] < 30  # stopped at the deadline
+    md = (out / "report.md").read_text()
+    assert "architecture ablation at 2s of training per arm" in md and "wall time per run: min 2." in md
+    assert (out / "loss_vs_tokens.png").is_file() and (out / "loss_vs_seconds.png").is_file()
+    assert json.loads(stdout.strip().splitlines()[-1])["arms"].keys() == {"roberta", "modern"}
+    with pytest.raises(UserError, match="unit"):
+        run_ablation("architecture", str(data_dir), 0, str(tmp_path / "x"), sets=small, max_time="2")
+    with pytest.raises(UserError, match="masking: give --max-tokens"):
+        run_ablation("masking", str(data_dir), 0, str(tmp_path / "x"), sets=small, max_time="2s")

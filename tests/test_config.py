@@ -148,6 +148,58 @@ def test_resolve_run(sets, meta, world, resumed, init_from, expected):
     assert resolve_run(Config.from_dict(run.to_dict()), meta, world) == run  # config.json re-runs the same run
 
 
+# continued pretraining (`pretrain --checkpoint` on a preset): (preset, --set, lr, warmup_steps,
+# warmup_fraction, the keys the note names); a --set wins and is left out of the note
+CONTINUED_CASES = [
+    ("tiny", [], 1e-4, 0, 0.01, ["train.lr", "train.warmup_fraction"]),
+    ("base", [], 1e-4, 0, 0.01, ["train.lr", "train.warmup_fraction"]),  # base's 24K warmup steps give way
+    ("modern-large", [], 1e-4, 0, 0.01, ["train.lr", "train.warmup_fraction"]),
+    ("tiny", ["train.lr=3e-4"], 3e-4, 0, 0.01, ["train.warmup_fraction"]),
+    ("base", ["train.warmup_steps=500"], 1e-4, 500, 0.01, ["train.lr"]),
+    ("tiny", ["train.lr=3e-4", "train.warmup_fraction=0.06"], 3e-4, 0, 0.06, []),
+    ("tiny", ["train.lr=5e-5"], 5e-5, 0, 0.01, ["train.warmup_fraction"]),
+]
+
+
+@pytest.mark.parametrize("preset,sets,lr,warmup_steps,warmup_fraction,named", CONTINUED_CASES)
+def test_continued_pretraining_fits_the_presets_lr_and_warmup(preset, sets, lr, warmup_steps, warmup_fraction,
+                                                              named):
+    import argparse
+
+    from roberta.cli.pretrain import run_config
+
+    a = argparse.Namespace(out="unused", resume=False, preset=preset, config=None, set=sets, checkpoint="ck")
+    notes = []
+    t = run_config(a, notes).train
+    assert (t.lr, t.warmup_steps, t.warmup_fraction) == (pytest.approx(lr), warmup_steps, warmup_fraction)
+    if not named:
+        assert notes == []
+        return
+    assert len(notes) == 1 and notes[0].startswith("continued pretraining from ck: ")
+    assert notes[0].endswith(f"set {' / '.join(named)} to override")
+    assert ("lr 0.0001 (" in notes[0]) == ("train.lr" in named) and ("warmup 1% (" in notes[0]) == (
+        "train.warmup_fraction" in named)
+    assert run_config(argparse.Namespace(**{**vars(a), "checkpoint": None})).train == apply_overrides(
+        get_preset(preset), sets).train  # from scratch: the preset as it is
+
+
+def test_a_lower_preset_lr_and_a_saved_config_are_kept(tmp_path):
+    import argparse
+    import dataclasses
+
+    from roberta.cli.pretrain import run_config
+    from roberta.config import continued_pretraining
+
+    low = dataclasses.replace(tiny(), train=dataclasses.replace(tiny().train, lr=2e-5))
+    cfg, chosen = continued_pretraining(low)
+    assert cfg.train.lr == 2e-5 and [key for key, _ in chosen] == ["train.warmup_fraction"]
+    (tmp_path / "config.json").write_text(tiny().to_json())  # a saved --config is taken as it is
+    a = argparse.Namespace(out="unused", resume=False, preset=None, config=str(tmp_path / "config.json"), set=[],
+                           checkpoint="ck")
+    notes = []
+    assert run_config(a, notes).train == tiny().train and notes == []
+
+
 def test_old_config_json_still_loads():
     """A config.json written before "derive it" was None (and with keys since removed) loads as it ran."""
     old = {"model": {"vocab_size": 1024, "max_positions": 66, "nsp_head": False, "retired_key": 1},

@@ -54,6 +54,16 @@ def runnable_blocks(markdown: str) -> list[tuple[str, str]]:
     return re.findall(r"^<!-- runnable -->\n```(\w+)\n(.*?)^```", markdown, flags=re.M | re.S)
 
 
+def roberta_on_path(tmp_path) -> dict[str, str]:
+    """An environment in which `roberta` on PATH runs this checkout (as after `pip install -e .`)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "roberta").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m roberta "$@"\n')
+    (bin_dir / "roberta").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+
+
 def test_the_readmes_runnable_blocks_run_as_written(tmp_path):
     readme = (ROOT / "README.md").read_text()
     blocks = runnable_blocks(readme)
@@ -63,12 +73,7 @@ def test_the_readmes_runnable_blocks_run_as_written(tmp_path):
     # run from a directory that looks like a clone (the example reads tests/data), with `roberta` on PATH
     (tmp_path / "tests").mkdir()
     shutil.copytree(ROOT / "tests" / "data", tmp_path / "tests" / "data")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "roberta").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m roberta "$@"\n')
-    (bin_dir / "roberta").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    env = roberta_on_path(tmp_path)
     for lang, code in blocks:
         for old, new in TINY.items():
             code = code.replace(old, new)

@@ -587,7 +587,7 @@ def test_a_training_step_is_queued_on_the_gpu_without_a_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     r = pending.result()
-    assert r["stop"] and r["finite"] and r["sequences"] == 8 and r["masked"] == int(sum(p.numel() for _, _, p, _, _ in prep.micro))
+    assert r["stop"] and r["finite"] and r["sequences"] == 8 and r["masked"] == int(sum(p.numel() for _, _, p, *_ in prep.micro))
 
 
 def test_keep_checkpoints_keeps_the_newest(data_dir, tmp_path):

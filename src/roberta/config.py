@@ -17,7 +17,7 @@ from typing import Literal
 
 from roberta.errors import UserError
 
-Format = Literal["full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp"]
+Format = Literal["full-sentences", "doc-sentences", "segment-pair+nsp", "sentence-pair+nsp", "packed-documents"]
 FORMATS: tuple[str, ...] = typing.get_args(Format)
 NSP_FORMATS = ("segment-pair+nsp", "sentence-pair+nsp")  # the formats that train next-sentence prediction
 Precision = Literal["auto", "fp32", "bf16"]  # train.precision; roberta.training.precision says what each means
@@ -363,6 +363,39 @@ def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | 
     lr = scaled_lr(t.lr, t.batch_size, t.base_batch_size, t.lr_scaling)
     t = dataclasses.replace(t, micro_batch_size=micro, lr=lr, lr_scaling="none")
     return dataclasses.replace(cfg, model=m, data=d, train=t)
+
+
+# Continued pretraining (`pretrain --checkpoint`: Gururangan et al. 2020's domain-adaptive
+# pretraining) starts from trained weights, so a preset's from-scratch lr and warmup are not its
+# defaults. lr: Gururangan et al. (appendix) continued RoBERTa-base (trained at a 6e-4 peak) at 1e-4
+# for task-adaptive pretraining (batch 256) and at 5e-4 for domain-adaptive pretraining, but with a
+# batch of 2048 for 12.5K steps; at the small batches of a first run, their lower lr, a sixth of the
+# from-scratch peak, is the safe default, since a from-scratch peak can undo much of what the
+# checkpoint learned. warmup: AdamW's moments start at zero again (the optimizer state does not
+# come with the weights) and need a short ramp; the weights do not. (key, value, why) each:
+CONTINUED_PRETRAINING = (
+    ("train.lr", 1e-4, "Gururangan et al. 2020's lr for continuing RoBERTa-base at batch 256 (5e-4 at batch "
+                       "2048), a sixth of its from-scratch peak: trained weights need no large steps"),
+    ("train.warmup_fraction", 0.01, "the weights are trained; only AdamW's fresh moment estimates need a ramp"),
+)
+
+
+def continued_pretraining(cfg: Config) -> tuple[Config, list[tuple[str, str]]]:
+    """A preset's recipe fitted to continued pretraining (CONTINUED_PRETRAINING): -> (config,
+    (key, "lr 0.0001 (why)") for each key it changed). Applied before --set, so a --set still wins;
+    a preset whose lr is already lower keeps it; warmup_steps gives way to the fraction."""
+    t, chosen = cfg.train, []
+    for key, value, why in CONTINUED_PRETRAINING:
+        name = key.split(".")[1]
+        if name == "lr" and t.lr <= value:
+            continue
+        if name == "warmup_fraction":  # a preset's warmup_steps (base: 24K) would take precedence
+            t = dataclasses.replace(t, warmup_fraction=value, warmup_steps=0)
+            chosen.append((key, f"warmup {value:.0%} ({why})"))
+        else:
+            t = dataclasses.replace(t, lr=value)
+            chosen.append((key, f"lr {value:g} ({why})"))
+    return dataclasses.replace(cfg, train=t), chosen
 
 
 def report_targets(report_to: str) -> tuple[str, ...]:

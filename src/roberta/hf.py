@@ -10,8 +10,10 @@ needs nothing beyond safetensors; import reads through `transformers` (any forma
 safetensors, .bin, shards) and so needs the optional extra `pip install 'roberta[hf]'`.
 
 Token ids: our code keeps <s> <pad> </s> <unk> <mask> at ids 0-4; RoBERTa's released tokenizer
-has <mask> at 50264. Import renumbers such a vocabulary (tokenizer and embedding rows together),
-so the imported model predicts exactly what the original does, only under other ids.
+has <mask> at 50264, ModernBERT's [CLS] [SEP] [PAD] [MASK] at 50281-50284. Import renumbers such a
+vocabulary (tokenizer and embedding rows together), the tokens of the five roles (found by the
+tokenizer's cls/bos, pad, sep/eos, unk and mask tokens, whatever their names) first, so the
+imported model predicts exactly what the original does, only under other ids.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
 from roberta.training import checkpoint as ckpt
-from roberta.config import ModelConfig
+from roberta.config import ModelConfig, positions_for
 from roberta.errors import UserError
 from roberta.data.hubcache import hub_snapshot, is_hub_repo
 from roberta.hf_modern import from_hf_modern_state, hf_modern_config, model_config_from_modern, to_hf_modern_state
@@ -141,19 +143,23 @@ def model_config_from_hf(c: dict, source: Path) -> ModelConfig:
 
 # ---- tokenizers ----------------------------------------------------------------------------
 
-def special_first_order(tok: Tokenizer, vocab_size: int, source: Path) -> list[int] | None:
-    """None if <s> <pad> </s> <unk> <mask> already are ids 0-4; else `order` with new id j = old
-    id order[j]: the special tokens first, every other id after them in its old order."""
-    ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+def special_first_order(tok: Tokenizer, vocab_size: int, source: Path, names: list[str | None] | None = None,
+                        pad_may_move: bool = False) -> list[int] | None:
+    """None if the special tokens of the roles <s> <pad> </s> <unk> <mask> (`names`, by default
+    those; [CLS] [PAD] [SEP] [UNK] [MASK] for ModernBERT) already are ids 0-4; else `order` with
+    new id j = old id order[j]: the special tokens first, every other id after them in its old order."""
+    names = names or SPECIAL_TOKENS
+    ids = [None if t is None else tok.token_to_id(t) for t in names]
     if None in ids:
-        missing = [t for t, i in zip(SPECIAL_TOKENS, ids) if i is None]
-        raise UserError(f"{source}: the tokenizer lacks {' '.join(missing)}; RoBERTa needs {' '.join(SPECIAL_TOKENS)}")
+        missing = [role for role, t, i in zip(SPECIAL_TOKENS, names, ids) if t is None or i is None]
+        raise UserError(f"{source}: the tokenizer has no token for the role(s) {' '.join(missing)}; "
+                        f"an encoder here needs all of {' '.join(SPECIAL_TOKENS)} (or [CLS] [PAD] [SEP] [UNK] [MASK])")
     if tok.get_vocab_size() > vocab_size:
         raise UserError(f"{source}: the tokenizer has {tok.get_vocab_size()} tokens but the model only "
                         f"{vocab_size} embedding rows; they do not belong together")
     if ids == list(range(len(ids))):
         return None
-    if ids[PAD_ID] != PAD_ID:
+    if ids[PAD_ID] != PAD_ID and not pad_may_move:
         raise UserError(f"{source}: <pad> is id {ids[PAD_ID]}, not {PAD_ID}; RoBERTa's position offset needs it there")
     specials = set(ids)
     return ids + [i for i in range(vocab_size) if i not in specials]
@@ -166,11 +172,32 @@ def renumber_tokenizer(tok: Tokenizer, order: list[int]) -> Tokenizer:
     spec["model"]["vocab"] = {t: new_id[i] for t, i in spec["model"]["vocab"].items()}
     for added in spec["added_tokens"]:
         added["id"] = new_id[added["id"]]
+    post = spec.get("post_processor")
+    spec["post_processor"] = None
     out = Tokenizer.from_str(json.dumps(spec))
-    # the post-processor names ids too; with the specials at 0-4 RoBERTa's standard one applies
-    out.post_processor = processors.RobertaProcessing(("</s>", EOS_ID), ("<s>", BOS_ID),
-                                                      trim_offsets=True, add_prefix_space=False)
+    # the post-processor names ids too: a [CLS] A [SEP] template keeps its form under the new ids
+    # (ModernBERT's); anything else gets RoBERTa's <s> A </s> with the specials now at 0-4
+    if post is not None and post.get("type") == "TemplateProcessing":
+        for special in post["special_tokens"].values():
+            special["ids"] = [new_id[i] for i in special["ids"]]
+        out.post_processor = _template(post)
+    else:
+        out.post_processor = processors.RobertaProcessing((out.id_to_token(EOS_ID), EOS_ID),
+                                                          (out.id_to_token(BOS_ID), BOS_ID),
+                                                          trim_offsets=True, add_prefix_space=False)
     return out
+
+
+def _template(post: dict) -> processors.TemplateProcessing:
+    """tokenizers' TemplateProcessing from its JSON form (single / pair templates, special tokens)."""
+    def piece(p: dict) -> str:
+        if "SpecialToken" in p:
+            return f"{p['SpecialToken']['id']}:{p['SpecialToken']['type_id']}"
+        return f"${p['Sequence']['id']}:{p['Sequence']['type_id']}"
+
+    return processors.TemplateProcessing(
+        single=" ".join(map(piece, post["single"])), pair=" ".join(map(piece, post["pair"])),
+        special_tokens=[(name, t["ids"][0]) for name, t in post["special_tokens"].items()])
 
 
 # ---- the two directions --------------------------------------------------------------------
@@ -213,14 +240,20 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
     return notes
 
 
-def _import_tokenizer(src: Path, state: dict[str, torch.Tensor], vocab_size: int, notes: list[str]) -> Tokenizer | None:
-    """The HF directory's tokenizer (fast, converted if need be) with RoBERTa's special tokens
-    at ids 0-4; the vocabulary rows of `state` are permuted to match, in place."""
+def _import_tokenizer(src: Path, state: dict[str, torch.Tensor], vocab_size: int, notes: list[str],
+                      pad_may_move: bool = False) -> Tokenizer | None:
+    """The HF directory's tokenizer (fast, converted if need be) with its special tokens for the
+    roles <s> <pad> </s> <unk> <mask> (by name: cls/bos, pad, sep/eos, unk, mask) at ids 0-4; the
+    vocabulary rows of `state` are permuted to match, in place."""
     if not any((src / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         notes.append(f"{src} has no tokenizer; prepare data with the tokenizer this model was trained with")
         return None
-    tok = _transformers().AutoTokenizer.from_pretrained(src).backend_tokenizer
-    order = special_first_order(tok, vocab_size, src)
+    hf_tok = _transformers().AutoTokenizer.from_pretrained(src)
+    tok = hf_tok.backend_tokenizer
+    names = [hf_tok.cls_token or hf_tok.bos_token, hf_tok.pad_token, hf_tok.sep_token or hf_tok.eos_token,
+             hf_tok.unk_token, hf_tok.mask_token]
+    order = special_first_order(tok, vocab_size, src, [str(t) if t is not None else None for t in names],
+                                pad_may_move)
     if order is None:
         return tok
     rows = torch.tensor(order)
@@ -292,7 +325,7 @@ def _read_roberta(src: Path, hf_cfg: dict, notes: list[str]) -> tuple[ModelConfi
 
 def _read_modernbert(src: Path, hf_cfg: dict, notes: list[str]) -> tuple[ModelConfig, dict, Tokenizer | None]:
     """A ModernBertForMaskedLM directory -> (our modern-family config, state dict, tokenizer or None).
-    Only a tokenizer with our ids (<pad> = 1: one `roberta export-hf` wrote) comes along."""
+    Its tokenizer comes along with [CLS] [PAD] [SEP] [UNK] [MASK] moved to ids 0-4 (rows renumbered)."""
     hf_model, info = _load_hf(_transformers().ModernBertForMaskedLM, src)
     model_cfg = model_config_from_modern(hf_model.config, str(src / "config.json"))
     if any(k.startswith(("head.", "decoder.")) for k in info.get("missing_keys", ())):
@@ -301,11 +334,12 @@ def _read_modernbert(src: Path, hf_cfg: dict, notes: list[str]) -> tuple[ModelCo
         state = from_hf_modern_state(hf_model.state_dict())
     except UserError as e:
         raise UserError(f"{src}: {e}") from None
-    if model_cfg.pad_token_id != PAD_ID:
-        notes.append(f"{src}: its tokenizer ([PAD] = {model_cfg.pad_token_id}) is not imported; ModernBERT's "
-                     "tokenizer is not converted yet (the weights are)")
-        return model_cfg, state, None
-    return model_cfg, state, _import_tokenizer(src, state, model_cfg.vocab_size, notes)
+    # ModernBERT's rotary positions do not depend on the pad id, so its [PAD] may move to id 1 with the rest
+    tok = _import_tokenizer(src, state, model_cfg.vocab_size, notes, pad_may_move=True)
+    if tok is not None and model_cfg.pad_token_id != PAD_ID:
+        model_cfg = dataclasses.replace(model_cfg, pad_token_id=PAD_ID,
+                                        max_positions=positions_for(max_seq_len(model_cfg), PAD_ID))
+    return model_cfg, state, tok
 
 
 __all__ = ["export_hf", "import_hf", "to_hf_state", "from_hf_state", "hf_config", "model_config_from_hf"]

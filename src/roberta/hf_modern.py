@@ -5,9 +5,9 @@ what is the modern family's own: the weight names, mapped one to one (the fused 
 gated FFN are laid out as HF lays them, so nothing is split or permuted), and the configs.
 
 Token ids: our modern checkpoints use our tokenizer's ids (<s>=0 <pad>=1 </s>=2 <unk>=3
-<mask>=4) and the exported config.json says so. A released ModernBERT keeps its own ids
-([CLS] [SEP] [MASK] [PAD] at 50281-50284): import keeps its weights and pad id as they are, and
-does not (yet) convert its tokenizer.
+<mask>=4) and the exported config.json says so. A released ModernBERT's tokenizer ([CLS] [SEP]
+[PAD] [MASK] at 50281-50284) is imported with those moved to ids 0-4 and the embedding rows with
+them (roberta.hf); one without a tokenizer keeps its ids and pad id as they are.
 """
 
 from __future__ import annotations
@@ -56,6 +56,26 @@ def _rename(key: str, table, what: str) -> str:
 def to_hf_modern_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ModernMLM's state dict -> ModernBertForMaskedLM's (the tied decoder stored once, as the embeddings)."""
     return {_rename(k, _TO_HF, "ModernBertForMaskedLM"): v for k, v in state.items()}
+
+
+# ModernClassifier's sentence head (ours) -> ModernBertForSequenceClassification's: the same parts in
+# the same order (dense -> GELU -> norm -> dropout -> projection), only the names differ
+_CLASSIFIER_HEAD = {"classifier.dense": "head.dense", "classifier.norm": "head.norm",
+                    "classifier.out_proj": "classifier"}
+
+
+def to_hf_modern_classifier_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ModernClassifier's state dict -> ModernBertForSequenceClassification's (encoder as the masked
+    LM's, under model.*; the sentence head renamed)."""
+    head = {k: v for k, v in state.items() if k.startswith("classifier.")}
+    encoder = {k: v for k, v in state.items() if k not in head}
+    out = to_hf_modern_state(encoder)
+    for key, value in head.items():
+        part, w = key.rsplit(".", 1)
+        if part not in _CLASSIFIER_HEAD:
+            raise UserError(f"{key}: a weight ModernBertForSequenceClassification does not have")
+        out[f"{_CLASSIFIER_HEAD[part]}.{w}"] = value
+    return out
 
 
 def from_hf_modern_state(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,5 +151,5 @@ def model_config_from_modern(c, where: str) -> ModelConfig:
         local_window=c.local_attention if local else 0, global_every=every)
 
 
-__all__ = ["to_hf_modern_state", "from_hf_modern_state", "hf_modern_config", "model_config_from_modern",
-           "layer_types", "global_every_of"]
+__all__ = ["to_hf_modern_state", "to_hf_modern_classifier_state", "from_hf_modern_state", "hf_modern_config",
+           "model_config_from_modern", "layer_types", "global_every_of"]

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for  # noqa: F401 (re-exported)
-from roberta.layers import (LayerNorm, LMHead, count_parameters, init_weights, key_padding_mask,  # noqa: F401
-                            materialise, mlm_losses, require_resolved)
+from roberta.layers import (LayerNorm, LMHead, count_parameters, document_mask, document_positions,  # noqa: F401
+                            init_weights, key_padding_mask, materialise, mlm_losses, require_resolved)
 from roberta.modern import ModernClassifier, ModernMLM
 
 
@@ -81,7 +81,7 @@ class Embeddings(nn.Module):
         self.LayerNorm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         T, rows = input_ids.shape[1], self.position_embeddings.num_embeddings
         if T > rows - self.pad - 1:  # a shape check: no device sync, and a clearer error than an IndexError
             raise ValueError(f"input of {T} tokens is longer than the {rows - self.pad - 1} "
@@ -90,6 +90,9 @@ class Embeddings(nn.Module):
         # computed from the ids (as fairseq/HF do) so left- or right-padding give the same states.
         not_pad = input_ids.ne(self.pad).int()
         positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad
+        if document_ids is not None:  # packed documents: pad + 1, pad + 2, ... again in each document
+            real = document_ids.ne(0).long()
+            positions = (document_positions(document_ids) + 1) * real + self.pad
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
         return self.dropout(self.LayerNorm(x))
 
@@ -103,10 +106,16 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.final_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token."""
-        attn_mask = key_padding_mask(attention_mask)  # (B, 1, 1, T) keys to attend to, or None
-        x = self.embeddings(input_ids)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token.
+        document_ids: (B, T), 0 = padding, 1..k = the row's k-th packed document: each token then
+        attends and counts its position within its own document only (the padding is in it too)."""
+        if document_ids is not None:
+            attn_mask = document_mask(document_ids)  # (B, 1, T, T) block-diagonal
+        else:
+            attn_mask = key_padding_mask(attention_mask)  # (B, 1, 1, T) keys to attend to, or None
+        x = self.embeddings(input_ids, document_ids)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in autocast's dtype (see LayerNorm)
             x = x.to(torch.get_autocast_dtype(x.device.type))
         for layer in self.layers:
@@ -136,23 +145,24 @@ class RobertaMLM(nn.Module):
         self.lm_head = LMHead(cfg.hidden, cfg.vocab_size, cfg.layer_norm_eps)
         self.nsp_head = ClassificationHead(cfg.hidden, 2, cfg.dropout) if cfg.nsp_head else None
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Dense MLM logits over every position: (B, T, V)."""
-        h = self.roberta(input_ids, attention_mask)
+        h = self.roberta(input_ids, attention_mask, document_ids)
         return self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, nsp_labels: torch.Tensor | None = None,
-                masked_positions: torch.Tensor | None = None) -> dict:
+                masked_positions: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> dict:
         """Summed (not averaged) losses, so the caller can normalise over a whole global batch.
 
         Returns {"mlm_loss_sum", "mlm_count", "nsp_loss_sum"?, "nsp_count"?}. The sparse head
         gathers the labelled positions first, so the vocabulary projection runs only there.
         masked_positions: the flat indices (into B * T) of labels != IGNORE, in order, when the
         caller knows them (the trainer computes them with the masks, on the host); without them
-        they are found here, a host sync on a GPU (a data-dependent shape).
+        they are found here, a host sync on a GPU (a data-dependent shape). document_ids: see Encoder.
         """
-        h = self.roberta(input_ids, attention_mask)  # (B, T, C)
+        h = self.roberta(input_ids, attention_mask, document_ids)  # (B, T, C)
         out = mlm_losses(self.lm_head, h, self.roberta.embeddings.word_embeddings.weight, labels,
                          self.cfg.sparse_head, masked_positions)
         if self.nsp_head is not None and nsp_labels is not None:

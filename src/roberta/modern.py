@@ -21,14 +21,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig
-from roberta.layers import LayerNorm, LMHead, key_padding_mask, mlm_losses, require_resolved
+from roberta.layers import (LayerNorm, LMHead, document_mask, document_positions, key_padding_mask, mlm_losses,
+                            require_resolved)
 
 
-def rotary(seq_len: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of rotary position embeddings at positions 0..T-1: two (T, hs) fp32 tensors.
+def rotary(seq_len: int, head_dim: int, theta: float, device: torch.device,
+           positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of rotary position embeddings at positions 0..T-1: two (T, hs) fp32 tensors; or,
+    given (B, T) positions (packed documents restart them), two (B, 1, T, hs) ones.
     Computed per forward (T x hs/2 products): no buffer to shard, save or materialise."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
-    freqs = torch.arange(seq_len, dtype=torch.float, device=device)[:, None] * inv_freq  # (T, hs/2)
+    if positions is None:
+        positions = torch.arange(seq_len, dtype=torch.float, device=device)
+    else:
+        positions = positions.float()[:, None]  # (B, 1, T): one angle table for every head
+    freqs = positions[..., None] * inv_freq  # (T, hs/2) or (B, 1, T, hs/2)
     angles = torch.cat((freqs, freqs), dim=-1)  # (T, hs): the halves rotate as pairs (i, i + hs/2)
     return angles.cos(), angles.sin()
 
@@ -44,9 +51,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def local_mask(seq_len: int, window: int, keys: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     """The sliding-window mask of a local layer: True where query i may attend to key j, i.e.
     |i - j| <= window/2 and j is a real token. (T, T), or (B, 1, T, T) with a padding mask `keys`
-    (B, 1, 1, T). A padding query far from every real token would see no key at all (a NaN row
-    that then spreads through the values), so each token always sees itself: real tokens are
-    unaffected, their own key is inside the window."""
+    (B, 1, 1, T) or a block-diagonal document mask (B, 1, T, T). A padding query far from every
+    real token would see no key at all (a NaN row that then spreads through the values), so each
+    token always sees itself: real tokens are unaffected, their own key is inside the window."""
     idx = torch.arange(seq_len, device=device)
     near = (idx[:, None] - idx[None, :]).abs() <= window // 2  # (T, T)
     if keys is None:
@@ -129,15 +136,22 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.final_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, bias=cfg.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token (right padding:
-        positions are 0..T-1 whatever the mask, as in ModernBERT)."""
+        positions are 0..T-1 whatever the mask, as in ModernBERT). document_ids: (B, T), 0 = padding,
+        1..k = the row's k-th packed document: each token then attends (globally, or within its
+        window) and counts its rotary position within its own document only; it replaces the mask."""
         x = self.embeddings(input_ids)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in autocast's dtype (see LayerNorm)
             x = x.to(torch.get_autocast_dtype(x.device.type))
         T, hs, c = x.shape[1], self.cfg.hidden // self.cfg.heads, self.cfg
-        keys = key_padding_mask(attention_mask)  # (B, 1, 1, T) or None
-        rope = {True: rotary(T, hs, c.rope_theta, x.device), False: rotary(T, hs, c.local_rope_theta, x.device)}
+        if document_ids is None:
+            keys, positions = key_padding_mask(attention_mask), None  # (B, 1, 1, T) or None
+        else:  # block-diagonal (B, 1, T, T); a window within it stays a window of the document
+            keys, positions = document_mask(document_ids), document_positions(document_ids)
+        rope = {True: rotary(T, hs, c.rope_theta, x.device, positions),
+                False: rotary(T, hs, c.local_rope_theta, x.device, positions)}
         masks = {True: keys, False: local_mask(T, c.local_window, keys, x.device) if c.local_window else None}
         for layer in self.layers:  # keyed by layer.is_global
             x = layer(x, rope[layer.is_global], masks[layer.is_global])
@@ -154,15 +168,17 @@ class ModernMLM(nn.Module):
         self.lm_head = LMHead(cfg.hidden, cfg.vocab_size, cfg.layer_norm_eps, bias=cfg.bias)
         self.nsp_head = None  # ModernBERT has no next-sentence prediction (resolve_run refuses +nsp formats)
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Dense MLM logits over every position: (B, T, V)."""
-        h = self.roberta(input_ids, attention_mask)
+        h = self.roberta(input_ids, attention_mask, document_ids)
         return self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                nsp_labels: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None) -> dict:
+                nsp_labels: torch.Tensor | None = None, masked_positions: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> dict:
         """Summed losses {"mlm_loss_sum", "mlm_count"}: see RobertaMLM.forward and layers.mlm_losses."""
-        h = self.roberta(input_ids, attention_mask)  # (B, T, C)
+        h = self.roberta(input_ids, attention_mask, document_ids)  # (B, T, C)
         return mlm_losses(self.lm_head, h, self.roberta.embeddings.word_embeddings.weight, labels,
                           self.cfg.sparse_head, masked_positions)
 

@@ -1,6 +1,8 @@
 """Byte-level BPE (GPT-2 / RoBERTa style) with the `tokenizers` library.
 
-Special tokens sit at ids 0-4 exactly as in RoBERTa: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4.
+Special tokens sit at ids 0-4 exactly as in RoBERTa: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4. The
+ids are what the code relies on, not the names: an imported tokenizer with other names for the same
+five roles (ModernBERT's [CLS] [PAD] [SEP] [UNK] [MASK], moved to 0-4 by import-hf) works alike.
 A saved tokenizer directory holds tokenizer.json (ours and HF fast), vocab.json + merges.txt
 (the GPT-2 format) and tokenizer_config.json, so `AutoTokenizer.from_pretrained(DIR)` loads it.
 """
@@ -51,6 +53,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 50265, min_frequency
     return tok
 
 
+def special_names(tok: Tokenizer) -> list[str]:
+    """The names of the special tokens at ids 0-4, in the order of SPECIAL_TOKENS' roles (<s> <pad>
+    </s> <unk> <mask>): SPECIAL_TOKENS for ours, e.g. [CLS] [PAD] [SEP] [UNK] [MASK] for an
+    imported ModernBERT tokenizer."""
+    return [tok.id_to_token(i) for i in SPECIAL_IDS]
+
+
 def save_tokenizer(tok: Tokenizer, out: str | Path, model_max_length: int = 512) -> None:
     """tokenizer.json (ours and HF fast), vocab.json + merges.txt (GPT-2 format) and the HF configs.
     `added_tokens_decoder` carries <mask>'s lstrip, so that HF built from vocab.json + merges.txt
@@ -59,14 +68,19 @@ def save_tokenizer(tok: Tokenizer, out: str | Path, model_max_length: int = 512)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     tok.model.save(str(out))  # vocab.json + merges.txt
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
-               "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    # RoBERTa's names wherever they are (a released RoBERTa's <mask> is last), else the tokens at 0-4
+    named = all(tok.token_to_id(t) is not None for t in SPECIAL_TOKENS)
+    names = SPECIAL_TOKENS if named else special_names(tok)
+    bos, pad, eos, unk, mask = names
+    special = {"bos_token": bos, "eos_token": eos, "unk_token": unk, "sep_token": eos,
+               "pad_token": pad, "cls_token": bos, "mask_token": mask}
     config = {
         "tokenizer_class": "RobertaTokenizer", "model_max_length": model_max_length,
         "add_prefix_space": False, "trim_offsets": True, "errors": "replace", **special,
-        "added_tokens_decoder": {str(i): {"content": t, "lstrip": t == "<mask>", "rstrip": False,
-                                          "normalized": False, "single_word": False, "special": True}
-                                 for i, t in enumerate(SPECIAL_TOKENS)},
+        "added_tokens_decoder": {str(tok.token_to_id(t)): {"content": t, "lstrip": t == mask, "rstrip": False,
+                                                           "normalized": False, "single_word": False,
+                                                           "special": True}
+                                 for t in names},
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
@@ -78,10 +92,13 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         raise UserError(f"{directory}: not a tokenizer directory (no tokenizer.json); "
                         "make one with `roberta train-tokenizer`")
     tok = Tokenizer.from_file(str(path))
-    for i, t in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(t) != i:
-            raise UserError(f"{path}: special token {t} is not at id {i}; "
-                            "RoBERTa tokenizers need <s> <pad> </s> <unk> <mask> at ids 0-4")
+    if special_names(tok) == SPECIAL_TOKENS:
+        return tok
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    if not set(SPECIAL_IDS) <= special:  # other names are fine (an imported tokenizer's), other ids are not
+        wrong = next(t for i, t in enumerate(SPECIAL_TOKENS) if tok.token_to_id(t) != i)
+        raise UserError(f"{path}: special token {wrong} is not at id {SPECIAL_TOKENS.index(wrong)}; "
+                        "RoBERTa tokenizers need <s> <pad> </s> <unk> <mask> at ids 0-4")
     return tok
 
 

@@ -46,24 +46,43 @@ def saved_run(out: str) -> Path | None:
     return path if (path / "config.json").is_file() or latest_checkpoint(path) else None
 
 
-def run_config(a):
+def run_config(a, notes: list[str] | None = None):
     """The Config to train. --resume of a run in --out: its saved config, each --set on top (the
     trainer then refuses anything but a raised budget or a runtime setting). A --preset or --config
     given with --resume must describe the saved run; the budget still changes only where a --set
-    names it. Otherwise: the --preset (default tiny) or the --config, each --set on top."""
-    from roberta.config import RESUME_BUDGETS, apply_overrides
+    names it. Otherwise: the --preset (default tiny) or the --config, each --set on top; with
+    --checkpoint, the preset's lr and warmup fitted to continued pretraining first (a --set still
+    wins), and what was chosen and why appended to `notes`."""
+    from roberta.config import RESUME_BUDGETS, apply_overrides, continued_pretraining
     from roberta.presets import get_preset
 
     run = saved_run(a.out) if a.resume else None
     if run is not None and not (a.preset or a.config):
         return fit_micro_batch(apply_overrides(load_run_config(run, "--resume"), a.set))
     base = load_run_config(Path(a.config), "--config") if a.config else get_preset(a.preset or "tiny")
+    if getattr(a, "checkpoint", None) and not a.config:  # a saved --config is taken as it is
+        base, chosen = continued_pretraining(base)
+        if notes is not None and (note := continued_note(a.checkpoint, chosen, a.set)):
+            notes.append(note)
     cfg = apply_overrides(base, a.set)
     if run is not None:
         saved, named = load_run_config(run, "--resume"), {item.split("=", 1)[0].strip() for item in a.set}
         budget = {k.split(".")[1]: getattr(saved.train, k.split(".")[1]) for k in RESUME_BUDGETS if k not in named}
         cfg.train = dataclasses.replace(cfg.train, **budget)
     return cfg
+
+
+def continued_note(checkpoint: str, chosen: list[tuple[str, str]], sets: list[str]) -> str | None:
+    """'continued pretraining from CK: lr 0.0001 (why), warmup 1% (why); set ... to override',
+    for the choices no --set overrides; None when a --set overrides them all."""
+    named = {item.split("=", 1)[0].strip() for item in sets}
+    if "train.warmup_steps" in named:  # it takes precedence over the fraction
+        named.add("train.warmup_fraction")
+    kept = [(key, text) for key, text in chosen if key not in named]
+    if not kept:
+        return None
+    return (f"continued pretraining from {checkpoint}: {', '.join(text for _, text in kept)}; "
+            f"set {' / '.join(key for key, _ in kept)} to override")
 
 
 def fit_micro_batch(cfg):
@@ -89,11 +108,19 @@ def cmd_pretrain(a) -> int:
     for flag, key in (("threads", "train.threads"), ("device", "train.device"), ("precision", "train.precision")):
         if getattr(a, flag) is not None:
             a.set = [*a.set, f"{key}={getattr(a, flag)}"]
-    cfg = run_config(a)
-    note = seq_len_warning(a.preset or "tiny", cfg, a.data)
-    if note and int(os.environ.get("RANK", "0")) == 0:
-        print(f"warning: {note}", file=sys.stderr)
+    notes: list[str] = []
+    cfg = run_config(a, notes)
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    # with --checkpoint the model is the checkpoint's, not the preset's: its length is no preset's either
+    note = None if a.checkpoint else seq_len_warning(a.preset or "tiny", cfg, a.data)
+    if note and main_rank:
+        print(f"warning: {note}", file=sys.stderr)
+    if a.checkpoint:  # refused in one line before saying what continuing from it chose
+        from roberta.training.checkpoint import resolve_checkpoint
+        resolve_checkpoint(a.checkpoint)
+    if main_rank:
+        for note in notes:
+            print(note)
     try:
         summary = pretrain(a.data, a.out, cfg, resume=a.resume, progress=not a.quiet, init_from=a.checkpoint)
     except TrainingInterrupted as e:
@@ -158,7 +185,9 @@ def register(sub) -> None:
                    help="continue the run in --out from its latest checkpoint, with its saved config.json; a --set "
                         "may raise train.max_steps/max_tokens/max_time or change a runtime setting, nothing else")
     s.add_argument("--checkpoint", default=None,
-                   help="start from this checkpoint's weights (continued pretraining; import-hf makes one)")
+                   help="start from this checkpoint's weights (continued pretraining; import-hf makes one); "
+                        "the preset's lr and warmup give way to continued pretraining's (lr 1e-4, 1%% warmup, "
+                        "docs/adapt.md) unless a --set names them")
     add_renamed(s, "--init-from", "--checkpoint")
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads: shorthand for --set train.threads=N (default: the preset's, 0 = automatic: "

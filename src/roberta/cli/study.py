@@ -47,7 +47,7 @@ def cmd_ablate(a) -> None:
 
     tasks = [t for t in (a.glue_tasks or "").split(",") if t]
     try:
-        budget = int(float(a.max_tokens))
+        budget = int(float(a.max_tokens)) if a.max_tokens is not None else 0
     except (ValueError, OverflowError):
         raise UserError(f"--max-tokens {a.max_tokens}: expected a number of tokens, e.g. 2e6") from None
     probes = [t for t in (a.probe or "").split(",") if t]
@@ -64,7 +64,7 @@ def cmd_ablate(a) -> None:
                           lr_rule=a.lr_rule, progress=not a.quiet, overwrite=a.overwrite,
                           finetune_args={"epochs": a.ft_epochs, "max_train": a.ft_max_train, "seeds": a.ft_seeds,
                                          "threads": a.threads or 1},  # one thread: measured fastest here
-                          probe_tasks=probes, tasks=own_task(a, tasks + probes))
+                          probe_tasks=probes, tasks=own_task(a, tasks + probes), max_time=a.max_time or "")
     print(Path(a.out, "report.md").read_text())
     print(json.dumps(result))
 
@@ -143,18 +143,23 @@ def register(sub) -> None:
     s.add_argument("--compare-steps", type=int, default=0, help="a second recipe's steps (0 = the same)")
     s.set_defaults(fn=cmd_plan)
 
-    s = command(sub, "ablate", "compare recipes at a matched token budget (the paper's tables)",
+    s = command(sub, "ablate", "compare recipes at a matched token (or wall-clock) budget (the paper's tables)",
                 "roberta ablate masking --data data --max-tokens 2e6 --out abl/masking --seeds 3\n"
+                "roberta ablate architecture --data data --max-time 10m --out abl/arch-10m --seeds 3 --threads 2\n"
                 "roberta ablate custom --data data --max-tokens 2e6 --out abl/mine --arms arms.toml\n"
                 "roberta ablate formats --data data --max-tokens 2e6 --out abl/fmt --task-train reviews.jsonl "
                 "--text-column review")
-    s.add_argument("kind", choices=["masking", "formats", "batch-size", "custom"],
+    s.add_argument("kind", choices=["masking", "formats", "batch-size", "architecture", "custom"],
                    help="masking: static vs dynamic (the budget must cover more than masking.dupe_factor epochs); "
                         "formats: the four input formats; batch-size: 256/2K/8K-style batches with --lr-rule; "
-                        "custom: the arms in --arms")
+                        "architecture: roberta (--preset) vs modern (its modern-* twin's architecture at the same "
+                        "layers, hidden and heads); custom: the arms in --arms")
     s.add_argument("--data", required=True, help="a prepare --out directory")
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--max-tokens", help="real tokens per arm (train.max_tokens), e.g. 2e6")
+    which.add_argument("--max-time", default=None, metavar="DURATION",
+                       help="instead: wall-clock training time per arm (train.max_time), e.g. 10m: the fair budget "
+                            "for arms of different speed (architecture); give --threads so every arm gets the same")
     which.add_argument("--budget-tokens", dest="max_tokens", action=Renamed, new="--max-tokens",
                        help=argparse.SUPPRESS)
     s.add_argument("--out", required=True, help="one run directory per arm and seed, and report.md")

@@ -1,17 +1,21 @@
-"""The paper's four input formats (Liu et al. 2019, section 4.2) built from one prepared split.
+"""The paper's four input formats (Liu et al. 2019, section 4.2) built from one prepared split,
+and a fifth, PACKED-DOCUMENTS: FULL-SENTENCES' packing, each document attended to on its own.
 
 A format turns documents/sentences into a `SequenceTable`: sequence i is the concatenation of
 pieces `seq_ptr[i]:seq_ptr[i+1]`; a piece is a token span `tokens[start:end]` of the split, or a
 separator (start == SEP_DOC: one `</s>` between documents; start == SEP_PAIR: `</s></s>` between
 the two segments of a pair, as RoBERTa frames pairs). Every sequence is framed `<s> ... </s>`
 and is never longer than seq_len: over-long sentences are cut into pieces.
+A plan with `documents_apart` set (packed-documents) tells the loader to send each token's
+document (`document_ids`) with the batch, so that attention and positions stop at a `</s>` between
+documents; the tokens are FULL-SENTENCES' own.
 Plans are deterministic for a seed and hold offsets only, never copies of the tokens.
 """
 
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +33,7 @@ class SequenceTable:
     lengths: np.ndarray  # int64 [n_seqs], framed length including <s> and </s>
     nsp_labels: np.ndarray | None  # int64 [n_seqs]: 1 = B follows A in its document, 0 = random
     doc_ids: np.ndarray  # int64 [n_seqs]: the document the sequence starts in
+    documents_apart: bool = False  # packed-documents: no attention across a SEP_DOC, positions restart
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -214,6 +219,8 @@ def sentence_pairs(split: Split, seq_len: int, seed: int) -> SequenceTable:
 def build_sequences(split: Split, fmt: str, seq_len: int, seed: int = 0) -> SequenceTable:
     if fmt == "full-sentences":
         return full_sentences(split, seq_len, cross_documents=True)
+    if fmt == "packed-documents":
+        return replace(full_sentences(split, seq_len, cross_documents=True), documents_apart=True)
     if fmt == "doc-sentences":
         return full_sentences(split, seq_len, cross_documents=False)
     if fmt == "segment-pair+nsp":
@@ -232,7 +239,7 @@ def batch_token_budget(split: Split, fmt: str, batch_size: int, seq_len: int,
     "we dynamically increase the batch size ... to achieve a similar number of total tokens as
     FULL-SENTENCES"). Packing whole sentences leaves a few tokens unused at each sequence's end,
     so the reference is measured by packing a prefix of the split, not assumed to be seq_len."""
-    if fmt == "full-sentences":
+    if fmt in ("full-sentences", "packed-documents"):  # the same sequences
         return 0
     i = int(np.searchsorted(split.sents, min(sample_tokens, int(split.sents[-1]))))
     end = int(split.sents[i])  # the first sentence boundary at or after sample_tokens
@@ -250,3 +257,18 @@ def materialize(split: Split, plan: SequenceTable, index: int, bos: int = 0, eos
         out.append(np.full(SEP_LEN[s], eos, np.int64) if s < 0 else np.asarray(split.tokens[s:e], np.int64))
     out.append(np.array([eos], np.int64))
     return np.concatenate(out)
+
+
+def document_ids(plan: SequenceTable, index: int) -> np.ndarray:
+    """(T,) int64, for each token of sequence `index` as `materialize` frames it, the number of the
+    document it belongs to within the sequence: 1, 2, ... The `</s>` between two documents closes
+    the first (`<s> A </s>` is document 1, `B ... </s>` document 2), as a lone `<s> A </s>` would."""
+    sizes, docs, doc = [1], [1], 1  # <s>
+    for j in range(plan.seq_ptr[index], plan.seq_ptr[index + 1]):
+        s, e = int(plan.piece_start[j]), int(plan.piece_end[j])
+        sizes.append(SEP_LEN[s] if s < 0 else e - s)
+        docs.append(doc)
+        doc += s == SEP_DOC
+    sizes.append(1)  # </s>
+    docs.append(doc)
+    return np.repeat(np.array(docs, np.int64), sizes)

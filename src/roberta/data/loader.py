@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from roberta.data.formats import SequenceTable, materialize
+from roberta.data.formats import SequenceTable, document_ids, materialize
 from roberta.data.prepare import Split
 from roberta.tokenizer import PAD_ID
 
@@ -27,6 +27,7 @@ class Batch:
     epochs: torch.Tensor  # (B,)
     indices: torch.Tensor  # (B,)
     nsp_labels: torch.Tensor | None  # (B,)
+    document_ids: torch.Tensor | None = None  # (B, T) int64, packed-documents only: 0 = padding, k = k-th document
 
     @property
     def tokens(self) -> int:
@@ -50,9 +51,15 @@ def collate(split: Split, plan: SequenceTable, draws: list[tuple[int, int]]) -> 
     """The draws' (epoch, sequence) as one padded Batch."""
     input_ids, attention_mask = pad_rows([materialize(split, plan, i) for _, i in draws])
     nsp = None if plan.nsp_labels is None else torch.as_tensor(plan.nsp_labels[[i for _, i in draws]])
+    docs = None
+    if plan.documents_apart:  # (B, T), right-padded with 0 like the ids with <pad>
+        docs = torch.zeros_like(input_ids)
+        for row, (_, i) in enumerate(draws):
+            d = document_ids(plan, i)
+            docs[row, : len(d)] = torch.from_numpy(d)
     return Batch(input_ids, attention_mask,
                  torch.tensor([e for e, _ in draws], dtype=torch.int64),
-                 torch.tensor([i for _, i in draws], dtype=torch.int64), nsp)
+                 torch.tensor([i for _, i in draws], dtype=torch.int64), nsp, docs)
 
 
 class BatchStream:

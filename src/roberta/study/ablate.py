@@ -10,6 +10,10 @@ tokens, FLOPs and wall time per arm so the fairness is visible, and calls a diff
 when it exceeds the spread across seeds. Each arm can be scored downstream: fine-tuned (median
 over seeds) or probed on GLUE tasks or on the user's own labelled files, all loaded before the
 first arm trains, so that a bad file is an error before hours of pretraining, not after.
+
+Architectures of different speed are compared fairly at a matched wall-clock budget too
+(--max-time: train.max_time for every arm instead of a token budget); the report then plots the
+held-out loss against seconds as well as tokens.
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ from roberta.errors import UserError
 from roberta.outdir import settings_diff
 from roberta.config import scaled_lr
 from roberta.training.optim import paper_lr
-from roberta.presets import get_preset
+from roberta.presets import PRESETS, get_preset
 from roberta.study.report import make_report
 
-KINDS = ("masking", "formats", "batch-size", "custom")
+KINDS = ("masking", "formats", "batch-size", "architecture", "custom")
+SIZE_KEYS = ("layers", "hidden", "heads")  # what the architecture arms share; the rest of model.* is the architecture
 ARM_FILE = "arm.json"  # in each arm's run directory: what defines the arm
 EVALS = ("finetune", "probe")  # how an arm is scored on a labelled task
 PROBE_MAX_TRAIN = 2000  # a probe's training examples per task: enough for a linear read-out, seconds on a CPU
 PAPER_FORMAT_ORDER = ("segment-pair+nsp", "sentence-pair+nsp", "full-sentences", "doc-sentences")
-assert set(PAPER_FORMAT_ORDER) == set(FORMATS)
+FORMAT_ARMS = PAPER_FORMAT_ORDER + ("packed-documents",)  # Table 2's order, then ModernBERT's packing
+assert set(FORMAT_ARMS) == set(FORMATS)
 
 
 @dataclass
@@ -41,13 +47,15 @@ class Arm:
     overrides: list[str] = field(default_factory=list)
 
 
-def arms_for(kind: str, base: Config, custom: str | None = None, lr_rule: str = "sqrt") -> list[Arm]:
-    """The paper's comparisons: Table 1 (masking), Table 2 (formats), Table 3 (batch size)."""
+def arms_for(kind: str, base: Config, custom: str | None = None, lr_rule: str = "sqrt", preset: str = "tiny",
+             sets: list[str] | None = None) -> list[Arm]:
+    """The paper's comparisons: Table 1 (masking), Table 2 (formats), Table 3 (batch size); and
+    RoBERTa's architecture against ModernBERT's at the same size."""
     if kind == "masking":
         return [Arm("static", ["masking.kind=static", f"masking.dupe_factor={base.masking.dupe_factor}"]),
                 Arm("dynamic", ["masking.kind=dynamic"])]
     if kind == "formats":
-        return [Arm(f, [f"data.format={f}"]) for f in PAPER_FORMAT_ORDER]
+        return [Arm(f, [f"data.format={f}"]) for f in FORMAT_ARMS]
     if kind == "batch-size":
         b0, lr0 = base.train.batch_size, base.train.lr
         arms = []
@@ -55,9 +63,31 @@ def arms_for(kind: str, base: Config, custom: str | None = None, lr_rule: str = 
             lr = paper_lr(b) if lr_rule == "paper" else scaled_lr(lr0, b, b0, lr_rule)
             arms.append(Arm(f"batch-{b}", [f"train.batch_size={b}", f"train.lr={lr:.3g}"]))
         return arms
+    if kind == "architecture":
+        return architecture_arms(preset, sets or [])
     if kind == "custom":
         return load_custom_arms(custom)
     raise UserError(f"ablate: unknown comparison {kind}; choose one of {', '.join(KINDS)}")
+
+
+def architecture_arms(preset: str, sets: list[str]) -> list[Arm]:
+    """`roberta` (the preset) vs `modern`: the model keys in which the preset's modern-* twin
+    differs (family, norm, bias, GeGLU and its width, rotary bases, window, global spacing,
+    dropout), at the preset's layers, hidden and heads. Masking and everything else stay the
+    preset's, so only the architecture differs; a model key given with --set is every arm's."""
+    twin = preset if preset.startswith("modern-") else f"modern-{preset}"
+    if twin not in PRESETS or preset == twin:
+        pairs = ", ".join(p for p in PRESETS if f"modern-{p}" in PRESETS)
+        raise UserError(f"ablate architecture: --preset {preset} has no modern-family twin; choose one of {pairs}")
+    ours, theirs = get_preset(preset).model, get_preset(twin).model
+    given = {s.split("=", 1)[0].strip() for s in sets}
+    keys = [f.name for f in dataclasses.fields(theirs) if f.name not in SIZE_KEYS and f"model.{f.name}" not in given
+            and getattr(theirs, f.name) != getattr(ours, f.name)]
+
+    def text(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+    return [Arm("roberta", [f"model.{k}={text(getattr(ours, k))}" for k in keys]),
+            Arm("modern", [f"model.{k}={text(getattr(theirs, k))}" for k in keys])]
 
 
 def load_custom_arms(path: str | None) -> list[Arm]:
@@ -90,10 +120,15 @@ def load_custom_arms(path: str | None) -> list[Arm]:
 
 
 def arm_config(base_preset: str, sets: list[str], arm: Arm, budget_tokens: int, seed: int,
-               data_seq_len: int) -> Config:
+               data_seq_len: int, max_time: str = "") -> Config:
     """The arm's config: the preset, then an evaluation interval giving about ten points on the
-    loss-vs-tokens curve, then --set and the arm's own settings (which may set it otherwise)."""
-    overrides = list(sets) + arm.overrides + [f"train.max_tokens={budget_tokens}", f"train.seed={seed}"]
+    loss-vs-tokens curve, then --set and the arm's own settings (which may set it otherwise).
+    max_time: a wall-clock budget instead of tokens (its step count unknown: the preset's or
+    --set's train.eval_interval)."""
+    budget = [f"train.max_time={max_time}"] if max_time else [f"train.max_tokens={budget_tokens}"]
+    overrides = list(sets) + arm.overrides + budget + [f"train.seed={seed}"]
+    if max_time:
+        return apply_overrides(get_preset(base_preset), overrides)
     cfg = apply_overrides(get_preset(base_preset), overrides)
     steps = max(1, budget_tokens // (cfg.train.batch_size * (cfg.data.seq_len or data_seq_len)))
     return apply_overrides(get_preset(base_preset), [f"train.eval_interval={max(1, steps // 10)}", *overrides])
@@ -132,30 +167,37 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
                  sets: list[str] | None = None, seeds: int = 1, glue_dir: str | None = None,
                  glue_tasks: list[str] | None = None, custom: str | None = None, lr_rule: str = "sqrt",
                  progress: bool = True, finetune_args: dict | None = None, overwrite: bool = False,
-                 probe_tasks: list[str] | None = None, tasks: list[tuple[str, object]] | None = None) -> dict:
+                 probe_tasks: list[str] | None = None, tasks: list[tuple[str, object]] | None = None,
+                 max_time: str = "") -> dict:
     """Train every arm x seed (reusing finished ones), score each downstream, write OUT/report.md.
     glue_tasks / probe_tasks: GLUE names under glue_dir, fine-tuned / probed; tasks: more (how,
-    TaskData) pairs, how in EVALS (the user's own labelled files)."""
+    TaskData) pairs, how in EVALS (the user's own labelled files). max_time (e.g. "10m"): every
+    arm trains for that wall-clock time instead of budget_tokens."""
     from roberta.data.prepare import read_meta
 
-    if budget_tokens <= 0:
+    if max_time:
+        check_max_time(kind, max_time)
+        budget_tokens = 0
+    elif budget_tokens <= 0:
         raise UserError("ablate: --max-tokens must be > 0")
     if seeds < 1:
         raise UserError(f"ablate: --seeds {seeds}: must be >= 1")
     meta = read_meta(data)  # a missing or unprepared --data: an error before anything is written
     sets = sets or []
-    arms = arms_for(kind, apply_overrides(get_preset(preset), list(sets)), custom, lr_rule)
+    arms = arms_for(kind, apply_overrides(get_preset(preset), list(sets)), custom, lr_rule, preset, sets)
     outdir = Path(out)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--out {outdir}: is a file, not a directory; choose a new --out")
-    plan = plan_arms(arms, seeds, outdir, preset, sets, budget_tokens, data, int(meta.get("seq_len") or 0), overwrite)
+    plan = plan_arms(arms, seeds, outdir, preset, sets, budget_tokens, data, int(meta.get("seq_len") or 0), overwrite,
+                     max_time)
     if kind == "masking":
         static = next(cfg for arm, _, _, cfg, _, _ in plan if arm.name == "static")
         check_masking_budget(data, meta, budget_tokens, static.masking.dupe_factor)
     evals = downstream_tasks(glue_dir, glue_tasks or [], probe_tasks or []) + list(tasks or [])
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "ablation.json").write_text(json.dumps(
-        {"kind": kind, "data": str(data), "budget_tokens": budget_tokens, "preset": preset, "sets": sets,
+        {"kind": kind, "data": str(data), "budget_tokens": budget_tokens, **({"max_time": max_time} if max_time else {}),
+         "preset": preset, "sets": sets,
          "seeds": seeds, "arms": [dataclasses.asdict(a) for a in arms]}, indent=2))
     for arm, seed, run_dir, cfg, definition, state in plan:
         train_arm(arm, seed, run_dir, cfg, definition, state, data, progress)
@@ -164,12 +206,23 @@ def run_ablation(kind: str, data: str, budget_tokens: int, out: str, preset: str
             from roberta.downstream.probe import probe_run
 
             probe_run(run_dir, None, [t for how, t in evals if how == "probe"], max_train=PROBE_MAX_TRAIN)
-    return make_report([run_dir for _, _, run_dir, *_ in plan], outdir,
-                       title=f"{kind} ablation at {budget_tokens:,} tokens per arm")
+    per_arm = f"{max_time} of training" if max_time else f"{budget_tokens:,} tokens"
+    return make_report([run_dir for _, _, run_dir, *_ in plan], outdir, title=f"{kind} ablation at {per_arm} per arm")
+
+
+def check_max_time(kind: str, max_time: str) -> None:
+    """A wall-clock budget needs a unit, and is refused where the kind's fairness check counts tokens."""
+    from roberta.config import parse_duration
+
+    if parse_duration(max_time, "--max-time") <= 0 or not max_time.strip()[-1:].isalpha():
+        raise UserError(f"--max-time {max_time}: give a positive duration with its unit, e.g. 10m, 90s or 2h")
+    if kind == "masking":
+        raise UserError("ablate masking: give --max-tokens; static and dynamic masking differ only past "
+                        "masking.dupe_factor epochs, which a token budget is checked to cover and a time budget cannot be")
 
 
 def plan_arms(arms: list[Arm], seeds: int, outdir: Path, preset: str, sets: list[str], budget_tokens: int,
-              data: str, data_seq_len: int, overwrite: bool) -> list[tuple]:
+              data: str, data_seq_len: int, overwrite: bool, max_time: str = "") -> list[tuple]:
     """(arm, seed, run_dir, cfg, definition, state) for every run. Every arm's state is decided
     before any arm runs: a stale arm is refused up front, not after hours (with --overwrite it is
     decided when its turn comes, so a refused plan never deletes anything)."""
@@ -177,7 +230,7 @@ def plan_arms(arms: list[Arm], seeds: int, outdir: Path, preset: str, sets: list
     for arm in arms:
         for seed in range(seeds):
             run_dir = outdir / arm.name / f"seed{seed}"
-            cfg = arm_config(preset, sets, arm, budget_tokens, seed, data_seq_len)
+            cfg = arm_config(preset, sets, arm, budget_tokens, seed, data_seq_len, max_time)
             definition = arm_definition(cfg, budget_tokens, data)
             state = arm_state(run_dir, definition, f"{arm.name} seed {seed}", overwrite=False) if not overwrite else None
             plan.append((arm, seed, run_dir, cfg, definition, state))

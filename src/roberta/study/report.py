@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from roberta.errors import UserError
@@ -96,6 +96,7 @@ class RunResult:
     curve: list[tuple[int, float]]
     tasks: dict[str, float]
     task_metric: dict[str, str]
+    curve_s: list[tuple[float, float]] = field(default_factory=list)  # (seconds in the loop, held-out loss)
 
 
 def read_run(run_dir: Path) -> RunResult:
@@ -103,13 +104,16 @@ def read_run(run_dir: Path) -> RunResult:
     if not summary_path.is_file():
         raise UserError(f"{run_dir}: no summary.json (not a finished `roberta pretrain` run)")
     s = json.loads(summary_path.read_text())
-    curve = []
+    curve, clock, evals = [], [], []
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
             rec = json.loads(line)
             if "eval_loss" in rec:
                 curve.append((rec["tokens"], rec["eval_loss"]))
+                evals.append((rec["step"], rec["eval_loss"]))
+            elif rec.get("elapsed") is not None:
+                clock.append((rec["step"], rec["elapsed"]))
     tasks, task_metric = {}, {}
     for m in sorted((run_dir / "glue").glob("*/metrics.json")):
         r = json.loads(m.read_text())
@@ -119,7 +123,24 @@ def read_run(run_dir: Path) -> RunResult:
     return RunResult(arm=run_dir.parent.name if seeded else run_dir.name, seed=run_dir.name if seeded else "seed0",
                      tokens=int(s["tokens"]), flops=float(s["flops"]), elapsed=float(s["elapsed"]),
                      eval_loss=float(s["eval_loss"]), eval_perplexity=float(s["eval_perplexity"]),
-                     curve=curve, tasks=tasks, task_metric=task_metric)
+                     curve=curve, tasks=tasks, task_metric=task_metric, curve_s=seconds_curve(evals, clock))
+
+
+def seconds_curve(evals: list[tuple[int, float]], clock: list[tuple[int, float]]) -> list[tuple[float, float]]:
+    """(seconds, held-out loss) per evaluation: an evaluation record has a step, the training
+    records the loop's clock (train "elapsed", every log_interval steps and at the last step);
+    the clock at the evaluation's step is interpolated between the logged steps around it."""
+    if not clock:
+        return []
+    out = []
+    for step, loss in evals:
+        before = [c for c in clock if c[0] <= step]
+        after = [c for c in clock if c[0] >= step]
+        if not before or not after:
+            continue  # outside the logged clock (a record lost to an interruption): no time to give it
+        (s0, t0), (s1, t1) = before[-1], after[0]
+        out.append((t0 if s1 == s0 else t0 + (t1 - t0) * (step - s0) / (s1 - s0), loss))
+    return out
 
 
 def _median(xs: list[float]) -> float:
@@ -180,8 +201,12 @@ def make_report(run_dirs: list[Path], out: Path, title: str = "recipe comparison
         lines.append(f"- {lowest} vs {name}: Δloss {delta:+.4f} — {'tie' if delta < TIE else v}")
     tok = [t for row in table.values() for t in row["tokens"]]
     lines.append(f"\nTokens per run: min {min(tok):,}, max {max(tok):,} "
-                 f"({'identical' if min(tok) == max(tok) else f'{(max(tok) - min(tok)) / max(tok):.2%} apart'}).")
+                 f"({'identical' if min(tok) == max(tok) else f'{(max(tok) - min(tok)) / max(tok):.2%} apart'}); "
+                 f"wall time per run: min {min(r.elapsed for r in results):,.1f} s, "
+                 f"max {max(r.elapsed for r in results):,.1f} s.")
     lines += ["", "![held-out loss vs tokens](loss_vs_tokens.png)"]
+    if any(r.curve_s for r in results):
+        lines.append("![held-out loss vs seconds](loss_vs_seconds.png)")
     if tasks:
         lines.append("![task scores](tasks.png)")
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -197,21 +222,24 @@ def _plot(arms: dict[str, list[RunResult]], tasks: list[str], out: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, runs) in enumerate(arms.items()):
-        for j, r in enumerate(runs):
-            if r.curve:
-                xs, ys = zip(*r.curve)
-                ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.5, label=name if j == 0 else None,
-                        marker="o", markersize=3)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("held-out MLM loss (nats)")
-    ax.set_title("held-out loss vs tokens")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss_vs_tokens.png", dpi=120)
-    plt.close(fig)
+    for curve, x_label, name in (("curve", "tokens seen", "tokens"), ("curve_s", "seconds of training", "seconds")):
+        if name == "seconds" and not any(r.curve_s for runs in arms.values() for r in runs):
+            continue  # runs that logged no clock (older versions): no time axis to draw
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, (arm, runs) in enumerate(arms.items()):
+            for j, r in enumerate(runs):
+                if getattr(r, curve):
+                    xs, ys = zip(*getattr(r, curve))
+                    ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.5, label=arm if j == 0 else None,
+                            marker="o", markersize=3)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("held-out MLM loss (nats)")
+        ax.set_title(f"held-out loss vs {name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"loss_vs_{name}.png", dpi=120)
+        plt.close(fig)
     if not tasks:
         return
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.5 * len(tasks), 3.5), squeeze=False)

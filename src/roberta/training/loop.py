@@ -126,7 +126,7 @@ def set_rng_state(state: dict[str, torch.Tensor], dist: Dist, seed: int) -> None
 class MaskedStep:
     """This rank's share of one global batch, masked on the host, so that every shape and count
     is known without asking the device: per micro-batch (inputs, labels, flat indices of the
-    masked positions, attention mask or None, NSP labels or None)."""
+    masked positions, attention mask or None, NSP labels or None, document ids or None)."""
     micro: list[tuple]
     counts: list[float]  # masked tokens, sequences, real tokens, training FLOPs (this rank)
     mask_counts: torch.Tensor | None = None  # summed masking.mask_counts, on logging steps
@@ -145,7 +145,7 @@ def mask_step(micro_batches: list[Batch], masker: Masker, cfg: Config, with_stat
         n, tokens = len(positions), mb.tokens
         flops = training_flops(cfg.model, tokens, n, cfg.data.seq_len)  # as roberta plan counts
         counts = [counts[0] + n, counts[1] + len(mb.indices), counts[2] + tokens, counts[3] + flops]
-        micro.append((inputs, labels, positions, attn, mb.nsp_labels))
+        micro.append((inputs, labels, positions, attn, mb.nsp_labels, mb.document_ids))
         if with_stats:  # realised masking, reported on logging steps
             c = mask_counts(mb.input_ids, inputs, labels, MASK_ID, SPECIAL_IDS)
             stats = c if stats is None else stats + c
@@ -183,10 +183,10 @@ def launch_step(model, optimizer, prep: MaskedStep, dist: Dist, cfg: Config,
     nsp_scale = dist.world / local[1].clamp(min=1)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # MLM and NSP loss sums, stop requests
     for i, mb in enumerate(prep.micro):
-        inputs, labels, positions, attn, nsp = (None if x is None else to_device(x, device) for x in mb)
+        inputs, labels, positions, attn, nsp, docs = (None if x is None else to_device(x, device) for x in mb)
         with no_sync(model, skip=i < len(prep.micro) - 1):
             with autocast(device, cfg.train.precision):
-                out = model(inputs, labels, attn, nsp, masked_positions=positions)
+                out = model(inputs, labels, attn, nsp, masked_positions=positions, document_ids=docs)
                 loss = out["mlm_loss_sum"] * mlm_scale
                 if "nsp_loss_sum" in out:
                     loss = loss + out["nsp_loss_sum"] * nsp_scale
