@@ -62,13 +62,13 @@ def data_dir(tmp_path_factory, corpus_file, tokenizer_dir) -> Path:
     return out
 
 
-def tiny_config(**train):
-    """A 2-layer, 64-wide model and a short run: seconds on a CPU."""
+def tiny_config(preset: str = "tiny", **train):
+    """A 2-layer, 64-wide model of `preset` (the default's family: tiny's) and a short run: seconds on a CPU."""
     import dataclasses
 
-    from roberta.presets import tiny
+    from roberta.presets import get_preset
 
-    cfg = tiny()
+    cfg = get_preset(preset)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layers=2, hidden=64, heads=2, ffn=128))
     defaults = dict(batch_size=8, max_steps=6, eval_interval=1000, checkpoint_interval=1000,
                     log_interval=1, eval_sequences=16, peak_flops=1e11)

@@ -50,7 +50,9 @@ def test_verdict_refuses_differences_within_noise():
 
 
 def test_paper_arms():
-    base = tiny()
+    from roberta.presets import roberta_tiny
+
+    base = roberta_tiny()  # the paper's tables run on the 2019 architecture
     assert [a.name for a in arms_for("masking", base)] == ["static", "dynamic"]
     assert [a.name for a in arms_for("formats", base)] == ["segment-pair+nsp", "sentence-pair+nsp",
                                                            "full-sentences", "doc-sentences", "packed-documents"]
@@ -127,25 +129,27 @@ def test_a_stale_arm_is_refused_and_overwrite_reruns_it(tmp_path, data_dir, caps
     out = tmp_path / "abl"
     arms = tmp_path / "arms.json"
     arms.write_text(json.dumps({"a": {"train.lr": 0.001}}))
-    run_ablation("custom", str(data_dir), 600, str(out), sets=SMALL, custom=str(arms), progress=False)
+    run_ablation("custom", str(data_dir), 600, str(out), preset="roberta-tiny", sets=SMALL, custom=str(arms),
+                 progress=False)
     first = json.loads((out / "a" / "seed0" / "summary.json").read_text())["tokens"]
     # another budget, another arm definition, another preset: each refused, naming the arm and the difference
     for change, needle in ((dict(budget_tokens=1200), "train.max_tokens 600 -> 1200"),
                            (dict(sets=SMALL + ["train.warmup_fraction=0.2"]), "train.warmup_fraction 0.06 -> 0.2"),
                            (dict(preset="base"), "train.warmup_steps 0 -> 24000")):
-        kw = dict(budget_tokens=600, sets=SMALL, custom=str(arms), progress=False) | change
+        kw = dict(budget_tokens=600, preset="roberta-tiny", sets=SMALL, custom=str(arms), progress=False) | change
         with pytest.raises(UserError, match=r"arm a seed 0 .*" + re.escape(needle) + r".*--overwrite"):
             run_ablation("custom", str(data_dir), kw.pop("budget_tokens"), str(out), **kw)
     assert json.loads((out / "a" / "seed0" / "summary.json").read_text())["tokens"] == first  # untouched
     capsys.readouterr()
-    result = run_ablation("custom", str(data_dir), 1200, str(out), sets=SMALL, custom=str(arms), progress=False,
-                          overwrite=True)
+    result = run_ablation("custom", str(data_dir), 1200, str(out), preset="roberta-tiny", sets=SMALL,
+                          custom=str(arms), progress=False, overwrite=True)
     assert "--overwrite" in capsys.readouterr().out
     tokens = result["arms"]["a"]["tokens"][0]
     assert tokens >= 1200 > first  # the report's title and its arms now agree
     assert "1,200 tokens per arm" in (out / "report.md").read_text()
     # the same command again: reused, not re-run
-    run_ablation("custom", str(data_dir), 1200, str(out), sets=SMALL, custom=str(arms), progress=False)
+    run_ablation("custom", str(data_dir), 1200, str(out), preset="roberta-tiny", sets=SMALL, custom=str(arms),
+                 progress=False)
     assert "already finished with the same config" in capsys.readouterr().out
 
 
@@ -247,11 +251,13 @@ def test_architecture_arms_differ_only_in_the_architecture():
     from roberta.study.ablate import arm_config
     from roberta.presets import modern_tiny
 
-    arms = arms_for("architecture", tiny(), preset="tiny")
+    from roberta.presets import roberta_tiny
+
+    arms = arms_for("architecture", roberta_tiny(), preset="roberta-tiny")
     assert [a.name for a in arms] == ["roberta", "modern"]
-    cfgs = {a.name: arm_config("tiny", [], a, 10_000, 0, 128) for a in arms}
-    assert cfgs["roberta"] == arm_config("tiny", [], Arm("plain"), 10_000, 0, 128)  # the preset itself
-    assert cfgs["modern"].model == modern_tiny().model  # tiny's twin, sizes included
+    cfgs = {a.name: arm_config("roberta-tiny", [], a, 10_000, 0, 128) for a in arms}
+    assert cfgs["roberta"] == arm_config("roberta-tiny", [], Arm("plain"), 10_000, 0, 128)  # the preset itself
+    assert cfgs["modern"].model == modern_tiny().model  # roberta-tiny's twin, sizes included
     a, b = (_flat(cfgs[n].to_dict()) for n in ("roberta", "modern"))
     differ = {k for k in a if a[k] != b[k]}
     assert differ == {"model.family", "model.norm", "model.bias", "model.glu", "model.ffn", "model.dropout",
@@ -263,8 +269,15 @@ def test_architecture_arms_differ_only_in_the_architecture():
     assert sized["modern"].model.ffn == sized["roberta"].model.ffn == 64
     assert (sized["modern"].model.layers, sized["modern"].model.hidden) == (1, 32)
     assert sized["modern"].model.local_window == 128 and sized["modern"].model.family == "modern"  # modern-base's
-    with pytest.raises(UserError, match="no modern-family twin"):
-        arms_for("architecture", tiny(), preset="modern-tiny")
+    # the CPU recipe (tiny, ModernBERT-family itself) compares the two families at its own recipe
+    for_tiny = {a.name: arm_config("tiny", [], a, 10_000, 0, 128) for a in arms_for("architecture", tiny(), preset="tiny")}
+    import dataclasses
+
+    at_tiny_size = dataclasses.replace(roberta_tiny().model, layers=tiny().model.layers)  # the sizes are the preset's
+    assert for_tiny["roberta"].model == at_tiny_size and for_tiny["modern"].model.family == "modern"
+    assert for_tiny["roberta"].train == for_tiny["modern"].train == arm_config("tiny", [], Arm("p"), 10_000, 0, 128).train
+    with pytest.raises(UserError, match="--preset xl has no pair of families"):
+        arms_for("architecture", tiny(), preset="xl")
 
 
 def test_report_plots_loss_vs_seconds_from_the_training_clock(tmp_path):

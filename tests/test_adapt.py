@@ -197,6 +197,14 @@ def test_a_modernbert_tokenizer_comes_along_with_its_specials_at_ids_0_to_4(tmp_
     diff = (theirs[:, order] - ours).abs().max().item()
     print(f"max abs logit diff, ModernBERT-style tokenizer renumbered: {diff:.2e}")
     assert diff < 1e-4 and (theirs - ours).abs().max() > 1  # under the old ids the logits are another model's
+    # fill-mask on it: [MASK] (its own name) and <mask> (ours, accepted everywhere) give the same answer
+    loaded = roberta.load(tmp_path / "ck")
+    a, b = loaded.fill_mask("x = [MASK] + 1", top_k=3), loaded.fill_mask("x = <mask> + 1", top_k=3)
+    assert [p["token_id"] for p in a] == [p["token_id"] for p in b] and len(a) == 3
+    assert a[0]["score"] == pytest.approx(b[0]["score"]) and "[MASK]" not in a[0]["sequence"]
+    from roberta.errors import UserError
+    with pytest.raises(UserError, match=r"must contain <mask> \(or \[MASK\], this tokenizer's\)"):
+        loaded.fill_mask("no mask here")
 
     r = run_cli("prepare", small_corpus, "--tokenizer", tmp_path / "ck", "--out", tmp_path / "data", "--seq-len", "64")
     assert r.returncode == 0, r.stderr

@@ -129,12 +129,12 @@ CASES: list[tuple[str, str] | tuple[str, str, str]] = [
     ("pretrain --data {data} --out {new} --set train.max_time=6", "train.max_time=6: give the duration a unit"),
     ("pretrain --data {data} --out {new} --set train.dist_timeout=30", "give the duration a unit"),
     # pretrain --resume: the run continues as saved; only a budget may be raised (a runtime setting changed)
-    ("pretrain --data {data} --out {ck} --resume --set train.lr=0.001", "train.lr is 0.0005 in"),
+    ("pretrain --data {data} --out {ck} --resume --set train.lr=0.0123", "config.json, not 0.0123"),
     ("pretrain --data {data} --out {ck} --resume --set masking.kind=static", "masking.kind is dynamic in"),
     ("pretrain --data {data} --out {ck} --resume --set train.max_steps=10", "not lowered"),
     ("pretrain --data {data} --out {ck} --resume --set train.max_tokens=5000", "train.max_tokens is unset in"),
     ("pretrain --data {data} --out {ck} --resume --precision fp32", "train.precision is auto in"),
-    ("pretrain --data {data} --out {ck} --resume --preset small", "model.layers is 1 in the checkpoint, not 6"),
+    ("pretrain --data {data} --out {ck} --resume --preset small", "model.family is modern in the checkpoint, not roberta"),
     ("pretrain --data {data} --out {ck} --resume --config {data}/meta.json", "not the config's sections"),
     # evaluate
     ("evaluate --checkpoint {ck}", "--data"),

@@ -6,7 +6,7 @@ import pytest
 
 from roberta.config import Config, ModelConfig, all_keys, apply_overrides, parse_duration, resolve_run, validate
 from roberta.errors import UserError
-from roberta.presets import PRESETS, get_preset, tiny
+from roberta.presets import PRESETS, get_preset, roberta_tiny, tiny
 
 CONTRACT_KEYS = ["train.max_steps", "train.max_tokens", "train.batch_size", "train.micro_batch_size", "train.lr",
                  "train.warmup_steps", "train.seed", "train.eval_interval", "train.checkpoint_interval",
@@ -41,7 +41,7 @@ def test_overrides_are_typed():
 ])
 def test_bad_overrides(item, needle):
     with pytest.raises(UserError, match=needle):
-        apply_overrides(tiny(), [item])
+        apply_overrides(roberta_tiny(), [item])
 
 
 def test_round_trip_through_dict():
@@ -54,8 +54,14 @@ def test_durations():
 
 
 def test_presets():
-    assert set(PRESETS) == {"tiny", "small", "base", "large", "modern-tiny", "modern-small", "modern-base",
-                            "modern-large"}
+    assert set(PRESETS) == {"tiny", "roberta-tiny", "small", "base", "large", "modern-tiny", "modern-small",
+                            "modern-base", "modern-large"}
+    # tiny is the CPU recipe (docs/ablations/cpu-recipe.md): ModernBERT-family, no dropout, warmup-stable-decay;
+    # roberta-tiny the same size in the 2019 architecture
+    t, r = get_preset("tiny"), get_preset("roberta-tiny")
+    validate(t)
+    assert (t.model.family, t.model.dropout, t.train.schedule) == ("modern", 0.0, "wsd")
+    assert (r.model.family, r.model.norm, r.model.hidden, r.masking.mask_prob) == ("roberta", "post", t.model.hidden, 0.15)
     base = get_preset("base")
     assert (base.model.layers, base.model.hidden, base.model.heads, base.model.ffn) == (12, 768, 12, 3072)
     assert resolve_run(base, {"vocab_size": 50265, "seq_len": 512}).model.max_positions == 514
@@ -90,11 +96,11 @@ def test_modern_family_refuses_impossible_switches(sets, needle):
         apply_overrides(get_preset("modern-tiny"), sets)
 
 
-# resolve_run's rules, one row each: (--set items on the tiny preset, data meta, world size,
+# resolve_run's rules, one row each: (--set items on the roberta-tiny preset, data meta, world size,
 # resumed checkpoint's model fields, --init-from checkpoint's model fields) -> expected resolved values
 # (dotted keys), or the UserError it raises. META: a 1,000-token tokenizer, data prepared at 64.
 META = {"vocab_size": 1000, "seq_len": 64}
-RESOLVED = ModelConfig(**{**tiny().model.__dict__, "vocab_size": 1024, "max_positions": 66, "nsp_head": False})
+RESOLVED = ModelConfig(**{**roberta_tiny().model.__dict__, "vocab_size": 1024, "max_positions": 66, "nsp_head": False})
 RESOLVE_CASES = [
     # derived: data.seq_len from the data, vocabulary padded to vocab_multiple, positions, NSP head from the format
     ([], META, 1, None, None, {"data.seq_len": 64, "model.vocab_size": 1024, "model.max_positions": 66,
@@ -110,7 +116,7 @@ RESOLVE_CASES = [
     (["data.format=segment-pair+nsp", "model.nsp_head=false"], META, 1, None, None, "needs model.nsp_head=true"),
     (["model.nsp_head=true"], META, 1, None, None, {"model.nsp_head": True}),  # an unused head is allowed
     (["model.family=modern", "model.norm=pre", "model.glu=true", "data.format=segment-pair+nsp"], META, 1, None,
-     None, "the modern family has no next-sentence-prediction head"),
+     None, {"model.nsp_head": True}),  # ModernBERT's sentence head, for the paper's Table 2 at the CPU recipe
     ([], {"vocab_size": 1000}, 1, None, None, "does not record its length"),
     # hardware: micro-batches and lr scaling are resolved, so config.json re-runs as it ran
     ([], META, 4, None, None, {"train.micro_batch_size": 4}),
@@ -133,7 +139,7 @@ RESOLVE_CASES = [
 def test_resolve_run(sets, meta, world, resumed, init_from, expected):
     import dataclasses
 
-    cfg = apply_overrides(tiny(), sets)
+    cfg = apply_overrides(roberta_tiny(), sets)
     resumed = dataclasses.replace(RESOLVED, **resumed) if resumed is not None else None
     init_from = dataclasses.replace(RESOLVED, **init_from) if init_from is not None else None
     if isinstance(expected, str):

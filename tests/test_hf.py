@@ -21,7 +21,7 @@ from roberta.errors import UserError
 from roberta.hf import export_hf, import_hf, renumber_tokenizer
 from roberta.model import RobertaMLM, build_model, count_parameters, max_seq_len, padded_vocab_size
 from roberta.config import resolve_run
-from roberta.presets import base, large, tiny
+from roberta.presets import base, large, roberta_tiny
 from roberta.tokenizer import load_tokenizer, save_tokenizer
 from roberta.training.loop import pretrain
 
@@ -30,7 +30,7 @@ from conftest import run_cli, tiny_config
 transformers = pytest.importorskip("transformers")
 
 # the paper's tiny preset, and two layers of roberta-base's width with its 514 position rows
-TINY = resolve_run(tiny(), {"vocab_size": 1000, "seq_len": 128}).model  # 130 position rows
+TINY = resolve_run(roberta_tiny(), {"vocab_size": 1000, "seq_len": 128}).model  # 130 position rows
 SHAPES = {"tiny": dict(TINY.__dict__, layers=4),
           "base-width": dict(resolve_run(base(), {"vocab_size": 1000, "seq_len": 512}).model.__dict__, layers=2)}
 
@@ -70,9 +70,9 @@ def texts(corpus_docs) -> list[str]:
 @pytest.mark.parametrize("shape", SHAPES)
 def test_export_gives_transformers_the_same_logits(tmp_path, tokenizer_dir, texts, shape):
     # the vocabulary padded as `roberta pretrain` pads it: 1,000 tokens, 1,024 rows
-    rows = padded_vocab_size(load_tokenizer(tokenizer_dir).get_vocab_size(), tiny().model.vocab_multiple)
+    rows = padded_vocab_size(load_tokenizer(tokenizer_dir).get_vocab_size(), roberta_tiny().model.vocab_multiple)
     assert rows == 1024
-    cfg = dataclasses.replace(tiny(), model=dataclasses.replace(tiny().model, **dict(SHAPES[shape], vocab_size=rows)))
+    cfg = dataclasses.replace(roberta_tiny(), model=dataclasses.replace(roberta_tiny().model, **dict(SHAPES[shape], vocab_size=rows)))
     model = build_model(cfg.model, seed=0)
     randomise(model)
     ck = ckpt.save_checkpoint(tmp_path / "run", 1, model, cfg, tokenizer_dir)
@@ -161,7 +161,7 @@ def test_import_moves_a_released_roberta_vocabulary_into_place(tmp_path, tokeniz
 @pytest.mark.parametrize("option,message", [({"norm": "pre"}, "post-LN"), ({"bias": False}, "biases"),
                                             ({"glu": True}, "gated")])
 def test_export_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir, option, message):
-    cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
+    cfg = dataclasses.replace(roberta_tiny(), model=dataclasses.replace(
         TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, **option))
     ckpt.save_checkpoint(tmp_path / "run", 1, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
     with pytest.raises(UserError, match=message):
@@ -170,7 +170,7 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir
 
 
 def test_export_leaves_out_the_nsp_head_and_says_so(tmp_path, tokenizer_dir):
-    cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
+    cfg = dataclasses.replace(roberta_tiny(), model=dataclasses.replace(
         TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, nsp_head=True))
     ckpt.save_checkpoint(tmp_path / "run", 1, build_model(cfg.model, seed=0), cfg, tokenizer_dir)
     notes = export_hf(tmp_path / "run", tmp_path / "hf")
@@ -227,7 +227,7 @@ def _hf_dir_with_tokenizer(path: Path, tok, vocab: int) -> Path:
 def test_continue_pretraining_an_imported_model(tmp_path, tokenizer_dir, data_dir):
     tok = load_tokenizer(tokenizer_dir)
     import_hf(_hf_dir_with_tokenizer(tmp_path / "hf", tok, tok.get_vocab_size()), tmp_path / "imported")
-    cfg = tiny_config(max_steps=2, lr=1e-9)  # the preset's 2 x 64: the checkpoint's 1 x 32 must win
+    cfg = tiny_config("roberta-tiny", max_steps=2, lr=1e-9)  # the preset's 2 x 64: the checkpoint's 1 x 32 must win
     summary = pretrain(str(data_dir), str(tmp_path / "run"), cfg, progress=False,
                        init_from=str(tmp_path / "imported"))
     assert summary["step"] == 2
@@ -245,7 +245,7 @@ def test_continue_pretraining_refuses_another_vocabulary(tmp_path, tokenizer_dir
     swapped = [*range(10), 11, 10, *range(12, vocab)]  # two ordinary tokens trade ids
     import_hf(_hf_dir_with_tokenizer(tmp_path / "hf", renumber_tokenizer(tok, swapped), vocab), tmp_path / "imported")
     with pytest.raises(UserError, match="vocabulary"):
-        pretrain(str(data_dir), str(tmp_path / "run"), tiny_config(max_steps=1),
+        pretrain(str(data_dir), str(tmp_path / "run"), tiny_config("roberta-tiny", max_steps=1),
                  progress=False, init_from=str(tmp_path / "imported"))
 
 
@@ -256,7 +256,7 @@ def test_export_then_import_then_evaluate_on_the_original_data(tmp_path, tokeniz
     from roberta.tokenizer import tokenizer_fingerprint, tokenizer_hash
 
     run = tmp_path / "run"
-    pretrain(str(data_dir), str(run), tiny_config(max_steps=1), progress=False)
+    pretrain(str(data_dir), str(run), tiny_config("roberta-tiny", max_steps=1), progress=False)
     export_hf(run, tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     assert tokenizer_hash(tmp_path / "imported") != tokenizer_hash(tokenizer_dir)  # the bytes differ...
@@ -292,7 +292,7 @@ def test_prepared_data_from_before_fingerprints_still_loads(tmp_path, tokenizer_
     meta = json.loads((old / "meta.json").read_text())
     del meta["tokenizer_fingerprint"]
     (old / "meta.json").write_text(json.dumps(meta))
-    summary = pretrain(str(old), str(tmp_path / "run"), tiny_config(max_steps=1), progress=False)
+    summary = pretrain(str(old), str(tmp_path / "run"), tiny_config("roberta-tiny", max_steps=1), progress=False)
     export_hf(tmp_path / "run", tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "imported")
     check_same_tokenizer(tmp_path / "imported", old, meta, "the checkpoint")  # no error
@@ -306,7 +306,7 @@ def test_exported_mlm_fills_masks_in_long_texts_with_truncation(tmp_path, tokeni
     """Issue 23: pipeline('fill-mask') on a text longer than the model fails in transformers
     ('index out of bounds') unless asked to truncate; no setting of the export can make it truncate
     by default, so the export says how, at the model's real length, and then agrees with fill_mask."""
-    cfg = dataclasses.replace(tiny(), model=dataclasses.replace(
+    cfg = dataclasses.replace(roberta_tiny(), model=dataclasses.replace(
         TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, max_positions=66))
     model = build_model(cfg.model, seed=0)
     randomise(model)

@@ -12,7 +12,7 @@ from roberta.training import checkpoint as ckpt
 from roberta.config import ModelConfig
 from roberta.model import RobertaMLM, build_model, count_parameters
 from roberta.config import resolve_run
-from roberta.presets import base, tiny
+from roberta.presets import base, roberta_tiny
 from roberta.tokenizer import MASK_ID, PAD_ID, load_tokenizer
 
 
@@ -21,7 +21,7 @@ def small_model(**kw) -> ModelConfig:
     values = dict(vocab_size=1000, max_positions=130, layers=2, hidden=64, heads=2, ffn=128, dropout=0.0,
                   attention_dropout=0.0)
     values.update(kw)
-    return dataclasses.replace(tiny().model, **values)
+    return dataclasses.replace(roberta_tiny().model, **values)
 
 
 def padded_batch(lengths: list[int], vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +182,7 @@ def memorised(tmp_path_factory, tokenizer_dir):
     assert len(target) == 1  # a single token in this vocabulary, so fill_mask can name it
     ids = torch.tensor([tok.encode(text).ids])
     labels = torch.where(ids == MASK_ID, target[0], -100)
-    cfg = dataclasses.replace(tiny(), model=small_model(vocab_size=tok.get_vocab_size()))
+    cfg = dataclasses.replace(roberta_tiny(), model=small_model(vocab_size=tok.get_vocab_size()))
     model = build_model(cfg.model, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(40):

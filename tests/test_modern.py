@@ -164,6 +164,35 @@ def test_pretrain_modern_tiny_trains_and_resumes_bit_exactly(data_dir, tmp_path)
     assert "roberta.layers.1.attention_norm.weight" in a and "roberta.layers.0.attention_norm.weight" not in a
 
 
+def test_the_nsp_formats_train_the_modern_family_with_a_sentence_head(data_dir, tmp_path):
+    """data.format=segment-pair+nsp on a modern preset (the paper's Table 2 at the CPU recipe): the
+    NSP head is ModernBERT's sentence head, its loss is logged at every step, and export-hf leaves it
+    out, saying so, with the masked-LM logits unchanged."""
+    import json
+
+    from conftest import run_cli
+    from roberta.training.checkpoint import load_model
+
+    run = tmp_path / "nsp"
+    sets = [a for s in [*MODERN_SETS, "data.format=segment-pair+nsp", "train.max_steps=12", "train.lr=2e-3",
+                        "train.checkpoint_interval=100"] for a in ("--set", s)]
+    r = run_cli("pretrain", "--preset", "modern-tiny", "--data", data_dir, "--out", run, "--quiet", *sets)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    nsp = [x["nsp_loss"] for x in recs if "nsp_loss" in x]
+    assert len(nsp) == 12 and all(0 < v < 5 for v in nsp)
+    model, _ = load_model(run)
+    assert model.cfg.family == "modern" and model.nsp_head is not None
+    assert {n.split(".")[1] for n, _ in model.nsp_head.named_parameters(prefix="nsp_head")} == {"dense", "norm", "out_proj"}
+    r = run_cli("export-hf", "--checkpoint", run, "--out", tmp_path / "hf")
+    assert r.returncode == 0, r.stderr
+    assert "NSP head is not exported (ModernBertForMaskedLM has none)" in r.stdout + r.stderr
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(5, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - model.eval().logits(ids)).abs().max() < 1e-4
+
+
 def test_export_hf_then_import_hf_round_trips_a_modern_checkpoint(tmp_path, tokenizer_dir):
     """`roberta export-hf` of a modern checkpoint: ModernBertForMaskedLM + config + tokenizer that
     transformers loads and that gives our logits; `roberta import-hf` of it gives back every weight."""

@@ -25,7 +25,7 @@ TOL = 1e-5  # fp32
 
 
 def _model_cfg(family: str):
-    preset = "modern-tiny" if family == "modern" else "tiny"
+    preset = "modern-tiny" if family == "modern" else "roberta-tiny"
     cfg = resolve_run(get_preset(preset), {"vocab_size": 1000, "seq_len": SEQ_LEN}).model
     small = dict(layers=3, hidden=32, heads=4, ffn=48, dropout=0.0, attention_dropout=0.0)
     if family == "modern":  # global, local, local; a window of +-3, narrower than most documents
@@ -162,7 +162,7 @@ def test_pretrain_trains_with_packed_documents(data_dir, tmp_path, family):
     if family == "modern":  # a global layer, then a local one (window 16 on 64-token rows)
         sets += ["model.ffn=96", "model.local_window=16", "model.global_every=2"]
     for fmt in ("packed-documents", "full-sentences"):
-        args = ["pretrain", "--preset", "modern-tiny" if family == "modern" else "tiny", "--data", str(data_dir),
+        args = ["pretrain", "--preset", "modern-tiny" if family == "modern" else "roberta-tiny", "--data", str(data_dir),
                 "--out", str(tmp_path / fmt), "--quiet"]
         assert main(args + [a for s in sets + [f"data.format={fmt}"] for a in ("--set", s)]) == 0
     packed, full = train_records(tmp_path / "packed-documents"), train_records(tmp_path / "full-sentences")

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import run_cli, tiny_config
+from roberta.presets import get_preset
 from roberta.config import ModelConfig
 from roberta.model import training_flops
 from roberta.study.plan import make_plan
@@ -71,7 +72,7 @@ def _strict_json(line: str):
 
 def test_plan_on_a_cpu_is_valid_json_with_a_time_and_the_presets_own_lr():
     """Issue 23: with no GPU given, `plan` printed "hours": NaN and "wall time n/a", and only the
-    paper's lr (1e-4 at batch 16) for `tiny`, whose preset trains at 5e-4."""
+    paper's lr (1e-4 at batch 16) for `tiny`, whose preset trains at its own."""
     r = run_cli("plan", "--preset", "tiny", "--batch-size", "16", "--seq-len", "128", "--max-steps", "1000",
                 "--vocab-size", "8000")
     assert r.returncode == 0, r.stderr
@@ -81,8 +82,9 @@ def test_plan_on_a_cpu_is_valid_json_with_a_time_and_the_presets_own_lr():
     peak = float(r.stdout.split("this CPU (peak ")[1].split(" GFLOP/s")[0]) * 1e9  # rounded to 1 GFLOP/s
     hours = [plan["flops"] / (p * 0.45) / 3600 for p in (peak + 0.5e9, peak - 0.5e9)]
     assert hours[0] <= plan["hours"] <= hours[1]
-    assert plan["lr_preset"] == pytest.approx(5e-4) and plan["lr_paper"] == pytest.approx(1e-4)
-    assert any(line.startswith("lr: tiny's own") and line.endswith(" 5.00e-04") for line in r.stdout.splitlines())
+    own = get_preset("tiny").train.lr
+    assert plan["lr_preset"] == pytest.approx(own) and plan["lr_paper"] == pytest.approx(1e-4)
+    assert any(line.startswith("lr: tiny's own") and line.endswith(f" {own:.2e}") for line in r.stdout.splitlines())
     # base at the paper's batch: its own 6e-4 beside the paper's table
     base = make_plan("base", 8192, 512, 10, peak_flops=0.0)
     assert base.lr_preset == pytest.approx(6e-4) and base.hours is None

@@ -96,7 +96,8 @@ def test_raising_the_step_budget_on_resume_trains_on_and_is_recorded(data_dir, f
     train = {r["step"]: r for r in records(run) if "loss" in r}
     assert sorted(train) == [1, 2, 3, 4]
     peak, warmup = saved["train"]["lr"], saved["train"]["warmup_fraction"]
-    assert train[3]["lr"] == pytest.approx(lr_at(2 / 4, warmup, peak)) and train[3]["lr"] > 0
+    schedule, decay = saved["train"]["schedule"], saved["train"]["decay_fraction"]
+    assert train[3]["lr"] == pytest.approx(lr_at(2 / 4, warmup, peak, schedule, decay)) and train[3]["lr"] > 0
     # resumed again with no flags: the raised budget is the run's now
     capsys.readouterr()
     assert main(["pretrain", "--data", str(data_dir), "--out", str(run), "--resume", "--quiet"]) == 0
@@ -104,11 +105,11 @@ def test_raising_the_step_budget_on_resume_trains_on_and_is_recorded(data_dir, f
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["train.lr=0.001"], "train.lr is 0.0005 in {config}, not 0.001; a resumed run keeps its config (only "
+    (["train.lr=0.0123"], f"train.lr is {tiny().train.lr} in {{config}}, not 0.0123; a resumed run keeps its config (only "
                          "train.max_steps, train.max_tokens and train.max_time may be raised); start a new --out "
                          "to change it"),
     (["masking.kind=static"], "masking.kind is dynamic in {config}, not static; a resumed run keeps its config"),
-    (["train.max_steps=155", "train.lr=0.001"], "train.lr is 0.0005 in {config}, not 0.001"),
+    (["train.max_steps=155", "train.lr=0.0123"], f"train.lr is {tiny().train.lr} in {{config}}, not 0.0123"),
     (["train.max_steps=1"], "train.max_steps is 2 in {config}, not 1; a budget may be raised on resume, "
                             "not lowered"),
     (["train.max_tokens=5000"], "train.max_tokens is unset in {config}, not 5000; a resume may raise a budget "
@@ -164,13 +165,13 @@ def test_a_preset_or_config_given_with_resume_must_be_the_run_and_keeps_its_budg
     assert main([*args, *sum((["--set", s] for s in SMALL), [])]) == 0  # all but its train.max_steps=2
     assert "already complete" in capsys.readouterr().out and files(finished) == before
     assert main(args[:-3] + ["--preset", "small", "--resume"]) == 2
-    assert "model.layers is 2 in the checkpoint, not 6" in capsys.readouterr().err
+    assert "model.family is modern in the checkpoint, not roberta" in capsys.readouterr().err
     other = json.loads((finished / "config.json").read_text())
-    other["train"]["lr"] = 0.002
+    other["train"]["lr"] = 0.0123
     (tmp_path / "other.json").write_text(json.dumps(other))
     args = ["pretrain", "--data", str(data_dir), "--out", str(finished), "--quiet", "--resume", "--config"]
     assert main([*args, str(tmp_path / "other.json")]) == 2
-    assert "train.lr is 0.0005 in" in capsys.readouterr().err
+    assert f"train.lr is {tiny().train.lr} in" in capsys.readouterr().err
     assert main([*args, str(finished / "config.json")]) == 0
     assert files(finished) == before
 

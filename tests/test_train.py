@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from roberta.config import apply_overrides
 from roberta.errors import UserError
-from roberta.presets import tiny
+from roberta.presets import get_preset, tiny
 from roberta.training.loop import pretrain
 
 # The equivalences below are exact in fp32; bf16 (auto's choice on a CPU with native bf16) rounds
@@ -41,9 +41,9 @@ NO_DROPOUT = ["model.dropout=0", "model.attention_dropout=0"]
 DEFAULT_SETS = [s for s in BASE_SETS if not s.startswith(("train.peak_flops=", "train.precision="))]
 
 
-def run_inprocess(data_dir, out, *sets, resume=False, base=BASE_SETS, progress=False):
+def run_inprocess(data_dir, out, *sets, resume=False, base=BASE_SETS, progress=False, preset="tiny"):
     all_sets = base + list(sets)
-    cfg = apply_overrides(tiny(), all_sets)
+    cfg = apply_overrides(get_preset(preset), all_sets)
     return pretrain(str(data_dir), str(out), cfg, resume=resume,
                     progress=progress)
 
@@ -118,6 +118,31 @@ def test_lr_schedule_against_hand_computed_values():
     assert lr_at(0.5, 0.0, 1e-3) == pytest.approx(5e-4)  # no warmup
 
 
+def test_one_cycle_and_wsd_schedules_against_hand_computed_values():
+    from roberta.training.optim import Budget, lr_at
+    from roberta.training.loop import TrainState
+    # one-cycle: up to the peak at half the budget, down to 0 at its end; the warmup key plays no part
+    for warmup in (0.0, 0.1):
+        assert lr_at(0.25, warmup, 1e-3, "one-cycle") == pytest.approx(5e-4)
+        assert lr_at(0.5, warmup, 1e-3, "one-cycle") == pytest.approx(1e-3)
+        assert lr_at(0.9, warmup, 1e-3, "one-cycle") == pytest.approx(2e-4)
+    # wsd: warmup 10%, the peak held until 80%, then linear to 0 over the last 20%
+    assert lr_at(0.05, 0.1, 1e-3, "wsd", 0.2) == pytest.approx(5e-4)
+    assert lr_at(0.5, 0.1, 1e-3, "wsd", 0.2) == lr_at(0.79, 0.1, 1e-3, "wsd", 0.2) == 1e-3
+    assert lr_at(0.9, 0.1, 1e-3, "wsd", 0.2) == pytest.approx(5e-4)
+    assert lr_at(1.0, 0.1, 1e-3, "wsd", 0.2) == 0.0 == lr_at(1.0, 0.1, 1e-3, "one-cycle")
+    # the trainer's schedule is the config's: a time budget of 100 s with wsd, decay over the last 30%
+    cfg = apply_overrides(tiny(), ["train.max_time=100s", "train.schedule=wsd", "train.decay_fraction=0.3",
+                                   "train.warmup_fraction=0.1", "train.lr=1e-3"])
+    b = Budget(cfg)
+    assert b.lr(TrainState(elapsed=60.0), 1e-3) == 1e-3
+    assert b.lr(TrainState(elapsed=85.0), 1e-3) == pytest.approx(5e-4)
+    with pytest.raises(UserError, match="train.decay_fraction=0.95 .*no stable phase"):
+        apply_overrides(tiny(), ["train.schedule=wsd", "train.decay_fraction=0.95"])
+    with pytest.raises(UserError, match="train.schedule=cosine: choose linear, one-cycle or wsd"):
+        apply_overrides(tiny(), ["train.schedule=cosine"])
+
+
 def test_budget_steps_tokens_and_warmup_conversion():
     from roberta.training.optim import Budget
     from roberta.training.loop import TrainState
@@ -168,10 +193,10 @@ def test_tokens_and_flops_accounting_against_hand_computed_values(data_dir, tmp_
 
     assert read_meta(data_dir)["vocab_size"] == 1000
     run = tmp_path / "run"
-    s = run_inprocess(data_dir, run, "train.max_steps=2")
+    s = run_inprocess(data_dir, run, "train.max_steps=2", preset="roberta-tiny")  # dense FFN, full attention
     recs = train_records(run)
     # Replay the two global batches the run drew, and count by hand.
-    cfg = apply_overrides(tiny(), BASE_SETS + ["model.vocab_size=1000"])
+    cfg = apply_overrides(get_preset("roberta-tiny"), BASE_SETS + ["model.vocab_size=1000"])
     split = load_split(data_dir, "train")
     plan = build_sequences(split, "full-sentences", 64, seed=0)
     stream = BatchStream(plan, 8, 0)
@@ -254,6 +279,14 @@ def uninterrupted(data_dir, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_with_dropout(data_dir, tmp_path_factory) -> Path:
+    """The same at roberta-tiny's defaults, whose dropout draws from the RNG that resume restores."""
+    run = tmp_path_factory.mktemp("uninterrupted_dropout") / "run"
+    run_inprocess(data_dir, run, *RESUME_SETS, base=DEFAULT_SETS, preset="roberta-tiny")
+    return run
+
+
 def assert_same_run(whole: Path, again: Path, steps: int = 40) -> None:
     """Every step's loss and the final weights, bit for bit."""
     a, b = train_records(whole), train_records(again)
@@ -272,22 +305,26 @@ def wait_for_step(proc, run_dir: Path, step: int, timeout: float = 120) -> None:
         time.sleep(0.002)
 
 
-def test_resume_is_bit_exact_at_the_defaults(data_dir, tmp_path, uninterrupted):
+@pytest.mark.parametrize("preset", ["tiny", "roberta-tiny"])
+def test_resume_is_bit_exact_at_the_defaults(data_dir, tmp_path, request, preset):
     """A checkpoint mid-run, then --resume, with nothing set that a user would not set: the CPU
-    peak is probed, dropout is on. Losses at every step and the final weights equal the
+    peak is probed; the default preset (tiny: ModernBERT-family, warmup-stable-decay) and
+    roberta-tiny, whose dropout is on. Losses at every step and the final weights equal the
     uninterrupted run's bit for bit (the probe used to draw from the dropout RNG after it was
     restored: step 11's loss differed in the 3rd digit)."""
     import shutil
 
-    assert tiny().model.dropout > 0 and tiny().train.peak_flops == 0.0 and "train.peak_flops" not in str(DEFAULT_SETS)
+    whole = request.getfixturevalue("uninterrupted" if preset == "tiny" else "uninterrupted_with_dropout")
+    assert get_preset(preset).train.peak_flops == 0.0 and "train.peak_flops" not in str(DEFAULT_SETS)
+    assert preset == "tiny" or get_preset(preset).model.dropout > 0
     resumed = tmp_path / "run"
-    shutil.copytree(uninterrupted, resumed)
+    shutil.copytree(whole, resumed)
     for name in ("checkpoint-000040", "summary.json"):  # as if it stopped after the checkpoint at step 36
         shutil.rmtree(resumed / name) if (resumed / name).is_dir() else (resumed / name).unlink()
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    s = run_inprocess(data_dir, resumed, *RESUME_SETS, base=DEFAULT_SETS, resume=True)
+    s = run_inprocess(data_dir, resumed, *RESUME_SETS, base=DEFAULT_SETS, resume=True, preset=preset)
     assert s["peak_flops"] > 0 and s["peak_flops"] != 1e11  # measured, not configured
-    assert_same_run(uninterrupted, resumed)
+    assert_same_run(whole, resumed)
     # pretrain() is a library call: it leaves the caller's signal handlers as it found them
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
@@ -452,8 +489,9 @@ def test_a_time_budget_on_two_ranks_ends_on_the_same_step(data_dir, tmp_path):
 
 
 def test_non_finite_loss_skips_the_step_and_stops_after_m_in_a_row(data_dir, tmp_path, monkeypatch):
-    from roberta.model import RobertaMLM
-    forward = RobertaMLM.forward
+    from roberta.model import build_model
+    RobertaMLM = type(build_model(apply_overrides(tiny(), ["model.vocab_size=64", "model.max_positions=8"]).model))
+    forward = RobertaMLM.forward  # the default preset's model class
     calls = {"n": 0}
     bad_steps = {2, 4, 5, 6}  # one isolated bad step, then three in a row
 

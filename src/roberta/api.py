@@ -15,7 +15,7 @@ from roberta.training.checkpoint import load_model
 from roberta.data.loader import pad_rows
 from roberta.errors import UserError, WrongModelError
 from roberta.model import RobertaMLM, max_seq_len
-from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, load_tokenizer
+from roberta.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, load_tokenizer, special_names
 
 
 class Pretrained:
@@ -47,9 +47,14 @@ class Pretrained:
     def fill_mask(self, text: str, top_k: int = 5) -> list[dict] | list[list[dict]]:
         """The top_k tokens for <mask>, best first: [{"token", "token_id", "score", "sequence"}].
         With several <mask>s, one such list per mask (as transformers' fill-mask pipeline), each
-        predicted on its own with the other masks left in place."""
-        if not isinstance(text, str) or "<mask>" not in text:
-            raise UserError(f"fill-mask: the text must contain <mask>: {text!r}")
+        predicted on its own with the other masks left in place. `<mask>` works with every
+        tokenizer: with one whose mask token is another (ModernBERT's [MASK]), either is accepted."""
+        mask = special_names(self.tokenizer)[4]
+        if isinstance(text, str) and mask != "<mask>":
+            text = text.replace("<mask>", mask)
+        if not isinstance(text, str) or mask not in text:
+            also = f" (or {mask}, this tokenizer's)" if mask != "<mask>" else ""
+            raise UserError(f"fill-mask: the text must contain <mask>{also}: {text!r}")
         if top_k < 1:
             raise UserError(f"fill-mask: top_k={top_k}; must be >= 1")
         ids, attn = self._encode([text])

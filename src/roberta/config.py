@@ -88,6 +88,8 @@ class TrainConfig:
     base_batch_size: int = 256  # the batch size lr is given for when lr_scaling scales it
     warmup_steps: int = 0  # linear warmup steps; 0 = use warmup_fraction
     warmup_fraction: float = 0.06  # used when warmup_steps == 0
+    schedule: Literal["linear", "one-cycle", "wsd"] = "linear"  # after warmup: linear decay to 0 | one-cycle (triangle, peak at half the budget) | wsd (warmup-stable-decay)
+    decay_fraction: float = 0.2  # wsd: the final fraction of the budget over which the lr decays to 0
     max_steps: int = 1000  # optimizer steps; 0 = unset (max_tokens or max_time then ends the run)
     max_tokens: int = 0  # 0 = unset; otherwise overrides max_steps
     max_time: str = ""  # a duration with its unit: "30s", "90m", "2h", "1d"; empty = unset
@@ -251,6 +253,12 @@ def validate(cfg: Config) -> None:
         raise UserError("no budget: set train.max_steps, train.max_tokens or train.max_time")
     if not 0.0 <= t.warmup_fraction < 1.0:
         raise UserError(f"train.warmup_fraction={t.warmup_fraction}: must be in [0, 1)")
+    if not 0.0 < t.decay_fraction <= 1.0:
+        raise UserError(f"train.decay_fraction={t.decay_fraction}: must be in (0, 1] (the final fraction of the "
+                        "budget over which train.schedule=wsd decays the lr to 0)")
+    if t.schedule == "wsd" and t.decay_fraction > 1.0 - t.warmup_fraction and not t.warmup_steps:
+        raise UserError(f"train.decay_fraction={t.decay_fraction} + train.warmup_fraction={t.warmup_fraction} "
+                        "exceed 1: train.schedule=wsd would have no stable phase; lower one of them")
     if not t.lr > 0:
         raise UserError(f"train.lr={t.lr}: must be > 0")
     report_targets(t.report_to)
@@ -348,9 +356,6 @@ def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | 
         m = dataclasses.replace(m, nsp_head=nsp)
     elif nsp and not m.nsp_head:
         raise UserError(f"data.format={d.format} trains next-sentence prediction; it needs model.nsp_head=true")
-    if m.family == "modern" and m.nsp_head:
-        raise UserError(f"data.format={d.format}: the modern family has no next-sentence-prediction head; "
-                        "choose data.format=full-sentences or doc-sentences")
     if resumed is not None and m != resumed:
         key = next(f.name for f in dataclasses.fields(m) if getattr(m, f.name) != getattr(resumed, f.name))
         raise UserError(f"--resume: model.{key} is {getattr(resumed, key)} in the checkpoint, not {getattr(m, key)}: "

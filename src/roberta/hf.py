@@ -228,7 +228,8 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
     _check_out(ck, out)
     notes = []
     if model.nsp_head is not None:
-        notes.append("the NSP head is not exported (RobertaForMaskedLM has none); masked-LM logits are unaffected")
+        notes.append(f"the NSP head is not exported ({'ModernBert' if modern else 'Roberta'}ForMaskedLM has none); "
+                     "masked-LM logits are unaffected")
     (out / "config.json").write_text(json.dumps(config, indent=2))
     state = ckpt.model_state(model)
     state = to_hf_modern_state(state) if modern else to_hf_state(state)

@@ -55,7 +55,8 @@ def _rename(key: str, table, what: str) -> str:
 
 def to_hf_modern_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ModernMLM's state dict -> ModernBertForMaskedLM's (the tied decoder stored once, as the embeddings)."""
-    return {_rename(k, _TO_HF, "ModernBertForMaskedLM"): v for k, v in state.items()}
+    return {_rename(k, _TO_HF, "ModernBertForMaskedLM"): v for k, v in state.items()
+            if not k.startswith("nsp_head.")}  # ModernBertForMaskedLM has no NSP head; export_hf says so
 
 
 # ModernClassifier's sentence head (ours) -> ModernBertForSequenceClassification's: the same parts in

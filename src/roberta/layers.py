@@ -46,6 +46,12 @@ class LMHead(nn.Module):
         return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
 
 
+def nsp_losses(nsp_logits: torch.Tensor, nsp_labels: torch.Tensor) -> dict:
+    """{"nsp_loss_sum", "nsp_count"}: next-sentence prediction's summed loss over (B, 2) logits."""
+    return {"nsp_loss_sum": F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum"),
+            "nsp_count": torch.tensor(nsp_labels.numel(), device=nsp_logits.device)}
+
+
 def mlm_losses(lm_head: LMHead, h: torch.Tensor, decoder: torch.Tensor, labels: torch.Tensor,
                sparse: bool, masked_positions: torch.Tensor | None) -> dict:
     """{"mlm_loss_sum", "mlm_count"} for hidden states h (B, T, C) and labels (B, T). The sparse

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for  # noqa: F401 (re-exported)
 from roberta.layers import (LayerNorm, LMHead, count_parameters, document_mask, document_positions,  # noqa: F401
-                            init_weights, key_padding_mask, materialise, mlm_losses, require_resolved)
+                            init_weights, key_padding_mask, materialise, mlm_losses, nsp_losses, require_resolved)
 from roberta.modern import ModernClassifier, ModernMLM
 
 
@@ -166,9 +166,7 @@ class RobertaMLM(nn.Module):
         out = mlm_losses(self.lm_head, h, self.roberta.embeddings.word_embeddings.weight, labels,
                          self.cfg.sparse_head, masked_positions)
         if self.nsp_head is not None and nsp_labels is not None:
-            nsp_logits = self.nsp_head(h)
-            out["nsp_loss_sum"] = F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum")
-            out["nsp_count"] = torch.tensor(nsp_labels.numel(), device=h.device)
+            out.update(nsp_losses(self.nsp_head(h), nsp_labels))
         return out
 
 

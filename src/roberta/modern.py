@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig
-from roberta.layers import (LayerNorm, LMHead, document_mask, document_positions, key_padding_mask, mlm_losses,
+from roberta.layers import (LayerNorm, LMHead, document_mask, document_positions, key_padding_mask, mlm_losses, nsp_losses,
                             require_resolved)
 
 
@@ -166,7 +166,8 @@ class ModernMLM(nn.Module):
         self.cfg = cfg
         self.roberta = Encoder(cfg)
         self.lm_head = LMHead(cfg.hidden, cfg.vocab_size, cfg.layer_norm_eps, bias=cfg.bias)
-        self.nsp_head = None  # ModernBERT has no next-sentence prediction (resolve_run refuses +nsp formats)
+        # ModernBERT has no next-sentence prediction; the +nsp formats (the paper's Table 2) get its sentence head
+        self.nsp_head = ClassificationHead(cfg, 2) if cfg.nsp_head else None
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                document_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,8 +180,11 @@ class ModernMLM(nn.Module):
                 document_ids: torch.Tensor | None = None) -> dict:
         """Summed losses {"mlm_loss_sum", "mlm_count"}: see RobertaMLM.forward and layers.mlm_losses."""
         h = self.roberta(input_ids, attention_mask, document_ids)  # (B, T, C)
-        return mlm_losses(self.lm_head, h, self.roberta.embeddings.word_embeddings.weight, labels,
-                          self.cfg.sparse_head, masked_positions)
+        out = mlm_losses(self.lm_head, h, self.roberta.embeddings.word_embeddings.weight, labels,
+                         self.cfg.sparse_head, masked_positions)
+        if self.nsp_head is not None and nsp_labels is not None:
+            out.update(nsp_losses(self.nsp_head(h, attention_mask), nsp_labels))
+        return out
 
 
 class ClassificationHead(nn.Module):

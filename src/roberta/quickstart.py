@@ -1,8 +1,9 @@
 """`roberta quickstart`: the whole recipe end to end on the embedded corpus, in minutes on a CPU.
 
-embedded corpus -> byte-level BPE (8K) -> FULL-SENTENCES packing at 128 -> `tiny` pretraining with
-dynamic masking and the paper's AdamW -> held-out perplexity of the untrained network, the unigram
-baseline and the trained model on the same masked tokens -> a fill-mask example.
+embedded corpus -> byte-level BPE (8K) -> FULL-SENTENCES packing at 128 -> `tiny` pretraining (the
+CPU recipe: docs/ablations/cpu-recipe.md) with dynamic masking and the paper's AdamW -> held-out
+perplexity of the untrained network, the unigram baseline and the trained model on the same masked
+tokens -> a fill-mask example.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from roberta.errors import UserError
 from roberta.outdir import settings_diff
 from roberta.config import scaled_lr
 from roberta.training.optim import paper_lr
-from roberta.presets import PRESETS, get_preset
+from roberta.presets import get_preset
 from roberta.study.report import make_report
 
 KINDS = ("masking", "formats", "batch-size", "architecture", "custom")
@@ -70,16 +70,23 @@ def arms_for(kind: str, base: Config, custom: str | None = None, lr_rule: str = 
     raise UserError(f"ablate: unknown comparison {kind}; choose one of {', '.join(KINDS)}")
 
 
+# the same size in each family: (2019 architecture, ModernBERT's)
+ARCHITECTURE_PAIRS = {"tiny": ("roberta-tiny", "modern-tiny"), "roberta-tiny": ("roberta-tiny", "modern-tiny"),
+                      "modern-tiny": ("roberta-tiny", "modern-tiny"), "small": ("small", "modern-small"),
+                      "modern-small": ("small", "modern-small"), "base": ("base", "modern-base"),
+                      "modern-base": ("base", "modern-base"), "large": ("large", "modern-large"),
+                      "modern-large": ("large", "modern-large")}
+
+
 def architecture_arms(preset: str, sets: list[str]) -> list[Arm]:
-    """`roberta` (the preset) vs `modern`: the model keys in which the preset's modern-* twin
-    differs (family, norm, bias, GeGLU and its width, rotary bases, window, global spacing,
-    dropout), at the preset's layers, hidden and heads. Masking and everything else stay the
-    preset's, so only the architecture differs; a model key given with --set is every arm's."""
-    twin = preset if preset.startswith("modern-") else f"modern-{preset}"
-    if twin not in PRESETS or preset == twin:
-        pairs = ", ".join(p for p in PRESETS if f"modern-{p}" in PRESETS)
-        raise UserError(f"ablate architecture: --preset {preset} has no modern-family twin; choose one of {pairs}")
-    ours, theirs = get_preset(preset).model, get_preset(twin).model
+    """`roberta` vs `modern`: the model keys in which the preset size's two families differ
+    (family, norm, bias, GeGLU and its width, rotary bases, window, global spacing, dropout), at
+    the preset's layers, hidden and heads. Masking and everything else stay the preset's, so only
+    the architecture differs; a model key given with --set is every arm's."""
+    if preset not in ARCHITECTURE_PAIRS:
+        raise UserError(f"ablate architecture: --preset {preset} has no pair of families; choose one of "
+                        f"{', '.join(ARCHITECTURE_PAIRS)}")
+    ours, theirs = (get_preset(p).model for p in ARCHITECTURE_PAIRS[preset])
     given = {s.split("=", 1)[0].strip() for s in sets}
     keys = [f.name for f in dataclasses.fields(theirs) if f.name not in SIZE_KEYS and f"model.{f.name}" not in given
             and getattr(theirs, f.name) != getattr(ours, f.name)]

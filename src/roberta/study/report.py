@@ -230,13 +230,14 @@ def _plot(arms: dict[str, list[RunResult]], tasks: list[str], out: Path) -> None
             for j, r in enumerate(runs):
                 if getattr(r, curve):
                     xs, ys = zip(*getattr(r, curve))
-                    ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.5, label=arm if j == 0 else None,
-                            marker="o", markersize=3)
+                    # past the 10 default colours, arms differ by line style too
+                    ax.plot(xs, ys, color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3],
+                            alpha=0.9 if j == 0 else 0.5, label=arm if j == 0 else None, marker="o", markersize=3)
         ax.set_xlabel(x_label)
         ax.set_ylabel("held-out MLM loss (nats)")
         ax.set_title(f"held-out loss vs {name}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small" if len(arms) > 6 else None)
         fig.tight_layout()
         fig.savefig(out / f"loss_vs_{name}.png", dpi=120)
         plt.close(fig)

@@ -24,14 +24,22 @@ def paper_lr(batch_size: int) -> float:
     return pts[-1][1]
 
 
-def lr_at(progress: float, warmup: float, peak: float) -> float:
-    """Linear warmup to `peak` over the first `warmup` fraction of the budget, then linear decay
-    to 0 at progress 1. `progress` is the used fraction of whichever budget is set (steps, tokens
-    or time); with a step budget, progress = step / max_steps gives the usual per-step schedule."""
+def lr_at(progress: float, warmup: float, peak: float, schedule: str = "linear", decay: float = 0.2) -> float:
+    """The lr at `progress`, the used fraction of whichever budget is set (steps, tokens or time;
+    with a step budget, progress = step / max_steps gives the usual per-step schedule). Every
+    schedule reaches 0 at progress 1:
+    - linear: warmup to `peak` over the first `warmup` fraction, then linear decay (the paper's);
+    - one-cycle: a triangle peaking at half the budget (Cramming's simplified one-cycle; no warmup key);
+    - wsd: warmup, then `peak` held, then linear decay over the final `decay` fraction
+      (warmup-stable-decay, ModernBERT's)."""
     if progress >= 1.0:
         return 0.0
+    if schedule == "one-cycle":
+        return peak * (progress / 0.5 if progress < 0.5 else (1.0 - progress) / 0.5)
     if warmup > 0 and progress < warmup:
         return peak * progress / warmup
+    if schedule == "wsd":
+        return peak if progress < 1.0 - decay else peak * (1.0 - progress) / decay
     return peak * (1.0 - progress) / (1.0 - warmup)
 
 
@@ -89,6 +97,7 @@ class Budget:
         self.warmup = (t.warmup_steps / steps_est) if (t.warmup_steps and not self.max_time) else t.warmup_fraction
         self.warmup = min(self.warmup, 0.999)
         self.steps_estimate = None if self.max_time else steps_est
+        self.schedule, self.decay = t.schedule, t.decay_fraction
 
     def progress(self, s) -> float:
         if self.max_tokens or self.max_time:
@@ -102,7 +111,7 @@ class Budget:
 
     def lr(self, s, peak: float) -> float:
         """The scheduled lr at the run's current progress."""
-        return lr_at(self.progress(s), self.warmup, peak)
+        return lr_at(self.progress(s), self.warmup, peak, self.schedule, self.decay)
 
     def bar(self) -> tuple[int, str]:
         """The progress bar's total and unit: steps under a step budget; percent of the budget
