@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Does pretraining help at GPU compute? One GPU, about 10 minutes of pretraining:
 #   1. a 16K byte-level BPE tokenizer and seq-128 data from IMDB unsup (50K reviews, ~15M tokens)
-#   2. pretrain `small` (6 x 512) with the small-compute recipe (40% masking, lr 1e-3, dropout 0,
-#      docs/ablations/small-compute-recipe.md) for PT_TOKENS tokens (default 3e8: ~20 epochs of
+#   2. pretrain `small` (6 x 512) with a small-compute recipe (40% masking, lr 1e-3, dropout 0;
+#      the CPU screen is docs/ablations/cpu-recipe.md) for PT_TOKENS tokens (default 3e8: ~20 epochs of
 #      the corpus; dynamic masking makes every repeat a new task), capped at PT_LIMIT seconds
 #   3. fine-tune SST-2 on its full training set, FT_SEEDS seeds, against the same architecture
 #      from random init (`finetune --baseline scratch`: same examples and seeds, each arm its own

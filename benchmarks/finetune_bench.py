@@ -40,17 +40,17 @@ SHARED = Path(os.environ.get("ROBERTA_SHARED_DATA") or Path(__file__).resolve().
 
 
 def fresh_checkpoint(task, out: Path) -> Path:
-    """A random-init `tiny` checkpoint with a 4K tokenizer trained on the task's training text."""
+    """A random-init `roberta-tiny` checkpoint with a 4K tokenizer trained on the task's training text."""
     import dataclasses
 
     from roberta.training.checkpoint import save_checkpoint
     from roberta.model import build_model, padded_vocab_size
-    from roberta.presets import tiny
+    from roberta.presets import roberta_tiny  # the 2019 architecture: RobertaForSequenceClassification
     from roberta.tokenizer import save_tokenizer, train_tokenizer
 
     tok = train_tokenizer(iter([e.text for e in task.train]), vocab_size=4000)
     save_tokenizer(tok, out / "tok")
-    cfg = tiny()
+    cfg = roberta_tiny()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, vocab_size=padded_vocab_size(tok.get_vocab_size(), cfg.model.vocab_multiple)))
     return save_checkpoint(out / "run", 0, build_model(cfg.model, seed=0), cfg, out / "tok")

@@ -24,7 +24,7 @@ On CPU the default is one thread (--threads): this machine's two vCPUs share one
 (one thread reaches the same matmul peak as two), and with other work on the machine OpenMP's
 second thread makes every op wait for a descheduled peer.
 
-    python benchmarks/train_bench.py                                   # tiny, small at 128 on CPU
+    python benchmarks/train_bench.py                                   # roberta-tiny, small at 128 on CPU
     python benchmarks/train_bench.py --family modern --dropout 0                 # modern-tiny, -small vs HF ModernBERT
     python benchmarks/train_bench.py --device cuda --presets base --seq-lens 128,512 --precisions bf16 \
         --batch 256,64 --impls ours,ours+compile,HF
@@ -55,8 +55,9 @@ from roberta.training.parallelize import compile_model
 from roberta.training.loop import MaskedStep, launch_step, mask_step
 
 # The sizes the issue names: vocabulary per preset (base: RoBERTa's own 50,265).
-VOCAB = {"tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
-VOCAB.update({f"modern-{name}": size for name, size in VOCAB.items()})  # the same sizes, ModernBERT's architecture
+VOCAB = {"roberta-tiny": 8000, "small": 32000, "base": 50265, "large": 50265}
+# the same sizes with ModernBERT's architecture; tiny (the CPU recipe) is ModernBERT-family too
+VOCAB.update({f"modern-{name.removeprefix('roberta-')}": size for name, size in VOCAB.items()}, tiny=8000)
 
 
 def make_config(preset: str, seq_len: int, batch: int, micro: int, compile_: bool, dropout: float,
@@ -266,10 +267,11 @@ def bench(args) -> list[dict]:
 
 
 def presets_of(args) -> list[str]:
-    """--presets, each as its --family twin (tiny -> modern-tiny under --family modern)."""
+    """--presets, each as its --family twin (roberta-tiny -> modern-tiny under --family modern)."""
     names = args.presets.split(",")
     if args.family == "modern":
-        names = [n if n.startswith("modern-") else f"modern-{n}" for n in names]
+        names = [n if n.startswith("modern-") or n == "tiny" else f"modern-{n.removeprefix('roberta-')}"
+                 for n in names]
     unknown = [n for n in names if n not in VOCAB]
     if unknown:
         raise SystemExit(f"--presets {','.join(unknown)}: choose from {', '.join(VOCAB)}")
@@ -279,7 +281,7 @@ def presets_of(args) -> list[str]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--presets", default="tiny,small", help=f"comma-separated, from {', '.join(VOCAB)}")
+    p.add_argument("--presets", default="roberta-tiny,small", help=f"comma-separated, from {', '.join(VOCAB)}")
     p.add_argument("--family", default="roberta", choices=["roberta", "modern"],
                    help="modern: each preset's modern-* twin (ModernBERT's architecture) vs HF's ModernBertForMaskedLM")
     p.add_argument("--seq-lens", default="128")

@@ -310,7 +310,7 @@ def test_architecture_ablation_at_matched_tokens_and_matched_time(tmp_path, data
     a, b = _flat(cfgs["roberta"]), _flat(cfgs["modern"])
     assert {k for k in a if a[k] != b[k]} <= {f"model.{k}" for k in (
         "family", "norm", "bias", "glu", "ffn", "dropout", "attention_dropout", "local_window", "global_every",
-        "rope_theta", "local_rope_theta")}
+        "rope_theta", "local_rope_theta", "position")}
 
     out = tmp_path / "time"
     argv = ["ablate", "architecture", "--data", str(data_dir), "--max-time", "2s", "--out", str(out), "--quiet",

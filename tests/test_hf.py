@@ -159,7 +159,8 @@ def test_import_moves_a_released_roberta_vocabulary_into_place(tmp_path, tokeniz
 
 
 @pytest.mark.parametrize("option,message", [({"norm": "pre"}, "post-LN"), ({"bias": False}, "biases"),
-                                            ({"glu": True}, "gated")])
+                                            ({"glu": True}, "gated"),
+                                            ({"position": "rope"}, "model.position=rope")])
 def test_export_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir, option, message):
     cfg = dataclasses.replace(roberta_tiny(), model=dataclasses.replace(
         TINY, layers=1, hidden=32, heads=2, ffn=64, vocab_size=1000, **option))

@@ -74,6 +74,41 @@ def test_init_is_reproducible_from_the_seed():
     assert not torch.equal(a.lm_head.dense.weight, c.lm_head.dense.weight)
 
 
+def test_rotary_positions_in_the_2019_family_replace_the_table():
+    """model.position=rope on the roberta family: no position table (hidden x max_positions fewer
+    parameters), every layer rotates queries and keys, so token order still matters; the modern
+    family refuses a learned table."""
+    from roberta.config import apply_overrides
+    from roberta.errors import UserError
+
+    learned = build_model(small_model(), seed=0).eval()
+    rope = build_model(small_model(position="rope"), seed=0).eval()
+    assert rope.roberta.embeddings.position_embeddings is None
+    assert count_parameters(learned) - count_parameters(rope) == 130 * 64
+    ids, attn = padded_batch([12, 12], 1000)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for model in (learned, rope):  # weights far from init's near-uniform attention
+            for name, p in model.named_parameters():
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name.lower() and name.endswith("weight")
+                        else 0.1 * torch.randn(p.shape, generator=g))
+        h = rope.roberta(ids, attn)
+        flipped = ids.clone()
+        flipped[:, 1:11] = ids[:, 1:11].flip(1)  # the same tokens between <s> and </s>, in reverse order
+        h_flipped = rope.roberta(flipped, attn)
+        # without positions the encoder would be permutation-equivariant: token i's state would move with it
+        assert (h[:, 1:11] - h_flipped[:, 1:11].flip(1)).abs().max() > 1e-2
+        # the check can fail: the learned family with its table zeroed is order-blind
+        learned.roberta.embeddings.position_embeddings.weight.zero_()
+        hb, hb_flipped = learned.roberta(ids, attn), learned.roberta(flipped, attn)
+        assert (hb[:, 1:11] - hb_flipped[:, 1:11].flip(1)).abs().max() < 1e-5
+    with pytest.raises(UserError, match="model.position=learned: the modern family has rotary positions"):
+        apply_overrides(roberta_tiny(), ["model.family=modern", "model.norm=pre", "model.glu=true",
+                                         "model.position=learned"])
+    with pytest.raises(UserError, match="model.position=table: choose learned or rope"):
+        apply_overrides(roberta_tiny(), ["model.position=table"])
+
+
 def test_nsp_head_only_when_configured():
     plain = build_model(small_model(), seed=0)
     assert plain.nsp_head is None

@@ -46,7 +46,8 @@ class ModelConfig:
     glu: bool = False  # gated FFN (GEGLU) instead of dense-GELU-dense
     nsp_head: bool | None = None  # next-sentence-prediction head; None = when data.format is a +nsp format
     sparse_head: bool = True  # project onto the vocabulary only at masked positions
-    rope_theta: float = 160000.0  # modern family: rotary base of the global-attention layers (ModernBERT's)
+    position: Literal["learned", "rope"] | None = None  # learned table or rotary (base rope_theta); None = the family's (roberta: learned, modern: rope)
+    rope_theta: float = 160000.0  # rotary base of the global-attention layers (ModernBERT's; roberta family with position=rope: every layer)
     local_rope_theta: float = 10000.0  # modern family: rotary base of the local (sliding-window) layers
     local_window: int = 0  # modern family: a local layer's token sees +-local_window/2 tokens; 0 = all layers global
     global_every: int = 1  # modern family: every n-th layer is global (layer 0 included); the others local
@@ -219,8 +220,11 @@ def check_choices(cfg: Config) -> None:
     for section in dataclasses.fields(cfg):
         sub = getattr(cfg, section.name)
         for name, typ in typing.get_type_hints(type(sub)).items():
+            optional = type(None) in typing.get_args(typ)  # `Literal[...] | None`: None = derived
+            if optional:
+                typ = next(a for a in typing.get_args(typ) if a is not type(None))
             choices = typing.get_args(typ) if typing.get_origin(typ) is Literal else ()
-            if choices and getattr(sub, name) not in choices:
+            if choices and getattr(sub, name) not in choices and not (optional and getattr(sub, name) is None):
                 raise UserError(f"{section.name}.{name}={getattr(sub, name)}: choose "
                                 f"{', '.join(choices[:-1])} or {choices[-1]}")
 
@@ -264,9 +268,20 @@ def validate(cfg: Config) -> None:
     report_targets(t.report_to)
 
 
+def uses_rope(m: ModelConfig) -> bool:
+    """Rotary positions: model.position=rope, or the modern family's own (position unset)."""
+    return m.position == "rope" or (m.position is None and m.family == "modern")
+
+
 def check_family(m: ModelConfig) -> None:
-    """The switches a family has: ModernBERT is pre-norm with a gated FFN; windows and rotary bases
-    are the modern family's alone (the roberta family has learned absolute positions)."""
+    """The switches a family has: ModernBERT is pre-norm with a gated FFN and rotary positions;
+    windows are the modern family's alone. The roberta family has learned absolute positions, or
+    rotary ones (model.position=rope, every layer at model.rope_theta)."""
+    if m.family == "modern" and m.position == "learned":
+        raise UserError("model.position=learned: the modern family has rotary positions (no position table); "
+                        "use model.family=roberta for a learned table")
+    if m.rope_theta <= 0 and uses_rope(m):
+        raise UserError(f"model.rope_theta={m.rope_theta}: must be > 0")
     if m.family == "modern":
         if m.norm != "pre" or not m.glu:
             bad = "model.norm=post" if m.norm != "pre" else "model.glu=false"
@@ -303,8 +318,16 @@ def positions_for(seq_len: int, pad_token_id: int = 1) -> int:
 
 # what a checkpoint fixes about the network; dropout, the sparse head and NSP stay the recipe's
 ARCHITECTURE = ("family", "vocab_size", "layers", "hidden", "heads", "ffn", "max_positions", "layer_norm_eps",
-                "pad_token_id", "norm", "bias", "glu", "rope_theta", "local_rope_theta", "local_window",
+                "pad_token_id", "norm", "bias", "glu", "position", "rope_theta", "local_rope_theta", "local_window",
                 "global_every")
+
+
+def with_position(m: ModelConfig | None) -> ModelConfig | None:
+    """model.position stated: None (a config from before the key, or "the family's") becomes the
+    family's own, rope for modern and learned for roberta."""
+    if m is None or m.position is not None:
+        return m
+    return dataclasses.replace(m, position="rope" if uses_rope(m) else "learned")
 
 
 def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
@@ -323,7 +346,8 @@ def resolve_run(cfg: Config, meta: dict, world: int = 1, resumed: ModelConfig | 
       init_from  -- the model config of the pretrain --checkpoint (continued pretraining), if any
     The result has no None left and lr already scaled (lr_scaling none), so its config.json
     re-runs the same run."""
-    m, d, t = cfg.model, cfg.data, cfg.train
+    m, d, t = with_position(cfg.model), cfg.data, cfg.train
+    resumed, init_from = with_position(resumed), with_position(init_from)
     if d.seq_len is None:
         if not meta.get("seq_len"):
             raise UserError("data.seq_len: the prepared data does not record its length; set data.seq_len")
@@ -465,8 +489,9 @@ def _shown(key: str, value) -> str:
 def resume_changes(saved: Config, asked: Config, where: str) -> list[tuple[str, object, object]]:
     """The budgets `asked` raises over the run saved in `where` (a config.json): [(key, saved,
     asked)]. Runtime settings (RESUME_RUNTIME) may differ; any other difference, a lowered budget,
-    or a budget added or removed is refused in one line naming the key and both values."""
-    old, new = _flat(saved), _flat(asked)
+    or a budget added or removed is refused in one line naming the key and both values. An unset
+    model.position is the family's (a config.json from before the key, or not yet resolved)."""
+    old, new = (_flat(dataclasses.replace(c, model=with_position(c.model))) for c in (saved, asked))
     raised = []
     for key, was in old.items():
         now = new[key]

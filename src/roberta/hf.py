@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
 from roberta.training import checkpoint as ckpt
-from roberta.config import ModelConfig, positions_for
+from roberta.config import ModelConfig, positions_for, uses_rope
 from roberta.errors import UserError
 from roberta.data.hubcache import hub_snapshot, is_hub_repo
 from roberta.hf_modern import from_hf_modern_state, hf_modern_config, model_config_from_modern, to_hf_modern_state
@@ -102,7 +102,9 @@ def hf_config(m: ModelConfig) -> dict:
     """The RobertaConfig (as config.json) for our model config; refuses what HF cannot express."""
     unsupported = [why for bad, why in ((m.norm != "post", "model.norm=pre (HF RoBERTa is post-LN)"),
                                         (not m.bias, "model.bias=false (HF RoBERTa has biases)"),
-                                        (m.glu, "model.glu=true (HF RoBERTa has no gated FFN)")) if bad]
+                                        (m.glu, "model.glu=true (HF RoBERTa has no gated FFN)"),
+                                        (uses_rope(m), "model.position=rope (HF RoBERTa has a learned position "
+                                                       "table)")) if bad]
     if unsupported:
         raise UserError(f"cannot export to Hugging Face RoBERTa: {'; '.join(unsupported)}; "
                         "only the paper's architecture has a transformers equivalent")
@@ -138,7 +140,7 @@ def model_config_from_hf(c: dict, source: Path) -> ModelConfig:
         vocab_size=c["vocab_size"], layers=c["num_hidden_layers"], hidden=c["hidden_size"],
         heads=c["num_attention_heads"], ffn=c["intermediate_size"], max_positions=c["max_position_embeddings"],
         dropout=c.get("hidden_dropout_prob", 0.1), attention_dropout=c.get("attention_probs_dropout_prob", 0.1),
-        layer_norm_eps=c.get("layer_norm_eps", 1e-12), pad_token_id=PAD_ID)
+        layer_norm_eps=c.get("layer_norm_eps", 1e-12), pad_token_id=PAD_ID, position="learned")
 
 
 # ---- tokenizers ----------------------------------------------------------------------------

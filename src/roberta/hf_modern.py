@@ -147,7 +147,7 @@ def model_config_from_modern(c, where: str) -> ModelConfig:
         family="modern", norm="pre", glu=True, bias=c.norm_bias, vocab_size=c.vocab_size, layers=c.num_hidden_layers,
         hidden=c.hidden_size, heads=c.num_attention_heads, ffn=c.intermediate_size,
         max_positions=positions_for(c.max_position_embeddings, pad), layer_norm_eps=c.norm_eps, pad_token_id=pad,
-        dropout=c.mlp_dropout, attention_dropout=c.attention_dropout, nsp_head=False,
+        dropout=c.mlp_dropout, attention_dropout=c.attention_dropout, nsp_head=False, position="rope",
         rope_theta=rope["full_attention"]["rope_theta"], local_rope_theta=rope["sliding_attention"]["rope_theta"],
         local_window=c.local_attention if local else 0, global_every=every)
 

@@ -46,6 +46,29 @@ class LMHead(nn.Module):
         return F.cross_entropy(self(h, decoder_weight).float(), targets, ignore_index=IGNORE, reduction="sum")
 
 
+def rotary(seq_len: int, head_dim: int, theta: float, device: torch.device,
+           positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of rotary position embeddings at positions 0..T-1: two (T, hs) fp32 tensors; or,
+    given (B, T) positions (packed documents restart them), two (B, 1, T, hs) ones.
+    Computed per forward (T x hs/2 products): no buffer to shard, save or materialise."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
+    if positions is None:
+        positions = torch.arange(seq_len, dtype=torch.float, device=device)
+    else:
+        positions = positions.float()[:, None]  # (B, 1, T): one angle table for every head
+    freqs = positions[..., None] * inv_freq  # (T, hs/2) or (B, 1, T, hs/2)
+    angles = torch.cat((freqs, freqs), dim=-1)  # (T, hs): the halves rotate as pairs (i, i + hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, nh, T, hs) by its position's angles, in fp32, back in x's dtype."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
 def nsp_losses(nsp_logits: torch.Tensor, nsp_labels: torch.Tensor) -> dict:
     """{"nsp_loss_sum", "nsp_count"}: next-sentence prediction's summed loss over (B, 2) logits."""
     return {"nsp_loss_sum": F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum"),

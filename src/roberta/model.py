@@ -4,6 +4,8 @@ Faithful to fairseq/HF RoBERTa: learned absolute positions offset by padding_idx
 ids are `cumsum(non-pad) + pad`, so seq_len 512 needs 514 rows), a single token type, post-LN
 blocks, GELU, LM head dense -> GELU -> LayerNorm -> decoder tied to the word embeddings + bias.
 Parameter names follow Hugging Face's where a module exists there, which keeps interop a rename.
+Switches away from it, one at a time: model.norm=pre, model.glu, model.bias=false, and
+model.position=rope (rotary positions at model.rope_theta in every layer, no position table).
 
 The second family, ModernBERT's, lives in roberta.modern; build_model / build_classifier pick the
 family by model.family, and the parts both share (LayerNorm, the MLM head, init) are roberta.layers.
@@ -16,9 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for  # noqa: F401 (re-exported)
-from roberta.layers import (LayerNorm, LMHead, count_parameters, document_mask, document_positions,  # noqa: F401
-                            init_weights, key_padding_mask, materialise, mlm_losses, nsp_losses, require_resolved)
+from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for, uses_rope  # noqa: F401
+from roberta.layers import (LayerNorm, LMHead, apply_rotary, count_parameters, document_mask,  # noqa: F401
+                            document_positions, init_weights, key_padding_mask, materialise, mlm_losses, nsp_losses,
+                            require_resolved, rotary)
 from roberta.modern import ModernClassifier, ModernMLM
 
 
@@ -30,9 +33,12 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.hidden, cfg.hidden, bias=cfg.bias)
         self.attention_dropout = cfg.attention_dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        if rope is not None:  # model.position=rope
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attention_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
@@ -63,11 +69,12 @@ class Block(nn.Module):
         self.ffn_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.dropout(self.attention(self.attention_norm(x), attn_mask))
+            x = x + self.dropout(self.attention(self.attention_norm(x), attn_mask, rope))
             return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask)))
+        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask, rope)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -76,16 +83,21 @@ class Embeddings(nn.Module):
         super().__init__()
         self.pad = cfg.pad_token_id
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=cfg.pad_token_id)
-        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden, padding_idx=cfg.pad_token_id)
+        self.max_len = max_seq_len(cfg)
+        # model.position=rope: no table; the attention rotates queries and keys instead
+        self.position_embeddings = None if uses_rope(cfg) else nn.Embedding(cfg.max_positions, cfg.hidden,
+                                                                            padding_idx=cfg.pad_token_id)
         self.token_type_embeddings = nn.Embedding(1, cfg.hidden)
         self.LayerNorm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        T, rows = input_ids.shape[1], self.position_embeddings.num_embeddings
-        if T > rows - self.pad - 1:  # a shape check: no device sync, and a clearer error than an IndexError
-            raise ValueError(f"input of {T} tokens is longer than the {rows - self.pad - 1} "
-                             f"the position table holds ({rows} rows; positions start at padding_idx + 1)")
+        T = input_ids.shape[1]
+        if T > self.max_len:  # a shape check: no device sync, and a clearer error than an IndexError
+            raise ValueError(f"input of {T} tokens is longer than the {self.max_len} the model takes "
+                             f"(model.max_positions rows; positions start at padding_idx + 1)")
+        if self.position_embeddings is None:
+            return self.dropout(self.LayerNorm(self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]))
         # RoBERTa's positions: pad + 1, pad + 2, ... over real tokens, `pad` at padding. (B, T) ints,
         # computed from the ids (as fairseq/HF do) so left- or right-padding give the same states.
         not_pad = input_ids.ne(self.pad).int()
@@ -118,8 +130,13 @@ class Encoder(nn.Module):
         x = self.embeddings(input_ids, document_ids)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in autocast's dtype (see LayerNorm)
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        rope = None
+        if self.embeddings.position_embeddings is None:  # rotary: 0..T-1, restarting in each packed document
+            positions = document_positions(document_ids) if document_ids is not None else None
+            rope = rotary(input_ids.shape[1], self.cfg.hidden // self.cfg.heads, self.cfg.rope_theta, x.device,
+                          positions)
         for layer in self.layers:
-            x = layer(x, attn_mask)
+            x = layer(x, attn_mask, rope)
         return self.final_norm(x) if self.final_norm is not None else x
 
 
