@@ -40,9 +40,20 @@ def sentiment_files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, tiny_checkpoint, sentiment_files):
     """`roberta finetune` at its defaults except lr/epochs/seeds: OUT with OUT/model."""
+    return _finetune(tmp_path_factory, tiny_checkpoint, sentiment_files)
+
+
+@pytest.fixture(scope="module")
+def finetuned_roberta(tmp_path_factory, tokenizer_dir, sentiment_files):
+    """The same from a roberta-tiny (2019 architecture) checkpoint."""
+    ck = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt_roberta"), tokenizer_dir, preset="roberta-tiny")
+    return _finetune(tmp_path_factory, ck, sentiment_files)
+
+
+def _finetune(tmp_path_factory, checkpoint, sentiment_files):
     train, dev = sentiment_files
     out = tmp_path_factory.mktemp("ft") / "out"
-    r = run_cli("finetune", "--checkpoint", tiny_checkpoint, "--train", train, "--dev", dev, "--out", out,
+    r = run_cli("finetune", "--checkpoint", checkpoint, "--train", train, "--dev", dev, "--out", out,
                 "--text-column", "review", "--label-column", "sentiment", "--lr-grid", "1e-3,1e-5",
                 "--batch-size", "16", "--epochs", "3", "--seeds", "2", "--device", "cpu")
     assert r.returncode == 0, r.stderr
@@ -98,7 +109,9 @@ def test_predict_cli_and_api_agree_and_print_the_metric(tmp_path, finetuned, sen
 
 
 @pytest.mark.slow
-def test_export_hf_classifier_matches_our_logits_and_pipeline_labels(tmp_path, finetuned, sentiment_files):
+@pytest.mark.parametrize("run", ["finetuned", "finetuned_roberta"])
+def test_export_hf_classifier_matches_our_logits_and_pipeline_labels(tmp_path, run, sentiment_files, request):
+    finetuned = request.getfixturevalue(run)  # tiny (ModernBERT-family) and roberta-tiny
     transformers = pytest.importorskip("transformers")
     _, dev = sentiment_files
     r = run_cli("export-hf", "--checkpoint", finetuned, "--out", tmp_path / "hf")
@@ -106,12 +119,13 @@ def test_export_hf_classifier_matches_our_logits_and_pipeline_labels(tmp_path, f
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert cfg["id2label"] == {"0": "neg", "1": "pos"} and cfg["label2id"] == {"neg": 0, "pos": 1}
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
-    assert type(hf).__name__ == "RobertaForSequenceClassification"
+    ours = roberta.load(finetuned)
+    expected = "ModernBert" if ours.model.cfg.family == "modern" else "Roberta"
+    assert type(hf).__name__ == f"{expected}ForSequenceClassification"
     texts = [line.split(",")[0] for line in dev.read_text().splitlines()[1:]][:16]
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     batch = tok(texts, padding=True, return_tensors="pt")
     assert batch["attention_mask"].eq(0).any()  # a padded batch
-    ours = roberta.load(finetuned)
     with torch.no_grad():
         theirs = hf(**batch).logits
         mine = ours.model(batch["input_ids"], batch["attention_mask"])

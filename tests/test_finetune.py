@@ -224,14 +224,14 @@ def test_truncation_frames_pairs_and_chunking_covers_long_texts(tokenizer_dir, t
     assert sum(len(c) - 2 for c in chunks.ids[:-1]) == n_body  # every token lands in exactly one chunk
 
 
-def save_tiny_checkpoint(path, tokenizer_dir, seed: int = 0):
-    """An untrained tiny model (weights from `seed`) saved as a checkpoint with the test tokenizer."""
+def save_tiny_checkpoint(path, tokenizer_dir, seed: int = 0, preset: str = "tiny"):
+    """An untrained small model of `preset` (weights from `seed`) saved as a checkpoint with the test tokenizer."""
     import dataclasses
 
     from roberta.training.checkpoint import save_checkpoint
     from roberta.model import build_model
 
-    cfg = tiny_config()
+    cfg = tiny_config(preset)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1000, max_positions=66))
     return save_checkpoint(path, 0, build_model(cfg.model, seed=seed), cfg, tokenizer_dir)
 
