@@ -83,6 +83,7 @@ def test_modern_presets_are_modernberts():
         cfg = get_preset(name)
         validate(cfg)
         assert cfg.model.family == "modern" and cfg.masking.mask_prob == 0.3 and cfg.model.dropout == 0.0
+        assert cfg.train.schedule == "wsd"  # ModernBERT's warmup-stable-decay
 
 
 @pytest.mark.parametrize("sets,needle", [
