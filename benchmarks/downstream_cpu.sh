@@ -33,6 +33,9 @@ rows = {}
 print(f"{'task':<34}{'pretrained':>11}{'random':>9}{'delta':>8}  95% interval      verdict")
 for name in ("probe-sst2", "probe-imdb", "imdb200", "imdb800"):
     m = json.loads((out / name / "metrics.json").read_text())
+    if m.get("metric") in ("accuracy", "f1", "mcc"):  # fractions in metrics.json; points in the table
+        m = {**m, **{k: 100 * m[k] for k in ("value", "baseline_value", "delta")},
+             "interval": [100 * x for x in m["interval"]]}
     lo, hi = m["interval"]
     rows[name] = {k: m.get(k) for k in ("value", "baseline_value", "delta", "interval", "verdict")}
     print(f"{name:<34}{m['value']:>11.2f}{m['baseline_value']:>9.2f}{m['delta']:>+8.2f}  [{lo:+.2f}, {hi:+.2f}]  "
