@@ -74,3 +74,15 @@ def tiny_config(preset: str = "tiny", **train):
                     log_interval=1, eval_sequences=16, peak_flops=1e11)
     defaults.update(train)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults))
+
+
+def randomise(model, scale: float = 0.1, seed: int = 0) -> None:
+    """Every parameter drawn at random (norm weights near 1, the rest normal(0, scale)), so that a
+    weight in the wrong place, a position or a mask cannot hide behind a zero or a one."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1 + 0.1 * noise if "norm" in name.lower() and name.endswith("weight") else scale * noise)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import roberta
+from conftest import randomise
 from roberta.training import checkpoint as ckpt
 from roberta.config import ModelConfig
 from roberta.model import RobertaMLM, build_model, count_parameters
@@ -86,12 +87,9 @@ def test_rotary_positions_in_the_2019_family_replace_the_table():
     assert rope.roberta.embeddings.position_embeddings is None
     assert count_parameters(learned) - count_parameters(rope) == 130 * 64
     ids, attn = padded_batch([12, 12], 1000)
-    g = torch.Generator().manual_seed(0)
+    for model in (learned, rope):  # weights far from init's near-uniform attention
+        randomise(model)
     with torch.no_grad():
-        for model in (learned, rope):  # weights far from init's near-uniform attention
-            for name, p in model.named_parameters():
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name.lower() and name.endswith("weight")
-                        else 0.1 * torch.randn(p.shape, generator=g))
         h = rope.roberta(ids, attn)
         flipped = ids.clone()
         flipped[:, 1:11] = ids[:, 1:11].flip(1)  # the same tokens between <s> and </s>, in reverse order

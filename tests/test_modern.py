@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import randomise
 from roberta.config import resolve_run
 from roberta.hf_modern import from_hf_modern_state, hf_modern_config, model_config_from_modern, to_hf_modern_state
 from roberta.model import attended_keys, build_model, count_parameters, training_flops
@@ -23,14 +24,6 @@ transformers = pytest.importorskip("transformers")
 # 3 layers: global, local, local (ModernBERT's pattern); a window of 6 (+-3) on 20-token inputs
 MODERN = dataclasses.replace(resolve_run(get_preset("modern-tiny"), {"vocab_size": 100, "seq_len": 20}).model,
                              layers=3, hidden=32, heads=4, ffn=48, local_window=6, global_every=3)
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if "norm" in name.lower() and name.endswith("weight") else 0.3 * noise)
 
 
 def padded_batch(vocab: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +52,7 @@ def test_hf_config_has_local_and_global_layers():
 def test_transformers_modernbert_gives_our_logits(attn):
     """HF's random ModernBertForMaskedLM -> our state dict -> the same logits at every real token."""
     hf = hf_model(attn=attn)
-    randomise(hf)
+    randomise(hf, scale=0.3)
     ours = ModernMLM(model_config_from_modern(hf.config, "test")).eval()
     ours.load_state_dict(from_hf_modern_state(hf.state_dict()))
     ids, mask = padded_batch()
@@ -74,7 +67,7 @@ def test_transformers_modernbert_gives_our_logits(attn):
 def test_our_modern_model_gives_transformers_our_logits():
     """Our random model -> HF's state dict -> ModernBertForMaskedLM's logits equal ours; round trip exact."""
     ours = build_model(MODERN, seed=0).eval()
-    randomise(ours, seed=3)
+    randomise(ours, scale=0.3, seed=3)
     hf = hf_model()
     missing, unexpected = hf.load_state_dict(to_hf_modern_state(ours.state_dict()), strict=False)
     assert missing == ["decoder.weight"] and unexpected == []  # the tied decoder, stored once
@@ -203,7 +196,7 @@ def test_export_hf_then_import_hf_round_trips_a_modern_checkpoint(tmp_path, toke
     cfg = get_preset("modern-tiny")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(MODERN, vocab_size=1024))
     model = build_model(cfg.model, seed=0).eval()
-    randomise(model)
+    randomise(model, scale=0.3)
     ckpt.save_checkpoint(tmp_path / "run", 1, model, cfg, tokenizer_dir)
     r = run_cli("export-hf", "--checkpoint", tmp_path / "run", "--out", tmp_path / "hf")
     assert r.returncode == 0, r.stderr
@@ -259,7 +252,7 @@ def test_our_classifier_is_transformers_modernbert_classifier(pooling):
     config = transformers.ModernBertConfig(**values, num_labels=3, classifier_pooling=pooling)
     config._attn_implementation = "sdpa"
     hf = transformers.ModernBertForSequenceClassification(config).eval()
-    randomise(hf)
+    randomise(hf, scale=0.3)
     head = {"head.dense.weight": "classifier.dense.weight", "head.norm.weight": "classifier.norm.weight",
             "classifier.weight": "classifier.out_proj.weight", "classifier.bias": "classifier.out_proj.bias"}
     hf_state = hf.state_dict()

@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import randomise
 from roberta.config import resolve_run
 from roberta.data.formats import SEP_DOC, build_sequences, document_ids
 from roberta.data.loader import collate
@@ -34,15 +35,6 @@ def _model_cfg(family: str):
     if family == "modern":  # global, local, local; a window of +-3, narrower than most documents
         small.update(local_window=6, global_every=3)
     return dataclasses.replace(cfg, **small)
-
-
-def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter drawn at random (norms near 1), so that no position or mask hides behind a zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if "norm" in name.lower() and name.endswith("weight") else 0.1 * noise)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +82,7 @@ def test_a_packed_batch_gives_each_document_its_logits_alone(split, family):
     (its span of the row: `<s> A </s>`, then `B ... </s>`) run alone, unpadded, in fp32."""
     cfg = _model_cfg(family)
     model = build_model(cfg, "cpu", seed=0).eval()
-    _randomise(model)
+    randomise(model)
     _, batch = _packed_batch(split)
     with torch.no_grad():
         packed = model.logits(batch.input_ids, batch.attention_mask, batch.document_ids)
