@@ -41,27 +41,24 @@ SHARED = Path(os.environ.get("ROBERTA_SHARED_DATA") or Path(__file__).resolve().
 
 def fresh_checkpoint(task, out: Path) -> Path:
     """A random-init `roberta-tiny` checkpoint with a 4K tokenizer trained on the task's training text."""
-    import dataclasses
-
+    from roberta.config import resolve_run
     from roberta.training.checkpoint import save_checkpoint
-    from roberta.model import build_model, padded_vocab_size
+    from roberta.model import build_model
     from roberta.presets import roberta_tiny  # the 2019 architecture: RobertaForSequenceClassification
     from roberta.tokenizer import save_tokenizer, train_tokenizer
 
     tok = train_tokenizer(iter([e.text for e in task.train]), vocab_size=4000)
     save_tokenizer(tok, out / "tok")
-    cfg = roberta_tiny()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, vocab_size=padded_vocab_size(tok.get_vocab_size(), cfg.model.vocab_multiple)))
+    cfg = resolve_run(roberta_tiny(), {"vocab_size": tok.get_vocab_size(), "seq_len": 128})
     return save_checkpoint(out / "run", 0, build_model(cfg.model, seed=0), cfg, out / "tok")
 
 
-def run_ours(task, ck: Path, a, work: Path) -> dict:
+def run_ours(task, ck: Path, a, work: Path, pack: str = "off") -> dict:
     cfg = FinetuneConfig(lrs=(a.lr,), batch_size=a.batch_size, epochs=a.epochs, seeds=a.seeds,
                          warmup_fraction=a.warmup, max_len=a.max_len, max_train=a.max_train, device="cpu",
-                         threads=1, save_model=False, precision="fp32")  # the Trainer's default precision
+                         threads=1, save_model=False, precision="fp32", pack=pack)  # the Trainer's default precision
     t0 = time.perf_counter()
-    r = finetune(task, ck, work / "ours", cfg, log=lambda _: None)
+    r = finetune(task, ck, work / f"ours-{pack}", cfg, log=lambda _: None)
     seconds = time.perf_counter() - t0
     return {"value": r["value"], "per_seed": r["per_seed"], "seconds": seconds,
             "examples_per_s": r["train_examples"] * a.epochs * a.seeds / seconds}
@@ -129,7 +126,8 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=0.06)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--max-len", type=int, default=66)
-    p.add_argument("--impls", default="ours,HF")
+    p.add_argument("--impls", default="ours,HF",
+                   help="ours (padded length-bucketed batches), ours-packed (--pack on: no padding), HF")
     a = p.parse_args()
     torch.set_num_threads(1)
     if not (Path(a.glue_dir) / "SST-2" / "train.tsv").is_file():
@@ -143,18 +141,21 @@ def main() -> None:
 
         ck = resolve_checkpoint(ck)
         for impl in a.impls.split(","):
-            results[impl] = (run_ours if impl == "ours" else run_hf)(task, ck, a, work)
+            run = {"ours": run_ours, "ours-packed": lambda *x: run_ours(*x, pack="on"), "HF": run_hf}[impl]
+            results[impl] = run(task, ck, a, work)
     print(f"SST-2: {a.max_train} train sentences, dev {len(task.dev)}, {a.epochs} epochs, batch {a.batch_size}, "
           f"lr {a.lr:g}, warmup {a.warmup:g}, max_len {a.max_len}, {a.seeds} seeds, 1 CPU thread; checkpoint "
           f"{a.checkpoint or 'fresh random-init tiny'}")
-    print(f"{'impl':<6}{'dev acc (median)':>18}{'per seed':>26}{'examples/s':>12}{'seconds':>9}")
+    print(f"{'impl':<12}{'dev acc (median)':>18}{'per seed':>26}{'examples/s':>12}{'seconds':>9}")
     for impl, r in results.items():
-        print(f"{impl:<6}{100 * r['value']:>18.2f}{', '.join(f'{100 * v:.1f}' for v in r['per_seed']):>26}"
+        print(f"{impl:<12}{100 * r['value']:>18.2f}{', '.join(f'{100 * v:.1f}' for v in r['per_seed']):>26}"
               f"{r['examples_per_s']:>12.1f}{r['seconds']:>9.0f}")
     if "ours" in results and "HF" in results:
         d = results["ours"]["value"] - results["HF"]["value"]
         ratio = results["ours"]["examples_per_s"] / results["HF"]["examples_per_s"]
         print(f"ours - HF: {100 * d:+.2f} points; ours/HF examples/s: {ratio:.2f}x")
+    if "ours" in results and "ours-packed" in results:
+        print(f"packed/padded examples/s: {results['ours-packed']['examples_per_s'] / results['ours']['examples_per_s']:.2f}x")
     print(json.dumps({"config": vars(a), "results": results}))
 
 

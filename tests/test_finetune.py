@@ -366,12 +366,12 @@ def test_an_interrupted_finetune_continues_where_it_stopped(tmp_path, tiny_check
     assert main(_finetune_argv(tiny_checkpoint, train, dev, tmp_path / "whole", "--quiet")) == 0
     real, steps = ft.forward, []
 
-    def forward(model, ids, idx, precision="auto", stop_at=None):
+    def forward(model, ids, idx, precision="auto", pack=0, stop_at=None):
         if model.training:
             steps.append(1)
             if len(steps) == stop_at:
                 raise KeyboardInterrupt
-        return real(model, ids, idx, precision)
+        return real(model, ids, idx, precision, pack)
 
     out = tmp_path / "out"
     monkeypatch.setattr(ft, "forward", lambda *a: forward(*a, stop_at=2 * 12 + 3))  # 6 steps x 2 epochs per run
@@ -506,3 +506,31 @@ def test_finetune_without_dev_holds_out_and_scores_test_once_per_seed(tmp_path, 
     preds = Finetuned(out, precision=m["config"]["precision"]).predict([text for text, _ in rows])
     saved = np.mean([p["label"] == label for p, (_, label) in zip(preds, rows)])
     assert saved == pytest.approx(m["test_per_seed"][m["model"]["seed"]])
+
+
+def test_packed_finetune_and_predict_equal_padded(tiny_checkpoint, tmp_path, capsys):
+    """--pack on (examples packed into rows without padding, as on a GPU by default) trains the same
+    model as padded batches (fp32, no dropout: the same gradients up to rounding), and predicts the same."""
+    from roberta.cli import main
+    from roberta.downstream.predict import Finetuned
+
+    train, dev = _sentiment_tsv(tmp_path / "train.tsv", 96, 0), _sentiment_tsv(tmp_path / "dev.tsv", 40, 1)
+    outs = {}
+    for pack in ("off", "on"):
+        outs[pack] = tmp_path / pack
+        assert main(_finetune_argv(tiny_checkpoint, train, dev, outs[pack], "--pack", pack, "--precision", "fp32",
+                                   "--dropout", "0", "--quiet")) == 0  # dropout would draw other masks
+    log = capsys.readouterr().out
+    assert "examples packed into 64-token rows in training" in log and "padded length-bucketed batches in training" in log
+    runs = {pack: _runs(out) for pack, out in outs.items()}
+    for a, b in zip(runs["off"], runs["on"]):
+        assert a["best_epoch"] == b["best_epoch"]
+        assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-4)
+    texts = [line.split("\t")[0] for line in dev.read_text().splitlines()[1:]]
+    model = Finetuned(outs["on"], device="cpu", precision="fp32", pack="on")
+    assert model.pack == 64
+    packed = model.predict(texts)
+    model.pack = 0
+    padded = model.predict(texts)
+    assert [p["label"] for p in packed] == [p["label"] for p in padded]
+    assert max(abs(p["probabilities"][k] - q["probabilities"][k]) for p, q in zip(packed, padded) for k in p["probabilities"]) <= 1e-5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,8 @@ from conftest import randomise
 from roberta.config import resolve_run
 from roberta.data.formats import SEP_DOC, build_sequences, document_ids
 from roberta.data.loader import collate
-from roberta.layers import document_mask, document_positions
+from roberta.downstream.batches import forward, pack_rows, packed_batch
+from roberta.attention import document_mask, document_positions
 from roberta.model import build_model
 from roberta.presets import get_preset
 from roberta.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -167,3 +169,92 @@ def test_pretrain_trains_with_packed_documents(data_dir, tmp_path, family):
     assert any(packed[s]["loss"] != full[s]["loss"] for s in packed)
     # evaluation is FULL-SENTENCES' for every format (the same scored tokens), attention across documents
     assert [r["eval_loss"] for r in metrics(tmp_path / "packed-documents") if "eval_loss" in r]
+
+
+def test_pack_rows_first_fit_decreasing_keeps_every_input_once():
+    rng = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (200,), generator=rng).tolist() + [130]  # one longer than a row
+    rows = pack_rows(lengths, 128)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    sizes = [sum(lengths[i] for i in row) for row in rows]
+    assert all(s <= 128 for s, row in zip(sizes, rows) if len(row) > 1) and [200] in rows
+    assert len(rows) <= -(-sum(lengths) // 128) + 2  # first-fit decreasing: within a row or two of the bound
+
+
+@pytest.mark.parametrize("family", ["roberta", "modern", "modern-mean"])
+def test_a_packed_classifier_batch_gives_the_padded_batchs_logits(family):
+    """Fine-tuning and predict without padding: examples packed into rows (each attending to
+    itself, positions restarting, pooled from its own tokens) get the logits of the padded,
+    length-bucketed batch, in the caller's order; and training through them has the same gradient."""
+    from roberta.model import build_classifier
+
+    cfg = _model_cfg(family.split("-")[0])
+    model = build_classifier(cfg, 3, "cpu", seed=0).eval()
+    if family == "modern-mean":
+        model.classifier.pooling = "mean"
+    randomise(model)
+    g = torch.Generator().manual_seed(1)
+    ids = [[BOS_ID, *torch.randint(5, 1000, (int(n),), generator=g).tolist(), EOS_ID]
+           for n in torch.randint(1, 30, (24,), generator=g)]
+    idx = np.random.default_rng(0).permutation(24)[:20]
+    padded = forward(model, ids, idx, "fp32")
+    packed = forward(model, ids, idx, "fp32", pack=SEQ_LEN)
+    input_ids, docs, order = packed_batch([ids[i] for i in idx], SEQ_LEN)
+    assert len(input_ids) < len(idx) and docs.amax(1).max() > 2  # several examples per row
+    assert packed.shape == padded.shape and (packed - padded).abs().max() <= TOL
+    model.train()
+    model.classifier.dropout.p = 0.0
+    grads = []
+    for pack in (0, SEQ_LEN):
+        model.zero_grad()
+        forward(model, ids, idx, "fp32", pack=pack).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[0].abs().max()
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, window_size=(-1, -1), **_):
+    """FlashAttention's varlen contract on a CPU: each segment attends within itself, within
+    (left, right) of each query when a window is given."""
+    out = torch.empty_like(q)
+    left, right = window_size
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        assert b - a <= max_q
+        i = torch.arange(b - a)
+        near = torch.ones(b - a, b - a, dtype=torch.bool)
+        if left >= 0:
+            near = ((i[:, None] - i[None, :]) <= left) & ((i[None, :] - i[:, None]) <= right)
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), attn_mask=near).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("family", ["roberta+rope", "modern"])
+def test_varlen_path_gives_the_block_masks_logits(split, family, monkeypatch):
+    """The GPU path of packed documents (varlen attention over cumulative lengths; local layers a
+    (w/2, w/2) window) has the dense block mask's logits. The kernel is CUDA-only, so here
+    FlashAttention's documented contract stands in for it: what is tested is our cut of the batch
+    into segments, the flattening and the window's translation."""
+    import roberta.attention as attention
+
+    model = build_model(_model_cfg(family), "cpu", seed=0).eval()
+    randomise(model)
+    _, batch = _packed_batch(split)
+    with torch.no_grad():
+        dense = model.logits(batch.input_ids, batch.attention_mask, batch.document_ids)
+        monkeypatch.setattr(attention, "varlen_attn", _reference_varlen)
+        monkeypatch.setattr(attention, "use_varlen", lambda *a: True)
+        varlen = model.logits(batch.input_ids, batch.attention_mask, batch.document_ids)
+    real = batch.attention_mask.bool()
+    assert (dense - varlen)[real].abs().max() <= TOL
+    seg = attention.document_segments(batch.document_ids)
+    B, T = batch.input_ids.shape
+    assert seg.cu[0] == 0 and seg.cu[-1] == B * T and (seg.cu.diff() > 0).all()
+    assert len(seg.cu) - 1 == int(batch.document_ids.amax(1).sum()) + int((~real).any(1).sum())  # + padded tails
+
+
+def test_document_segments_cut_at_every_document_and_row_start():
+    from roberta.attention import document_segments
+
+    d = torch.tensor([[1, 1, 1, 1], [1, 1, 2, 0], [1, 2, 2, 2]])  # row 1 starts with row 0's id
+    seg = document_segments(d)
+    assert seg.cu.tolist() == [0, 4, 6, 7, 8, 9, 12] and seg.cu.dtype == torch.int32 and seg.max_len == 4

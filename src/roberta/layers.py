@@ -126,34 +126,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, T) attention mask (1 = real token) -> SDPA's boolean (B, 1, 1, T) keys to attend to, or
-    None when there is no padding. Without padding SDPA runs mask-free (CPU flash kernel). The
-    check is a host sync: free on a CPU, but on a GPU it would stall the queue (the trainer drops
-    all-ones masks itself) and under torch.compile it is a graph break; there the mask is always passed."""
-    if attention_mask is not None and (torch.compiler.is_compiling() or attention_mask.device.type != "cpu"
-                                       or not bool(attention_mask.all())):
-        return attention_mask.bool()[:, None, None, :]
-    return None
-
-
-def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) document ids (0 = padding, 1..k = the k-th document of the row) -> SDPA's boolean
-    (B, 1, T, T) block-diagonal mask: query i attends to key j iff both lie in the same document.
-    Padding attends only to padding (never an empty row, so no NaN), and no real token sees it.
-    A dense mask: the CPU path of packed documents (a GPU would rather run varlen attention)."""
-    return (document_ids[:, :, None] == document_ids[:, None, :])[:, None]
-
-
-def document_positions(document_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) document ids -> (B, T) int64 position of each token within its document, 0-based:
-    positions restart where the id changes (documents are contiguous runs of one id)."""
-    idx = torch.arange(document_ids.shape[1], device=document_ids.device).expand_as(document_ids)
-    starts = torch.ones_like(document_ids, dtype=torch.bool)
-    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-    return idx - torch.where(starts, idx, 0).cummax(dim=1).values
-
-
 def require_resolved(cfg) -> None:
     """A model is built from a resolved ModelConfig: its derived sizes filled in."""
     if cfg.vocab_size is None or cfg.max_positions is None:

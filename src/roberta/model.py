@@ -19,9 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig, max_seq_len, padded_vocab_size, positions_for, uses_rope  # noqa: F401
-from roberta.layers import (LayerNorm, LMHead, apply_rotary, count_parameters, document_mask,  # noqa: F401
-                            document_positions, init_weights, key_padding_mask, materialise, mlm_losses, nsp_losses,
-                            require_resolved, rotary)
+from roberta.attention import attend, document_positions, documents, key_padding_mask, unpack_documents
+from roberta.layers import (LayerNorm, LMHead, apply_rotary, count_parameters, init_weights,  # noqa: F401
+                            materialise, mlm_losses, nsp_losses, require_resolved, rotary)
 from roberta.modern import ModernClassifier, ModernMLM
 
 
@@ -39,8 +39,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         if rope is not None:  # model.position=rope
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        y = attend(q, k, v, attn_mask, self.attention_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -123,13 +122,13 @@ class Encoder(nn.Module):
         """(B, T) ids -> (B, T, C) hidden states. attention_mask: (B, T), 1 = real token.
         document_ids: (B, T), 0 = padding, 1..k = the row's k-th packed document: each token then
         attends and counts its position within its own document only (the padding is in it too)."""
-        if document_ids is not None:
-            attn_mask = document_mask(document_ids)  # (B, 1, T, T) block-diagonal
-        else:
-            attn_mask = key_padding_mask(attention_mask)  # (B, 1, 1, T) keys to attend to, or None
         x = self.embeddings(input_ids, document_ids)
         if torch.is_autocast_enabled(x.device.type):  # the residual stream in autocast's dtype (see LayerNorm)
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        if document_ids is not None:  # block-diagonal (B, 1, T, T), or varlen Segments on a GPU
+            attn_mask = documents(document_ids, x, self.cfg.attention_dropout, self.training)
+        else:
+            attn_mask = key_padding_mask(attention_mask)  # (B, 1, 1, T) keys to attend to, or None
         rope = None
         if self.embeddings.position_embeddings is None:  # rotary: 0..T-1, restarting in each packed document
             positions = document_positions(document_ids) if document_ids is not None else None
@@ -197,8 +196,13 @@ class RobertaClassifier(nn.Module):
         self.roberta = Encoder(cfg)
         self.classifier = ClassificationHead(cfg.hidden, n_out, cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.roberta(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """document_ids (see Encoder): packed examples, one row of logits per document, row-major."""
+        h = self.roberta(input_ids, attention_mask, document_ids)
+        if document_ids is not None:
+            h, _ = unpack_documents(h, document_ids)
+        return self.classifier(h)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu",

@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig
-from roberta.layers import (LayerNorm, LMHead, apply_rotary, document_mask, document_positions,  # noqa: F401
-                            key_padding_mask, mlm_losses, nsp_losses, require_resolved, rotary)
+from roberta.attention import (Segments, attend, document_positions, documents, key_padding_mask,
+                               unpack_documents, windowed)
+from roberta.layers import LayerNorm, LMHead, apply_rotary, mlm_losses, nsp_losses, require_resolved, rotary  # noqa: F401
 
 
 def local_mask(seq_len: int, window: int, keys: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -52,8 +53,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        y = attend(q, k, v, attn_mask, self.attention_dropout if self.training else 0.0)
         return self.out_dropout(self.out(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -125,11 +125,15 @@ class Encoder(nn.Module):
         T, hs, c = x.shape[1], self.cfg.hidden // self.cfg.heads, self.cfg
         if document_ids is None:
             keys, positions = key_padding_mask(attention_mask), None  # (B, 1, 1, T) or None
-        else:  # block-diagonal (B, 1, T, T); a window within it stays a window of the document
-            keys, positions = document_mask(document_ids), document_positions(document_ids)
+        else:  # block-diagonal (B, 1, T, T) or varlen Segments; a window within stays a window of the document
+            keys, positions = documents(document_ids, x, c.attention_dropout, self.training), document_positions(document_ids)
         rope = {True: rotary(T, hs, c.rope_theta, x.device, positions),
                 False: rotary(T, hs, c.local_rope_theta, x.device, positions)}
-        masks = {True: keys, False: local_mask(T, c.local_window, keys, x.device) if c.local_window else None}
+        local = None
+        if c.local_window:
+            local = windowed(keys, c.local_window) if isinstance(keys, Segments) else local_mask(T, c.local_window, keys,
+                                                                                                 x.device)
+        masks = {True: keys, False: local}
         for layer in self.layers:  # keyed by layer.is_global
             x = layer(x, rope[layer.is_global], masks[layer.is_global])
         return self.final_norm(x)
@@ -197,8 +201,13 @@ class ModernClassifier(nn.Module):
         self.roberta = Encoder(cfg)
         self.classifier = ClassificationHead(cfg, n_out, pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.roberta(input_ids, attention_mask), attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """document_ids (see Encoder): packed examples, one row of logits per document, row-major."""
+        h = self.roberta(input_ids, attention_mask, document_ids)
+        if document_ids is not None:
+            h, attention_mask = unpack_documents(h, document_ids)
+        return self.classifier(h, attention_mask)
 
 
 __all__ = ["ModernMLM", "ModernClassifier", "Encoder", "rotary", "apply_rotary", "local_mask"]

@@ -58,9 +58,17 @@ def add_finetune_options(s: argparse.ArgumentParser) -> None:
     add_threads(s)
     add_precision(s)
     add_device(s)
+    add_pack(s)
     s.add_argument("--patience", type=int, default=0,
                    help="stop a run after N epochs without a dev improvement (0 = never)")
     add_quiet(s)
+
+
+def add_pack(s) -> None:
+    s.add_argument("--pack", choices=["auto", "on", "off"], default="auto",
+                   help="examples packed into rows without padding, each attending only to itself (the logits "
+                        "are the padded batch's); auto: where varlen attention runs (a GPU in bf16), since "
+                        "on a CPU length-bucketed batches are as fast")
 
 
 def finetune_config(a):
@@ -90,7 +98,7 @@ def finetune_config(a):
                           warmup_fraction=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
                           max_len=a.seq_len, long=a.long, max_train=a.max_train, max_dev=a.max_dev,
                           from_scratch=a.from_scratch, threads=a.threads, device=a.device, precision=a.precision,
-                          patience=a.patience, progress=not a.quiet)
+                          patience=a.patience, pack=a.pack, progress=not a.quiet)
 
 
 def lr_list(text: str | None, flag: str) -> tuple[float, ...]:
@@ -171,7 +179,7 @@ def cmd_predict(a) -> None:
     from roberta.downstream.tasks import Columns, first_row_columns, quote_columns, read_examples
 
     set_threads(a.threads)
-    model = Finetuned(a.checkpoint, device=a.device, precision=a.precision)
+    model = Finetuned(a.checkpoint, device=a.device, precision=a.precision, pack=a.pack)
     examples, has_labels = [], True
     for path in a.inputs:
         names = first_row_columns(path)
@@ -244,6 +252,7 @@ def register(sub) -> None:
                    help="gold labels: the metric is printed (default: a 'label' column when there is one)")
     s.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     add_device(s)
+    add_pack(s)
     add_threads(s)
     add_precision(s)
     add_quiet(s)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from roberta.attention import varlen_attn
 from roberta.data.loader import pad_rows
 from roberta.downstream.tasks import Example
 from roberta.errors import UserError
@@ -66,9 +67,63 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
-def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray, precision: str = "auto") -> torch.Tensor:
-    """Logits (fp32) for the inputs idx, on the model's device, under `precision`'s autocast."""
+PACK_CHOICES = ("auto", "on", "off")
+
+
+def pack_length(setting: str, device: torch.device, precision: str, attention_dropout: float, training: bool,
+                max_len: int) -> int:
+    """The row length inputs are packed into (each attending only to itself), or 0: padded batches.
+    "auto" packs where varlen attention runs: a GPU in bf16 (while training, without attention
+    dropout, which the kernel lacks). Elsewhere the packed rows' dense block mask costs what
+    padding would: length-bucketed batches have little (docs/performance.md, fine-tuning)."""
+    if setting not in PACK_CHOICES:
+        raise UserError(f"--pack {setting}: choose one of {', '.join(PACK_CHOICES)}")
+    if setting == "auto":
+        on = (varlen_attn is not None and device.type == "cuda" and precision == "bf16"
+              and not (training and attention_dropout > 0))
+        return max_len if on else 0
+    return max_len if setting == "on" else 0
+
+
+def pack_rows(lengths: list[int], max_len: int) -> list[list[int]]:
+    """First-fit decreasing: positions 0..n-1 grouped into rows of at most max_len tokens in all
+    (an input longer than max_len gets a row of its own)."""
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if fit is None:
+            rows.append([i])
+            room.append(max_len - lengths[i])
+        else:
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+    return rows
+
+
+def packed_batch(inputs: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Inputs packed into rows: (R, T) ids, their (R, T) document ids (0 = padding, 1..k = the
+    row's k-th input) and `order`, the input each packed document is (row-major)."""
+    rows = pack_rows([len(x) for x in inputs], max_len)
+    input_ids, real = pad_rows([[t for i in row for t in inputs[i]] for row in rows])
+    docs = torch.zeros_like(input_ids)
+    for r, row in enumerate(rows):
+        docs[r, : int(real[r].sum())] = torch.from_numpy(np.repeat(np.arange(1, len(row) + 1),
+                                                                   [len(inputs[i]) for i in row]))
+    return input_ids, docs, np.asarray([i for row in rows for i in row])
+
+
+def forward(model: RobertaClassifier, ids: list[list[int]], idx: np.ndarray, precision: str = "auto",
+            pack: int = 0) -> torch.Tensor:
+    """Logits (fp32) for the inputs idx, in idx's order, on the model's device, under `precision`'s
+    autocast. pack > 0: the inputs packed into rows of at most `pack` tokens, each attending only to
+    itself (no padding but the rows' tails); the logits equal the padded batch's."""
     device = next(model.parameters()).device
-    input_ids, mask = (t.to(device, non_blocking=True) for t in pad_rows([ids[i] for i in idx]))
+    rows = [ids[i] for i in idx]
+    if not pack:
+        input_ids, mask = (t.to(device, non_blocking=True) for t in pad_rows(rows))
+        with autocast(device, precision):
+            return model(input_ids, mask).float()
+    input_ids, docs, order = packed_batch(rows, pack)
     with autocast(device, precision):
-        return model(input_ids, mask).float()
+        logits = model(input_ids.to(device, non_blocking=True), document_ids=docs.to(device, non_blocking=True)).float()
+    return logits[torch.from_numpy(np.argsort(order)).to(device)]

@@ -38,18 +38,16 @@ from tqdm import tqdm
 from roberta.training import checkpoint as ckpt
 from roberta.config import OptimConfig
 from roberta.training.distributed import pick_device
-from roberta.training.parallelize import autocast
 from roberta.errors import UserError
 from roberta.outdir import settings_diff
-from roberta.downstream.batches import Encoded, encode, forward, length_batches
+from roberta.downstream.batches import Encoded, encode, forward, length_batches, pack_length
 from roberta.downstream.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
 from roberta.training.optim import build_optimizer, lr_at, set_lr
-from roberta.data.loader import pad_rows
 from roberta.downstream.predict import save_finetuned  # the artifact's format lives with its reader
 from roberta.downstream.tasks import Example, TaskData, find_glue_tasks, glue_task, targets
 from roberta.training.precision import resolve_precision
-from roberta.tokenizer import BOS_ID, EOS_ID, load_tokenizer
+from roberta.tokenizer import load_tokenizer
 
 PAPER_LR_GRID = (1e-5, 2e-5, 3e-5)
 SMALL_LR_GRID = (3e-4, 1e-4, 5e-5, 3e-5)  # Turc et al. 2019's grid for BERT-Tiny..Medium
@@ -58,7 +56,7 @@ SUBSAMPLE_SEED = 0  # one fixed subset, so pretrained and from-scratch runs see 
 JOB_FILE = "job.json"  # in OUT: what defines the job (config, checkpoint, data); a re-run continues only that
 RUNS_FILE = "runs.jsonl"  # in OUT: one line per finished (lr, seed) run -- the record a re-run reuses
 STATES_DIR = "best-per-lr"  # in OUT until OUT/model is written: each lr's best weights so far
-NOT_IDENTITY = ("threads", "progress")  # how a job runs, not what it computes: may change between re-runs
+NOT_IDENTITY = ("threads", "progress", "pack")  # how a job runs, not what it computes: may change between re-runs
 
 
 @dataclass
@@ -81,26 +79,29 @@ class FinetuneConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default (on a shared CPU, 1 can beat 2 several times)
     device: str = "auto"  # "auto" (a GPU when there is one) | "cpu" | "cuda"
     precision: str = "auto"  # "auto" | "fp32" | "bf16" (roberta.training.precision): bf16 on a GPU and on a CPU that has it
+    pack: str = "auto"  # "auto" | "on" | "off": examples packed into rows without padding (batches.pack_length)
     progress: bool = True  # one bar over the whole job's steps, with its ETA, on stderr (on a terminal); False: --quiet
 
 
 @torch.no_grad()
-def predict(model: RobertaClassifier, data: Encoded, batch_size: int, precision: str = "auto") -> np.ndarray:
+def predict(model: RobertaClassifier, data: Encoded, batch_size: int, precision: str = "auto",
+            pack: int = 0) -> np.ndarray:
     """(n_examples, n_out): class probabilities, or regression values (n_out = 1), averaged over
     each example's chunks."""
     model.eval()
     n_out = model.classifier.out_proj.out_features
     per_input = np.zeros((len(data.ids), n_out))
     for idx in length_batches(data.lengths, batch_size, None):
-        logits = forward(model, data.ids, idx, precision)
+        logits = forward(model, data.ids, idx, precision, pack)
         per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).cpu().numpy()
     sums = np.zeros((len(data.y), n_out))
     np.add.at(sums, data.owner, per_input)
     return sums / np.bincount(data.owner, minlength=len(data.y))[:, None]
 
 
-def score(model: RobertaClassifier, data: Encoded, batch_size: int, precision: str = "auto") -> dict[str, float]:
-    return scores_of(predict(model, data, batch_size, precision), data.y)
+def score(model: RobertaClassifier, data: Encoded, batch_size: int, precision: str = "auto",
+          pack: int = 0) -> dict[str, float]:
+    return scores_of(predict(model, data, batch_size, precision, pack), data.y)
 
 
 def scores_of(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -143,6 +144,8 @@ class Setup:
     precision_why: str = ""
     model_cfg: object = None  # the ModelConfig the classifier is built with (dropout replaced)
     test: Encoded | None = None  # scored once per run at its best dev epoch; never selects anything
+    pack_train: int = 0  # row length examples are packed into while training (batches.pack_length); 0 = padded
+    pack_eval: int = 0  # the same when scoring
 
 
 def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
@@ -180,7 +183,13 @@ def setup(task: TaskData, checkpoint: str | Path, cfg: FinetuneConfig) -> Setup:
         return model
 
     precision, why = resolve_precision(cfg.precision, device)
-    return Setup(task, train, dev, new_model, ck, max_len, device, precision, why, model_cfg, test)
+    pack = {training: pack_length(cfg.pack, device, precision, model_cfg.attention_dropout, training, max_len)
+            for training in (True, False)}
+    return Setup(task, train, dev, new_model, ck, max_len, device, precision, why, model_cfg, test, pack[True], pack[False])
+
+
+def _packing(pack: int) -> str:
+    return f"examples packed into {pack}-token rows" if pack else "padded length-bucketed batches"
 
 
 def steps_per_run(s: Setup, cfg: FinetuneConfig) -> int:
@@ -195,7 +204,7 @@ def _train_epoch(model, optimizer, s: Setup, cfg: FinetuneConfig, lr: float, rng
     batches = length_batches(s.train.lengths, cfg.batch_size, rng)
     for idx in batches:
         set_lr(optimizer, lr_at(step / total_steps, cfg.warmup_fraction, lr))
-        logits = forward(model, s.train.ids, idx, s.precision)
+        logits = forward(model, s.train.ids, idx, s.precision, s.pack_train)
         y = torch.from_numpy(s.train.y[s.train.owner[idx]]).to(s.device)
         loss = F.mse_loss(logits[:, 0], y) if s.task.regression else F.cross_entropy(logits, y)
         loss.backward()
@@ -224,7 +233,7 @@ def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callabl
         if bar is not None:
             bar.set_postfix_str(f"lr {lr:g} seed {seed} epoch {epoch}/{cfg.epochs}", refresh=False)
         train_loss, step = _train_epoch(model, optimizer, s, cfg, lr, rng, step, bar)
-        outputs = predict(model, s.dev, cfg.eval_batch_size, s.precision)
+        outputs = predict(model, s.dev, cfg.eval_batch_size, s.precision, s.pack_eval)
         scores = scores_of(outputs, s.dev.y)
         if epoch == 1 or scores[metric] > best_value:  # as best_epoch(): the first of the maxima, NaN never wins
             best_value = scores[metric] if scores[metric] == scores[metric] else -math.inf
@@ -246,7 +255,7 @@ def train_seed(s: Setup, cfg: FinetuneConfig, lr: float, seed: int, log: Callabl
               "dev_outputs": np.asarray(best_outputs).round(6).tolist()}
     if s.test is not None:  # once, at the epoch dev chose: the test set selects nothing
         model.load_state_dict(best_state)
-        test = scores_of(predict(model, s.test, cfg.eval_batch_size, s.precision), s.test.y)
+        test = scores_of(predict(model, s.test, cfg.eval_batch_size, s.precision, s.pack_eval), s.test.y)
         record.update(test_value=test[metric], test_metrics=test)
     return record, best_state if cfg.save_model else None
 
@@ -275,7 +284,8 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
     test = "" if s.test is None else f", {len(s.test.y):,} test examples"
     log(f"{task.name}: {len(s.train.y):,} train inputs -> {len(s.train.ids):,} sequences, {len(s.dev.y):,} dev examples "
         f"-> {len(s.dev.ids):,} sequences{test} (max {s.max_len} tokens, {cfg.long}); mean train length "
-        f"{s.train.lengths.mean():.1f} tokens; {s.device}, {s.precision} ({s.precision_why}); {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}")
+        f"{s.train.lengths.mean():.1f} tokens; {s.device}, {s.precision} ({s.precision_why}); {'from scratch (random init)' if cfg.from_scratch else f'from {s.checkpoint}'}; "
+        f"{_packing(s.pack_train)} in training, {_packing(s.pack_eval)} in scoring (--pack {cfg.pack})")
     if cfg.from_scratch and len(cfg.lrs) == 1:
         log(f"note: one lr ({cfg.lrs[0]:g}) for a from-scratch baseline; a random init usually wants a higher lr "
             "than a pretrained model, so tune each arm over its own --lr-grid (`finetune --baseline scratch` does; docs/downstream.md)")

@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from roberta.training import checkpoint as ckpt
 from roberta.training.distributed import pick_device
+from roberta.training.precision import resolve_precision
 from roberta.errors import UserError, WrongModelError
-from roberta.downstream.batches import encode, forward, length_batches
+from roberta.downstream.batches import encode, forward, length_batches, pack_length
 from roberta.downstream.metrics import all_metrics
 from roberta.model import build_classifier
 from roberta.downstream.tasks import Example, targets
@@ -60,7 +61,7 @@ def finetuned_dir(path: str | Path) -> Path | None:
 class Finetuned:
     """A fine-tuned classifier / regressor: `predict(texts_or_pairs)` -> one dict per input."""
 
-    def __init__(self, path: str | Path, device: str = "auto", precision: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", precision: str = "auto", pack: str = "auto"):
         d = finetuned_dir(path)
         if d is None:
             raise UserError(f"{path}: not a fine-tuned model (no model/{RECORD}); pass the --out directory of "
@@ -75,6 +76,9 @@ class Finetuned:
         ckpt.load_state(self.model, ckpt.load_weights(d), d / "model.safetensors")
         self.model.eval()
         self.tokenizer = load_tokenizer(d)
+        # rows of the length it was fine-tuned at (pack_length: 0 = padded batches)
+        self.pack = pack_length(pack, self.device, resolve_precision(precision, self.device)[0],
+                                cfg.model.attention_dropout, False, self.record["max_len"])
 
     @property
     def metric(self) -> str:
@@ -96,7 +100,7 @@ class Finetuned:
         batches = length_batches(data.lengths, batch_size, None)
         with torch.no_grad():
             for idx in tqdm(batches, desc="predict", unit="batch", disable=None if progress else True):
-                logits = forward(self.model, data.ids, idx, self.precision)
+                logits = forward(self.model, data.ids, idx, self.precision, self.pack)
                 per_input[idx] = (logits.softmax(-1) if n_out > 1 else logits).cpu().numpy()
         sums = np.zeros((len(examples), n_out))
         np.add.at(sums, data.owner, per_input)  # long="chunk": average each example's chunks
