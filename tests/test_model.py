@@ -68,6 +68,45 @@ def test_init_statistics():
     assert torch.equal(emb.position_embeddings.weight[PAD_ID], torch.zeros(256))
 
 
+@pytest.mark.parametrize("family", ["modern", "roberta"])
+def test_modernbert_init_statistics(family):
+    """model.init=modernbert (transformers' ModernBertPreTrainedModel._init_weights): truncated normal
+    at +-2 sigma; sigma 0.02 for embeddings and input projections, 0.02 / sqrt(2 layers) for the
+    output projections and the heads' dense layer, hidden^-0.5 for the classifier's projection.
+    A truncated normal at 2 sigma has std 0.880 sigma."""
+    from roberta.model import build_classifier
+    from roberta.presets import modern_tiny
+
+    base_cfg = modern_tiny().model if family == "modern" else small_model()
+    cfg = dataclasses.replace(base_cfg, vocab_size=4096, max_positions=130, layers=4, hidden=256, heads=4, ffn=384,
+                              init="modernbert")
+    out_sigma = 0.02 / (2 * 4) ** 0.5
+    for model in (build_model(cfg, seed=0), build_classifier(cfg, 3, seed=0)):
+        seen = set()
+        for name, p in model.named_parameters():
+            if not (name.endswith("weight") and p.dim() == 2) or "position" in name or "token_type" in name:
+                continue
+            w = p.detach()
+            if "word_embeddings" in name:
+                w = torch.cat([w[:PAD_ID], w[PAD_ID + 1:]])
+            sigma = 0.02
+            if name.endswith(("attention.out.weight", "ffn.down.weight", "lm_head.dense.weight",
+                              "classifier.dense.weight")):
+                sigma, kind = out_sigma, "out"
+            elif name.endswith("out_proj.weight"):
+                sigma, kind = 256 ** -0.5, "final"
+            else:
+                kind = "in"
+            seen.add(kind)
+            assert float(w.abs().max()) <= 2 * sigma + 1e-7, name  # truncated at 2 sigma
+            n = w.numel()
+            tol = 5 * 0.88 * sigma / (2 * n) ** 0.5 + (0.01 * sigma if n < 5000 else 0)
+            assert abs(float(w.std()) - 0.880 * sigma) < tol, (name, float(w.std()), 0.88 * sigma)
+        assert seen == ({"in", "out", "final"} if hasattr(model, "classifier") else {"in", "out"})
+    default = build_model(dataclasses.replace(cfg, init="normal"), seed=0)
+    assert float(default.roberta.layers[1].attention.out.weight.detach().std()) == pytest.approx(0.02, rel=0.02)
+
+
 def test_init_is_reproducible_from_the_seed():
     a, b = build_model(small_model(), seed=3), build_model(small_model(), seed=3)
     c = build_model(small_model(), seed=4)

@@ -244,11 +244,13 @@ def test_four_micro_batches_of_8_equal_one_batch_of_32(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_gloo_ranks_equal_one_process(data_dir, tmp_path, fsdp):
+@pytest.mark.parametrize("fsdp,optimizer", [(False, "adamw"), (True, "adamw"), (True, "stableadamw")],
+                         ids=["ddp", "fsdp2", "fsdp2-stableadamw"])
+def test_two_gloo_ranks_equal_one_process(data_dir, tmp_path, fsdp, optimizer):
     """Same global batch (8 = 2 ranks x 4, and one micro-batch of 2 accumulated twice per rank)
-    on 2 gloo processes under DDP or FSDP2 ends with the same parameters as 1 process."""
-    sets = NO_DROPOUT + ["train.max_steps=4", "train.lr=1e-3", "train.checkpoint_interval=2"]
+    on 2 gloo processes under DDP or FSDP2 ends with the same parameters as 1 process (StableAdamW
+    too: its per-tensor RMS is over the whole tensor, not a rank's shard)."""
+    sets = NO_DROPOUT + ["train.max_steps=4", "train.lr=1e-3", "train.checkpoint_interval=2", f"optim.name={optimizer}"]
     results = wait_all(launch(data_dir, tmp_path / "two", *sets, "train.micro_batch_size=2",
                               f"train.fsdp={str(fsdp).lower()}", world=2))
     assert all(rc == 0 for rc, _ in results), results
@@ -544,6 +546,53 @@ def test_step_if_finite_skips_the_update_and_the_step_count(fused):
     step_if_finite(opt, torch.tensor(True))
     assert float(opt.state[w]["step"]) == 1.0 and (w.detach() < 1.0).all()
     assert not hasattr(opt, "found_inf")  # not left behind for the next step
+
+
+def test_stableadamw_is_adamw_while_the_second_moment_keeps_up_and_clips_a_spike():
+    """optim.name=stableadamw: with a gradient its second moment has seen (the same one each step)
+    every update equals torch's AdamW; a 100x spike after it takes AdamW's step divided by the
+    tensor's RMS(g^2 / v_hat), computed here by hand; an untouched tensor keeps AdamW's step."""
+    from roberta.training.optim import StableAdamW
+
+    kw = dict(lr=0.01, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    g = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    a, b = torch.nn.Parameter(torch.ones(64)), torch.nn.Parameter(torch.ones(64))
+    ours, ref = StableAdamW([a], **kw), torch.optim.AdamW([b], foreach=False, **kw)
+    for _ in range(5):
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+        assert (a - b).abs().max() <= 1e-6
+    before_a, before_b = a.detach().clone(), b.detach().clone()
+    spike = 100 * g
+    a.grad, b.grad = spike.clone(), spike.clone()
+    ours.step()
+    ref.step()
+    v_hat = ours.state[a]["exp_avg_sq"] / (1 - 0.98 ** 6)
+    rms = float((spike.square() / v_hat).mean().sqrt())
+    assert rms > 2  # a spike: the second moment has not caught up
+    assert (a.detach() - before_a).abs().max() < (b.detach() - before_b).abs().max() / 2
+    assert torch.allclose(a.detach() - before_a, (b.detach() - before_b) / rms, rtol=1e-4, atol=1e-9)
+    assert float(ours.state[a]["step"]) == 6.0
+
+
+def test_stableadamw_trains_and_resumes_through_a_checkpoint(data_dir, tmp_path):
+    """--set optim.name=stableadamw: the run trains (the loss falls) and its optimizer state
+    (moments and step counts) goes through the pickle-free checkpoint: a resumed run equals the
+    uninterrupted one bit for bit."""
+    import shutil
+
+    sets = NO_DROPOUT + ["train.max_steps=6", "train.lr=1e-3", "train.checkpoint_interval=3", "optim.name=stableadamw"]
+    run_inprocess(data_dir, tmp_path / "whole", *sets)
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    for name in ("checkpoint-000006", "summary.json"):
+        shutil.rmtree(tmp_path / "resumed" / name) if (tmp_path / "resumed" / name).is_dir() \
+            else (tmp_path / "resumed" / name).unlink()
+    run_inprocess(data_dir, tmp_path / "resumed", *sets, resume=True)
+    assert max_diff(weights(tmp_path / "whole", 6), weights(tmp_path / "resumed", 6)) == 0.0
+    records = train_records(tmp_path / "whole")
+    assert records[6]["loss"] < records[1]["loss"]
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["optim"]["name"] == "stableadamw"
 
 
 def train_step(model, optimizer, micro_batches, masker, dist, cfg, with_stats: bool = False) -> dict:

@@ -51,6 +51,7 @@ class ModelConfig:
     local_rope_theta: float = 10000.0  # modern family: rotary base of the local (sliding-window) layers
     local_window: int = 0  # modern family: a local layer's token sees +-local_window/2 tokens; 0 = all layers global
     global_every: int = 1  # modern family: every n-th layer is global (layer 0 included); the others local
+    init: Literal["normal", "modernbert"] = "normal"  # normal: N(0, 0.02) everywhere (BERT/RoBERTa); modernbert: truncated at 2 sigma, output projections 0.02 / sqrt(2 layers), classifier hidden^-0.5
 
 
 @dataclass
@@ -72,6 +73,7 @@ class MaskingConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["adamw", "stableadamw"] = "adamw"  # adamw (the paper's) | stableadamw (ModernBERT's: AdamW whose per-tensor step shrinks when a gradient outruns its second moment)
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.98  # AdamW second-moment decay (the paper: 0.98 for stability at large batches)
     eps: float = 1e-6  # AdamW epsilon

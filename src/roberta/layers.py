@@ -6,6 +6,8 @@ A plain nn.Module library: no I/O, no distribution, no config parsing beyond Mod
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -93,15 +95,37 @@ def mlm_losses(lm_head: LMHead, h: torch.Tensor, decoder: torch.Tensor, labels: 
     return {"mlm_loss_sum": loss, "mlm_count": labels.ne(IGNORE).sum()}
 
 
+# the Linear layers whose output is added to the residual stream (or feeds the next head), by name
+OUTPUT_PROJECTIONS = ("attention.out", "ffn.down", "lm_head.dense", "classifier.dense", "nsp_head.dense")
+
+
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """RoBERTa's init: normal(0, 0.02) weights, zero biases, LayerNorm 1/0, zero padding rows."""
-    for m in module.modules():
+    """model.init (module.cfg.init; "normal" without a cfg):
+    - normal: RoBERTa's: normal(0, std) weights, zero biases, LayerNorm 1/0, zero padding rows;
+    - modernbert: ModernBERT's (transformers' ModernBertPreTrainedModel): truncated normal at +-2
+      sigma, sigma = std for embeddings and input projections, std / sqrt(2 layers) for output
+      projections (and the heads' dense layer), hidden^-0.5 for a classifier's last projection."""
+    cfg = getattr(module, "cfg", None)
+    modernbert = cfg is not None and cfg.init == "modernbert"
+
+    def draw(weight: torch.Tensor, sigma: float) -> None:
+        if modernbert:
+            nn.init.trunc_normal_(weight, std=sigma, a=-2 * sigma, b=2 * sigma)
+        else:
+            nn.init.normal_(weight, std=sigma)
+
+    for name, m in module.named_modules():
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=std)
+            sigma = std
+            if modernbert and name.endswith(OUTPUT_PROJECTIONS):
+                sigma = std / math.sqrt(2 * cfg.layers)
+            elif modernbert and name.endswith("out_proj"):
+                sigma = cfg.hidden ** -0.5
+            draw(m.weight, sigma)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=std)
+            draw(m.weight, std)
             if m.padding_idx is not None:
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
