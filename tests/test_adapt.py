@@ -225,3 +225,47 @@ def test_a_modernbert_tokenizer_comes_along_with_its_specials_at_ids_0_to_4(tmp_
         a, b = back(**enc).logits, trained.logits(enc["input_ids"], enc["attention_mask"])
     real = enc["attention_mask"].bool()
     assert (a[real] - b[real]).abs().max() < 1e-4
+
+
+def test_a_config_json_as_modernbert_ships_it_imports_with_its_layers_and_rotary_bases(tmp_path, tokenizer_dir):
+    """The config.json on the hub (answerdotai/ModernBERT-base, written by transformers 4.48): the
+    layout and rotary bases as global_attn_every_n_layers / global_rope_theta / local_rope_theta,
+    no layer_types, no rope_parameters. Here at 4 x 32 with other bases than the defaults (as
+    IBM's granite-embedding-r2 has: 80K global), so a value read as the default would show; a
+    180-token input is longer than the 128-token window. Logits equal transformers' on it."""
+    tok = load_tokenizer(tokenizer_dir)
+    legacy = {
+        "architectures": ["ModernBertForMaskedLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 0, "classifier_activation": "gelu", "classifier_bias": False, "classifier_dropout": 0.0,
+        "classifier_pooling": "mean", "cls_token_id": 0, "decoder_bias": True, "deterministic_flash_attn": False,
+        "embedding_dropout": 0.0, "eos_token_id": 2, "global_attn_every_n_layers": 3, "global_rope_theta": 80000.0,
+        "gradient_checkpointing": False, "hidden_activation": "gelu", "hidden_size": 32,
+        "initializer_cutoff_factor": 2.0, "initializer_range": 0.02, "intermediate_size": 48,
+        "layer_norm_eps": 1e-05, "local_attention": 128, "local_rope_theta": 20000.0,
+        "max_position_embeddings": 8192, "mlp_bias": False, "mlp_dropout": 0.0, "model_type": "modernbert",
+        "norm_bias": False, "norm_eps": 1e-05, "num_attention_heads": 2, "num_hidden_layers": 4, "pad_token_id": 1,
+        "position_embedding_type": "absolute", "reference_compile": True, "sep_token_id": 2,
+        "sparse_pred_ignore_index": -100, "sparse_prediction": False, "torch_dtype": "float32",
+        "transformers_version": "4.48.0.dev0", "vocab_size": tok.get_vocab_size()}
+    src = tmp_path / "hf"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(legacy))
+    hf = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig.from_pretrained(src)).eval()
+    _randomise(hf)
+    hf.save_pretrained(src)
+    (src / "config.json").write_text(json.dumps(legacy))  # as shipped, not as transformers 5 rewrites it
+    save_tokenizer(tok, src, model_max_length=512)
+    r = run_cli("import-hf", "--checkpoint", src, "--out", tmp_path / "ck")
+    assert r.returncode == 0, r.stderr
+    import roberta
+
+    model = roberta.load(tmp_path / "ck").model.eval()
+    c = model.cfg
+    assert (c.layers, c.global_every, c.local_window, c.rope_theta, c.local_rope_theta) == (4, 3, 128, 80000.0, 20000.0)
+    assert [layer.is_global for layer in model.roberta.layers] == [True, False, False, True]
+    assert (c.bias, c.dropout, c.layer_norm_eps) == (False, 0.0, 1e-5)
+    ids = torch.randint(5, tok.get_vocab_size(), (2, 180), generator=torch.Generator().manual_seed(0))
+    hf = transformers.ModernBertForMaskedLM.from_pretrained(src).eval()
+    with torch.no_grad():
+        diff = (hf(input_ids=ids).logits - model.logits(ids)).abs().max().item()
+    assert diff < 1e-4
