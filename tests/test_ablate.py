@@ -166,6 +166,28 @@ def test_an_interrupted_identical_arm_is_resumed(tmp_path, data_dir, capsys):
     assert (run / "summary.json").is_file()
 
 
+def test_an_arm_recorded_before_a_key_existed_is_reused(tmp_path, data_dir, capsys):
+    """An arm run by an older version, whose record lacks a key added since (model.init,
+    optim.name): it ran with that key's default, so the same command reuses it instead of refusing."""
+    from roberta.study.ablate import ARM_FILE
+
+    out = tmp_path / "abl"
+    arms = tmp_path / "arms.json"
+    arms.write_text(json.dumps({"a": {}}))
+    run_ablation("custom", str(data_dir), 600, str(out), sets=SMALL, custom=str(arms), progress=False)
+    record = out / "a" / "seed0" / ARM_FILE
+    old = json.loads(record.read_text())
+    del old["config"]["model"]["init"], old["config"]["optim"]["name"]
+    record.write_text(json.dumps(old))
+    capsys.readouterr()
+    run_ablation("custom", str(data_dir), 600, str(out), sets=SMALL, custom=str(arms), progress=False)
+    assert "already finished with the same config" in capsys.readouterr().out
+    old["config"]["optim"]["beta2"] = 0.95  # a key it has, with another value: still refused
+    record.write_text(json.dumps(old))
+    with pytest.raises(UserError, match=r"optim.beta2 0.95 -> 0.98"):
+        run_ablation("custom", str(data_dir), 600, str(out), sets=SMALL, custom=str(arms), progress=False)
+
+
 def test_a_tie_names_no_winner(tmp_path):
     runs = [_fake_run(tmp_path, "static", 0, 4.0), _fake_run(tmp_path, "dynamic", 0, 4.0)]
     result = make_report(runs, tmp_path / "report")

@@ -534,3 +534,20 @@ def test_packed_finetune_and_predict_equal_padded(tiny_checkpoint, tmp_path, cap
     padded = model.predict(texts)
     assert [p["label"] for p in packed] == [p["label"] for p in padded]
     assert max(abs(p["probabilities"][k] - q["probabilities"][k]) for p, q in zip(packed, padded) for k in p["probabilities"]) <= 1e-5
+
+
+def test_a_job_recorded_before_a_setting_existed_is_continued(tiny_checkpoint, tmp_path, capsys):
+    """job.json written by an older version lacks a setting added since: the job ran with its
+    default, so the same command finds the job finished instead of refusing it."""
+    from roberta.cli import main
+
+    train, dev = _sentiment_tsv(tmp_path / "train.tsv", 48, 0), _sentiment_tsv(tmp_path / "dev.tsv", 20, 1)
+    out = tmp_path / "o"
+    argv = _finetune_argv(tiny_checkpoint, train, dev, out, "--seeds", "1", "--epochs", "1", "--quiet")
+    assert main(argv) == 0
+    job = json.loads((out / "job.json").read_text())
+    del job["config"]["patience"]
+    (out / "job.json").write_text(json.dumps(job))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "this job already finished; its results stand" in capsys.readouterr().out

@@ -47,6 +47,18 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def with_defaults(old: dict, defaults: dict) -> dict:
+    """A record written before a setting existed, with that setting's default filled in (nested):
+    the run it records ran with the default, so it must not read as a different run."""
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = with_defaults(out[k], v)
+    return out
+
+
 def settings_diff(old: dict, new: dict) -> list[str]:
     """["train.max_tokens 10000 -> 20000", ...] between the record of what is in an --out (an
     ablation arm's, a finetune job's) and what this command would run: the error names these."""

@@ -39,7 +39,7 @@ from roberta.training import checkpoint as ckpt
 from roberta.config import OptimConfig
 from roberta.training.distributed import pick_device
 from roberta.errors import UserError
-from roberta.outdir import settings_diff
+from roberta.outdir import settings_diff, with_defaults
 from roberta.downstream.batches import Encoded, encode, forward, length_batches, pack_length
 from roberta.downstream.metrics import REGRESSION_METRICS, all_metrics
 from roberta.model import RobertaClassifier, build_classifier, max_seq_len
@@ -297,11 +297,15 @@ def finetune(task: TaskData, checkpoint: str | Path, out: str | Path, cfg: Finet
 def job_definition(t: TaskData, checkpoint: Path, cfg: FinetuneConfig) -> dict:
     """What makes two `finetune` runs the same job: every setting that changes a result, the
     checkpoint, and the task (its examples by fingerprint), as it reads back from JOB_FILE."""
-    definition = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY},
+    definition = {"config": job_definition_config(cfg),
                   "checkpoint": str(Path(checkpoint).resolve()),
                   "task": {"name": t.name, "metric": t.metric, "labels": list(t.labels), "train": _fingerprint(t.train),
                            "dev": _fingerprint(t.dev), "test": None if t.test is None else _fingerprint(t.test)}}
     return json.loads(json.dumps(definition))  # tuples become lists, as in the file
+
+
+def job_definition_config(cfg: FinetuneConfig) -> dict:
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}))
 
 
 def _fingerprint(examples: list[Example]) -> str:
@@ -319,6 +323,8 @@ def finished_runs(out: Path, definition: dict, overwrite: bool) -> list[dict] | 
         old = json.loads((out / JOB_FILE).read_text()) if (out / JOB_FILE).is_file() else None
     except ValueError:
         old = None
+    if old is not None:  # a setting added since the job ran: it ran with the setting's default
+        old = with_defaults(old, {"config": job_definition_config(FinetuneConfig())})
     if old is not None and old != definition and not overwrite:
         raise UserError(f"--out {out} holds a finetune job with other settings ({'; '.join(settings_diff(old, definition)[:4])}); "
                         "run it with those to continue it, pass --overwrite to replace it, or choose a new --out")

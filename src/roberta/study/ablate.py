@@ -25,7 +25,7 @@ from pathlib import Path
 
 from roberta.config import FORMATS, Config, apply_overrides
 from roberta.errors import UserError
-from roberta.outdir import settings_diff
+from roberta.outdir import settings_diff, with_defaults
 from roberta.config import scaled_lr
 from roberta.training.optim import paper_lr
 from roberta.presets import get_preset
@@ -160,6 +160,8 @@ def arm_state(run_dir: Path, definition: dict, label: str, overwrite: bool) -> s
         old = json.loads(record.read_text()) if record.is_file() else None
     except ValueError:
         old = None
+    if old is not None:  # a key added since the arm ran: it ran with the key's default
+        old = with_defaults(old, {"config": json.loads(json.dumps(Config().to_dict()))})
     if old == definition:
         return "finished" if (run_dir / "summary.json").is_file() else "interrupted"
     if overwrite:
