@@ -126,13 +126,16 @@ class Encoder(nn.Module):
         if document_ids is None:
             keys, positions = key_padding_mask(attention_mask), None  # (B, 1, 1, T) or None
         else:  # block-diagonal (B, 1, T, T) or varlen Segments; a window within stays a window of the document
-            keys, positions = documents(document_ids, x, c.attention_dropout, self.training), document_positions(document_ids)
+            keys = documents(document_ids, x, c.attention_dropout, self.training)
+            positions = document_positions(document_ids)
         rope = {True: rotary(T, hs, c.rope_theta, x.device, positions),
                 False: rotary(T, hs, c.local_rope_theta, x.device, positions)}
-        local = None
-        if c.local_window:
-            local = windowed(keys, c.local_window) if isinstance(keys, Segments) else local_mask(T, c.local_window, keys,
-                                                                                                 x.device)
+        if not c.local_window:
+            local = None
+        elif isinstance(keys, Segments):  # varlen: the kernel's own window
+            local = windowed(keys, c.local_window)
+        else:
+            local = local_mask(T, c.local_window, keys, x.device)
         masks = {True: keys, False: local}
         for layer in self.layers:  # keyed by layer.is_global
             x = layer(x, rope[layer.is_global], masks[layer.is_global])
