@@ -233,13 +233,14 @@ def test_float8_without_a_hopper_gpu_is_a_one_line_error(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_gpu_speed_script_dry_run_on_cpu(tmp_path):
-    """benchmarks/gpu_speed.sh's CPU dry run: the bench and the parity run's code paths work, and
-    float8 / Liger are skipped with a note rather than failing."""
+    """benchmarks/gpu_speed.sh's CPU dry run: the bench (ours, and the modern family against HF's
+    ModernBERT), the parity run and packed-vs-padded pretraining work, and float8 / Liger are
+    skipped with a note rather than failing."""
     import os
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, DEVICE="cpu", PRESET="tiny", BATCH="4", SEQ="32", IMPLS="ours", STEPS="3", SMALL="1",
+    env = dict(os.environ, DEVICE="cpu", PRESET="tiny", MODERN="tiny", BATCH="4", SEQ="32", IMPLS="ours", STEPS="3", SMALL="1",
                PY=sys.executable, OUT=str(tmp_path / "out"))
     r = subprocess.run(["bash", "benchmarks/gpu_speed.sh"], cwd=repo, env=env, capture_output=True, text=True,
                        timeout=600)
@@ -247,6 +248,10 @@ def test_gpu_speed_script_dry_run_on_cpu(tmp_path):
     assert "float8: skipped" in r.stdout and "done:" in r.stdout
     assert json.loads((tmp_path / "out" / "speed.log").read_text().strip().splitlines()[-1])["rows"][0]["impl"] == "ours"
     assert '"eval_loss"' in (tmp_path / "out" / "parity.txt").read_text()
+    modern = json.loads((tmp_path / "out" / "speed_modern.log").read_text().strip().splitlines()[-1])["rows"]
+    assert [r["impl"] for r in modern] == ["ours", "HF"]
+    formats = (tmp_path / "out" / "formats.txt").read_text()
+    assert "packed-documents: real tokens/s" in formats and "doc-sentences: real tokens/s" in formats
 
 
 def test_finetune_and_evaluate_take_precision():
