@@ -241,7 +241,7 @@ def test_varlen_path_gives_the_block_masks_logits(split, family, monkeypatch):
     _, batch = _packed_batch(split)
     with torch.no_grad():
         dense = model.logits(batch.input_ids, batch.attention_mask, batch.document_ids)
-        monkeypatch.setattr(attention, "varlen_attn", _reference_varlen)
+        monkeypatch.setattr(attention, "varlen_kernel", lambda: _reference_varlen)
         monkeypatch.setattr(attention, "use_varlen", lambda *a: True)
         varlen = model.logits(batch.input_ids, batch.attention_mask, batch.document_ids)
     real = batch.attention_mask.bool()
@@ -258,3 +258,21 @@ def test_document_segments_cut_at_every_document_and_row_start():
     d = torch.tensor([[1, 1, 1, 1], [1, 1, 2, 0], [1, 2, 2, 2]])  # row 1 starts with row 0's id
     seg = document_segments(d)
     assert seg.cu.tolist() == [0, 4, 6, 7, 8, 9, 12] and seg.cu.dtype == torch.int32 and seg.max_len == 4
+
+
+def test_a_cpu_run_never_imports_the_varlen_kernel():
+    """torch.nn.attention.varlen is imported only when a GPU run asks for it: it loads
+    torch._inductor, seconds of start-up a CPU run has no use for."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "import roberta.model, roberta.training.loop, roberta.downstream.finetune\n"
+            "from roberta.downstream.batches import pack_length\n"
+            "from roberta.attention import use_varlen\n"
+            "assert pack_length('auto', torch.device('cpu'), 'bf16', 0.0, True, 128) == 0\n"
+            "assert not use_varlen(torch.zeros(1, dtype=torch.bfloat16), 0.0, True)\n"
+            "print('torch.nn.attention.varlen' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -441,10 +441,18 @@ def test_signal_handlers_are_restored_after_the_block():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"], ids=["dies", "hangs"])
-def test_a_dead_or_hung_rank_stops_the_other_within_the_timeout(data_dir, tmp_path, how):
+@pytest.mark.parametrize("how,inductor", [("SIGKILL", False), ("SIGSTOP", False), ("SIGKILL", True)],
+                         ids=["dies", "hangs", "dies-with-inductor-loaded"])
+def test_a_dead_or_hung_rank_stops_the_other_within_the_timeout(data_dir, tmp_path, monkeypatch, how, inductor):
     """Rank 1 is killed (its sockets close) or frozen (it stops answering) mid-run: rank 0 exits
-    with a one-line error, at once or after train.dist_timeout, instead of hanging."""
+    with a one-line error, at once or after train.dist_timeout, instead of hanging. With
+    torch._inductor loaded (as in a compiled run; here by a sitecustomize, without compile's wait)
+    rank 0 used to print the error and then hang in the process group's teardown, 1 run in 2."""
+    if inductor:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text("import torch._inductor.config\n")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
     procs = launch(data_dir, tmp_path / "run", "train.max_steps=100000", "train.dist_timeout=3s", world=2)
     try:
         deadline = time.time() + 120

@@ -15,10 +15,18 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-try:  # FlashAttention over cumulative lengths: CUDA only, bf16/fp16, no dropout
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # an older torch: packed documents run through the dense mask everywhere
-    varlen_attn = None
+
+def varlen_kernel():
+    """torch's varlen attention (FlashAttention over cumulative lengths: CUDA only, bf16/fp16, no
+    dropout), or None on a torch without it (packed documents then take the dense mask everywhere).
+    Imported only when a GPU run asks for it: importing it loads torch._inductor (~800 modules,
+    seconds of start-up) that a CPU run has no use for. (Loaded, it also exposed a hang on a dead
+    peer in the CLI's exit path, fixed there: roberta.cli._failed.)"""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
 
 
 def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -70,8 +78,8 @@ def document_segments(document_ids: torch.Tensor) -> Segments:
 def use_varlen(x: torch.Tensor, attention_dropout: float, training: bool) -> bool:
     """Whether packed documents run through varlen attention: a GPU, half precision (FlashAttention's),
     and no attention dropout while training (the kernel has none); else the dense block mask."""
-    return (varlen_attn is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and not (training and attention_dropout > 0))
+    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and not (training and attention_dropout > 0)
+            and varlen_kernel() is not None)
 
 
 def documents(document_ids: torch.Tensor, x: torch.Tensor, attention_dropout: float,
@@ -95,7 +103,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     B, nh, T, hs = q.shape
     q, k, v = (t.transpose(1, 2).reshape(B * T, nh, hs) for t in (q, k, v))
     half = mask.window // 2
-    y = varlen_attn(q, k, v, mask.cu, mask.cu, mask.max_len, mask.max_len,
+    y = varlen_kernel()(q, k, v, mask.cu, mask.cu, mask.max_len, mask.max_len,
                     window_size=(half, half) if mask.window else (-1, -1))
     return y.view(B, T, nh, hs).transpose(1, 2)
 

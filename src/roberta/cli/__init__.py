@@ -106,10 +106,19 @@ def _run(argv: list[str]) -> int:
         return args.fn(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _failed(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return _failed(130)
+
+
+def _failed(code: int) -> int:
+    """Under torchrun, end the process here, inside the except block: leaving it frees the
+    traceback's frames, and with them the process group, whose gloo destructor waits on a dead
+    peer forever (it did in 1 run of 2 once torch._inductor was loaded: a compiled run)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _end_process(code)
+    return code
 
 
 def _stdout_closed() -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from roberta.attention import varlen_attn
+from roberta.attention import varlen_kernel
 from roberta.data.loader import pad_rows
 from roberta.downstream.tasks import Example
 from roberta.errors import UserError
@@ -79,8 +79,8 @@ def pack_length(setting: str, device: torch.device, precision: str, attention_dr
     if setting not in PACK_CHOICES:
         raise UserError(f"--pack {setting}: choose one of {', '.join(PACK_CHOICES)}")
     if setting == "auto":
-        on = (varlen_attn is not None and device.type == "cuda" and precision == "bf16"
-              and not (training and attention_dropout > 0))
+        on = (device.type == "cuda" and precision == "bf16" and not (training and attention_dropout > 0)
+              and varlen_kernel() is not None)
         return max_len if on else 0
     return max_len if setting == "on" else 0
 
