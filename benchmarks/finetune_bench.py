@@ -115,6 +115,9 @@ def run_hf(task, ck: Path, a, work: Path) -> dict:
             "examples_per_s": len(train) * a.epochs * a.seeds / seconds}
 
 
+IMPLS = {"ours": run_ours, "ours-packed": lambda *x: run_ours(*x, pack="on"), "HF": run_hf}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="our checkpoint (default: a fresh random-init tiny)")
@@ -129,6 +132,9 @@ def main() -> None:
     p.add_argument("--impls", default="ours,HF",
                    help="ours (padded length-bucketed batches), ours-packed (--pack on: no padding), HF")
     a = p.parse_args()
+    impls = a.impls.split(",")
+    if set(impls) - IMPLS.keys():
+        p.error(f"--impls {a.impls}: choose from {', '.join(IMPLS)}")
     torch.set_num_threads(1)
     if not (Path(a.glue_dir) / "SST-2" / "train.tsv").is_file():
         sys.exit(f"{a.glue_dir}/SST-2 not found; set ROBERTA_SHARED_DATA or --glue-dir")
@@ -140,9 +146,8 @@ def main() -> None:
         from roberta.training.checkpoint import resolve_checkpoint
 
         ck = resolve_checkpoint(ck)
-        for impl in a.impls.split(","):
-            run = {"ours": run_ours, "ours-packed": lambda *x: run_ours(*x, pack="on"), "HF": run_hf}[impl]
-            results[impl] = run(task, ck, a, work)
+        for impl in impls:
+            results[impl] = IMPLS[impl](task, ck, a, work)
     print(f"SST-2: {a.max_train} train sentences, dev {len(task.dev)}, {a.epochs} epochs, batch {a.batch_size}, "
           f"lr {a.lr:g}, warmup {a.warmup:g}, max_len {a.max_len}, {a.seeds} seeds, 1 CPU thread; checkpoint "
           f"{a.checkpoint or 'fresh random-init tiny'}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import randomise, run_cli
 from roberta.tokenizer import load_tokenizer, save_tokenizer
 from roberta.training import checkpoint as ckpt
 
@@ -23,14 +23,6 @@ transformers = pytest.importorskip("transformers")
 SHORT = ["train.max_steps=3", "train.batch_size=8", "train.eval_interval=1000", "train.checkpoint_interval=1000",
          "train.log_interval=1", "train.eval_sequences=8", "train.peak_flops=1e11", "train.threads=1",
          "train.precision=fp32"]
-
-
-def _randomise(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if "norm" in name.lower() and name.endswith("weight") else 0.05 * noise)
 
 
 def hf_dir(family: str, path: Path, tokenizer_dir: Path) -> Path:
@@ -47,7 +39,7 @@ def hf_dir(family: str, path: Path, tokenizer_dir: Path) -> Path:
             hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
             max_position_embeddings=128, local_attention=16, global_attn_every_n_layers=3,
             cls_token_id=0, sep_token_id=2, **ids))
-    _randomise(model)
+    randomise(model, scale=0.05)
     model.save_pretrained(path)
     save_tokenizer(tok, path, model_max_length=128)
     return path
@@ -171,7 +163,7 @@ def test_a_modernbert_tokenizer_comes_along_with_its_specials_at_ids_0_to_4(tmp_
         vocab_size=n + 3, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
         max_position_embeddings=128, local_attention=16, pad_token_id=ids["[PAD]"], cls_token_id=ids["[CLS]"],
         sep_token_id=ids["[SEP]"], bos_token_id=None, eos_token_id=None)).eval()
-    _randomise(hf)
+    randomise(hf, scale=0.05)
     hf.save_pretrained(src)
     tok.save(str(src / "tokenizer.json"))
     (src / "tokenizer_config.json").write_text(json.dumps({
@@ -251,7 +243,7 @@ def test_a_config_json_as_modernbert_ships_it_imports_with_its_layers_and_rotary
     src.mkdir()
     (src / "config.json").write_text(json.dumps(legacy))
     hf = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig.from_pretrained(src)).eval()
-    _randomise(hf)
+    randomise(hf, scale=0.05)
     hf.save_pretrained(src)
     (src / "config.json").write_text(json.dumps(legacy))  # as shipped, not as transformers 5 rewrites it
     save_tokenizer(tok, src, model_max_length=512)

@@ -10,12 +10,14 @@ document run alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 
 
+@cache
 def varlen_kernel():
     """torch's varlen attention (FlashAttention over cumulative lengths: CUDA only, bf16/fp16, no
     dropout), or None on a torch without it (packed documents then take the dense mask everywhere).
@@ -75,11 +77,15 @@ def document_segments(document_ids: torch.Tensor) -> Segments:
     return Segments(cu, T)
 
 
-def use_varlen(x: torch.Tensor, attention_dropout: float, training: bool) -> bool:
+def varlen_runs(device: torch.device, dtype: torch.dtype, attention_dropout: float, training: bool) -> bool:
     """Whether packed documents run through varlen attention: a GPU, half precision (FlashAttention's),
     and no attention dropout while training (the kernel has none); else the dense block mask."""
-    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and not (training and attention_dropout > 0)
-            and varlen_kernel() is not None)
+    return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+            and not (training and attention_dropout > 0) and varlen_kernel() is not None)
+
+
+def use_varlen(x: torch.Tensor, attention_dropout: float, training: bool) -> bool:
+    return varlen_runs(x.device, x.dtype, attention_dropout, training)
 
 
 def documents(document_ids: torch.Tensor, x: torch.Tensor, attention_dropout: float,
@@ -88,10 +94,6 @@ def documents(document_ids: torch.Tensor, x: torch.Tensor, attention_dropout: fl
     if use_varlen(x, attention_dropout, training):
         return document_segments(document_ids)
     return document_mask(document_ids)
-
-
-def windowed(mask: Segments, window: int) -> Segments:
-    return replace(mask, window=window)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | Segments | None,
@@ -104,7 +106,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     q, k, v = (t.transpose(1, 2).reshape(B * T, nh, hs) for t in (q, k, v))
     half = mask.window // 2
     y = varlen_kernel()(q, k, v, mask.cu, mask.cu, mask.max_len, mask.max_len,
-                    window_size=(half, half) if mask.window else (-1, -1))
+                        window_size=(half, half) if mask.window else (-1, -1))
     return y.view(B, T, nh, hs).transpose(1, 2)
 
 
@@ -117,7 +119,8 @@ def unpack_documents(h: torch.Tensor, document_ids: torch.Tensor) -> tuple[torch
     first = torch.cumsum(per_row, 0) - per_row  # each row's first document's index
     doc = (first[:, None] + document_ids - 1)[real]
     pos = document_positions(document_ids)[real]
-    n, L = int(per_row.sum()), int(pos.max()) + 1
+    n, longest = torch.stack([per_row.sum(), pos.max()]).tolist()  # one host sync for both sizes
+    L = longest + 1
     out = h.new_zeros(n, L, h.shape[-1])
     out[doc, pos] = h[real]
     mask = torch.zeros(n, L, dtype=torch.long, device=h.device)

@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from roberta.config import ModelConfig
-from roberta.attention import (Segments, attend, document_positions, documents, key_padding_mask,
-                               unpack_documents, windowed)
+import dataclasses
+
+from roberta.attention import Segments, attend, document_positions, documents, key_padding_mask, unpack_documents
 from roberta.layers import LayerNorm, LMHead, apply_rotary, mlm_losses, nsp_losses, require_resolved, rotary  # noqa: F401
 
 
@@ -133,7 +134,7 @@ class Encoder(nn.Module):
         if not c.local_window:
             local = None
         elif isinstance(keys, Segments):  # varlen: the kernel's own window
-            local = windowed(keys, c.local_window)
+            local = dataclasses.replace(keys, window=c.local_window)
         else:
             local = local_mask(T, c.local_window, keys, x.device)
         masks = {True: keys, False: local}

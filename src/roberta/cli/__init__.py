@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _stdout_closed():  # another pipe broke (a worker's): a real failure, not a reader gone
             raise
         code = _stdout_gone()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _end_process(code)
-    return code
+    return _exit_under_torchrun(code)
 
 
 def _run(argv: list[str]) -> int:
@@ -106,16 +104,17 @@ def _run(argv: list[str]) -> int:
         return args.fn(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return _failed(2)
+        return _exit_under_torchrun(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return _failed(130)
+        return _exit_under_torchrun(130)
 
 
-def _failed(code: int) -> int:
-    """Under torchrun, end the process here, inside the except block: leaving it frees the
-    traceback's frames, and with them the process group, whose gloo destructor waits on a dead
-    peer forever (it did in 1 run of 2 once torch._inductor was loaded: a compiled run)."""
+def _exit_under_torchrun(code: int) -> int:
+    """Under torchrun, end the process now (_end_process); else return code. After an error it is
+    called inside the except block: leaving that frees the traceback's frames, and with them the
+    process group, whose gloo destructor waits on a dead peer forever (it did in 1 run of 2 once
+    torch._inductor was loaded: a compiled run)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _end_process(code)
     return code

@@ -34,13 +34,13 @@ class Batch:
         return int(self.attention_mask.sum())
 
 
-def pad_rows(rows) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows of any lengths -> (B, T) int64 ids right-padded with <pad>, and the (B, T)
-    attention mask (1 = real token). The one place rows become a batch (pretraining,
-    fine-tuning, the Python API)."""
+def pad_rows(rows, pad: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of any lengths -> (B, T) int64 ids right-padded with <pad> (or `pad`: document
+    ids pad with 0), and the (B, T) attention mask (1 = real token). The one place rows become a
+    batch (pretraining, fine-tuning, the Python API)."""
     lengths = [len(r) for r in rows]
     T = max(lengths)
-    ids = np.full((len(rows), T), PAD_ID, np.int64)
+    ids = np.full((len(rows), T), pad, np.int64)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = r
     mask = torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
@@ -53,10 +53,7 @@ def collate(split: Split, plan: SequenceTable, draws: list[tuple[int, int]]) -> 
     nsp = None if plan.nsp_labels is None else torch.as_tensor(plan.nsp_labels[[i for _, i in draws]])
     docs = None
     if plan.documents_apart:  # (B, T), right-padded with 0 like the ids with <pad>
-        docs = torch.zeros_like(input_ids)
-        for row, (_, i) in enumerate(draws):
-            d = document_ids(plan, i)
-            docs[row, : len(d)] = torch.from_numpy(d)
+        docs, _ = pad_rows([document_ids(plan, i) for _, i in draws], pad=0)
     return Batch(input_ids, attention_mask,
                  torch.tensor([e for e, _ in draws], dtype=torch.int64),
                  torch.tensor([i for _, i in draws], dtype=torch.int64), nsp, docs)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from roberta.attention import varlen_kernel
+from roberta.attention import varlen_runs
 from roberta.data.loader import pad_rows
 from roberta.downstream.tasks import Example
 from roberta.errors import UserError
@@ -79,9 +79,8 @@ def pack_length(setting: str, device: torch.device, precision: str, attention_dr
     if setting not in PACK_CHOICES:
         raise UserError(f"--pack {setting}: choose one of {', '.join(PACK_CHOICES)}")
     if setting == "auto":
-        on = (device.type == "cuda" and precision == "bf16" and not (training and attention_dropout > 0)
-              and varlen_kernel() is not None)
-        return max_len if on else 0
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        return max_len if varlen_runs(device, dtype, attention_dropout, training) else 0
     return max_len if setting == "on" else 0
 
 
@@ -104,11 +103,8 @@ def packed_batch(inputs: list[list[int]], max_len: int) -> tuple[torch.Tensor, t
     """Inputs packed into rows: (R, T) ids, their (R, T) document ids (0 = padding, 1..k = the
     row's k-th input) and `order`, the input each packed document is (row-major)."""
     rows = pack_rows([len(x) for x in inputs], max_len)
-    input_ids, real = pad_rows([[t for i in row for t in inputs[i]] for row in rows])
-    docs = torch.zeros_like(input_ids)
-    for r, row in enumerate(rows):
-        docs[r, : int(real[r].sum())] = torch.from_numpy(np.repeat(np.arange(1, len(row) + 1),
-                                                                   [len(inputs[i]) for i in row]))
+    input_ids, _ = pad_rows([[t for i in row for t in inputs[i]] for row in rows])
+    docs, _ = pad_rows([np.repeat(np.arange(1, len(row) + 1), [len(inputs[i]) for i in row]) for row in rows], pad=0)
     return input_ids, docs, np.asarray([i for row in rows for i in row])
 
 
